@@ -1,0 +1,133 @@
+//! A connection to one libvirt URI, and the domain type it should run guests with.
+
+use virt::connect::Connect;
+
+use crate::error::{Doing, Error, Result};
+use crate::vm::Vm;
+
+/// An open connection to a libvirt daemon (`qemu:///system`, `qemu+ssh://host/system`, ...).
+///
+/// Closed on drop (by `virt`). Each thread that works in parallel opens its own: a libvirt connection
+/// serialises its calls, so sharing one would undo the parallelism.
+pub struct Hypervisor {
+    conn: Connect,
+    uri: String,
+}
+
+/// How guests are virtualised on a host: hardware-assisted or emulated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainType {
+    /// KVM: hardware virtualisation.
+    Kvm,
+    /// QEMU TCG: software emulation, for hosts without usable hardware virtualisation.
+    Qemu,
+}
+
+impl DomainType {
+    /// The value of `<domain type='...'>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainType::Kvm => "kvm",
+            DomainType::Qemu => "qemu",
+        }
+    }
+}
+
+impl Hypervisor {
+    /// Connects read-write to `uri`.
+    pub fn open(uri: &str) -> Result<Self> {
+        // libvirt prints every error to stderr by default; ours are returned, not printed.
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(uri)).doing(|| format!("connecting to {uri}"))?;
+        Ok(Hypervisor { conn, uri: uri.to_string() })
+    }
+
+    /// The URI this connection was opened with.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The domain named `name`.
+    pub fn vm(&self, name: &str) -> Result<Vm> {
+        self.find_vm(name)?.ok_or_else(|| Error::NotFound { kind: "domain", name: name.to_string() })
+    }
+
+    /// The domain named `name`, or `None` when there is none.
+    pub fn find_vm(&self, name: &str) -> Result<Option<Vm>> {
+        match self.conn.lookup_domain_by_name(name) {
+            Ok(domain) => Ok(Some(Vm::new(domain, name.to_string()))),
+            Err(e) if e.code().is(virt::error::ErrorNumber::NoDomain) => Ok(None),
+            Err(e) => Err(e).doing(|| format!("looking up domain {name}")),
+        }
+    }
+
+    /// Every domain, running or not, in one call.
+    pub fn all_vms(&self) -> Result<Vec<Vm>> {
+        let domains = self.conn.list_all_domains(0).doing(|| format!("listing domains on {}", self.uri))?;
+        domains
+            .into_iter()
+            .map(|domain| {
+                let name = domain.name().doing(|| "reading a domain name".to_string())?;
+                Ok(Vm::new(domain, name))
+            })
+            .collect()
+    }
+
+    /// Defines (or redefines) a persistent domain from XML.
+    pub fn define_vm(&self, xml: &str) -> Result<Vm> {
+        let domain = self.conn.define_domain_xml(xml).doing(|| "defining a domain".to_string())?;
+        let name = domain.name().doing(|| "reading a domain name".to_string())?;
+        Ok(Vm::new(domain, name))
+    }
+
+    /// The capabilities XML of the host.
+    pub fn capabilities(&self) -> Result<String> {
+        self.conn.capabilities().doing(|| format!("reading the capabilities of {}", self.uri))
+    }
+
+    /// `kvm` where the host offers KVM on a CPU with hardware virtualisation, else `qemu`.
+    ///
+    /// A `/dev/kvm` alone is not enough: nested cloud machines expose a software KVM that is
+    /// far slower than TCG. libvirt reports the host CPU's features in its capabilities, and a
+    /// real KVM host has `vmx` or `svm` among them.
+    pub fn preferred_domain_type(&self) -> Result<DomainType> {
+        Ok(domain_type_from_capabilities(&self.capabilities()?))
+    }
+
+    pub(crate) fn raw(&self) -> &Connect {
+        &self.conn
+    }
+}
+
+/// Decides the domain type from a capabilities document (see [`Hypervisor::preferred_domain_type`]).
+pub fn domain_type_from_capabilities(capabilities: &str) -> DomainType {
+    let offers_kvm = capabilities.contains("<domain type='kvm'") || capabilities.contains("<domain type=\"kvm\"");
+    let host_cpu = capabilities
+        .split_once("<host>")
+        .and_then(|(_, rest)| rest.split_once("</cpu>"))
+        .map(|(cpu, _)| cpu)
+        .unwrap_or("");
+    let hardware = ["'vmx'", "\"vmx\"", "'svm'", "\"svm\""].iter().any(|f| host_cpu.contains(f));
+    if offers_kvm && hardware {
+        DomainType::Kvm
+    } else {
+        DomainType::Qemu
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOST_HEAD: &str = "<capabilities><host><uuid>x</uuid><cpu><arch>x86_64</arch>";
+
+    #[test]
+    fn kvm_needs_both_the_domain_type_and_hardware_virtualisation() {
+        let kvm_host = format!("{HOST_HEAD}<feature name='vmx'/></cpu></host><guest><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest></capabilities>");
+        assert_eq!(domain_type_from_capabilities(&kvm_host), DomainType::Kvm);
+        let nested_soft_kvm = format!("{HOST_HEAD}<feature name='hypervisor'/></cpu></host><guest><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest></capabilities>");
+        assert_eq!(domain_type_from_capabilities(&nested_soft_kvm), DomainType::Qemu);
+        let no_kvm = format!("{HOST_HEAD}<feature name='svm'/></cpu></host><guest><arch name='x86_64'><domain type='qemu'/></arch></guest></capabilities>");
+        assert_eq!(domain_type_from_capabilities(&no_kvm), DomainType::Qemu);
+    }
+}

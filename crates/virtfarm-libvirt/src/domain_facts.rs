@@ -1,0 +1,271 @@
+//! What one read of a domain's XML tells: identity, size, NICs, disks, and our metadata.
+//!
+//! Read-only and tolerant: elements we do not use are skipped, so any libvirt's XML parses.
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The parts of a domain definition that modules and the inventory act on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DomainFacts {
+    /// The domain's name.
+    pub name: String,
+    /// The domain's UUID.
+    pub uuid: String,
+    /// `kvm` or `qemu`.
+    pub domain_type: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Network interfaces, in the order of the XML.
+    pub nics: Vec<Nic>,
+    /// Disks and CD-ROMs, in the order of the XML.
+    pub disks: Vec<Disk>,
+    /// Firmware loader (UEFI/pflash) present: internal snapshots are refused there.
+    pub has_pflash: bool,
+    /// The inner XML of `<metadata>`, as libvirt stores it; empty when there is none.
+    pub metadata_xml: String,
+}
+
+/// A network interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Nic {
+    /// MAC address, lower case.
+    pub mac: String,
+    /// `network`, `bridge`, `user`, ...
+    pub kind: String,
+    /// The libvirt network it is attached to, if any.
+    pub network: Option<String>,
+    /// The host bridge it is attached to, if any.
+    pub bridge: Option<String>,
+}
+
+/// A disk or CD-ROM.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Disk {
+    /// `disk` or `cdrom`.
+    pub device: String,
+    /// Target device name, e.g. `vda`.
+    pub target: String,
+    /// Image format from the driver element, e.g. `qcow2` or `raw`.
+    pub format: Option<String>,
+    /// Path of the image file, for file-backed disks.
+    pub file: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawDomain {
+    #[serde(rename = "@type", default)]
+    kind: String,
+    name: String,
+    #[serde(default)]
+    uuid: String,
+    #[serde(default)]
+    memory: Option<Sized64>,
+    #[serde(default)]
+    vcpu: Option<Sized64>,
+    #[serde(default)]
+    os: Option<RawOs>,
+    #[serde(default)]
+    devices: RawDevices,
+}
+
+#[derive(Deserialize)]
+struct Sized64 {
+    #[serde(rename = "@unit", default)]
+    unit: Option<String>,
+    #[serde(rename = "$text")]
+    value: u64,
+}
+
+#[derive(Deserialize)]
+struct RawOs {
+    #[serde(default)]
+    loader: Option<RawLoader>,
+}
+
+#[derive(Deserialize)]
+struct RawLoader {
+    #[serde(rename = "@type", default)]
+    kind: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct RawDevices {
+    #[serde(rename = "interface", default)]
+    interfaces: Vec<RawInterface>,
+    #[serde(rename = "disk", default)]
+    disks: Vec<RawDisk>,
+}
+
+#[derive(Deserialize)]
+struct RawInterface {
+    #[serde(rename = "@type", default)]
+    kind: String,
+    #[serde(default)]
+    mac: Option<RawMac>,
+    #[serde(default)]
+    source: Option<RawIfaceSource>,
+}
+
+#[derive(Deserialize)]
+struct RawMac {
+    #[serde(rename = "@address")]
+    address: String,
+}
+
+#[derive(Deserialize)]
+struct RawIfaceSource {
+    #[serde(rename = "@network", default)]
+    network: Option<String>,
+    #[serde(rename = "@bridge", default)]
+    bridge: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawDisk {
+    #[serde(rename = "@device", default)]
+    device: String,
+    #[serde(default)]
+    driver: Option<RawDriver>,
+    #[serde(default)]
+    source: Option<RawDiskSource>,
+    #[serde(default)]
+    target: Option<RawTarget>,
+}
+
+#[derive(Deserialize)]
+struct RawDriver {
+    #[serde(rename = "@type", default)]
+    format: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawDiskSource {
+    #[serde(rename = "@file", default)]
+    file: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawTarget {
+    #[serde(rename = "@dev", default)]
+    dev: String,
+}
+
+impl DomainFacts {
+    /// Parses a domain XML document.
+    pub fn parse(xml: &str) -> Result<Self> {
+        let raw: RawDomain = quick_xml::de::from_str(xml)
+            .map_err(|e| Error::Xml { doing: "reading a domain definition".to_string(), message: e.to_string() })?;
+        let memory_mib = raw.memory.map(|m| to_mib(m.value, m.unit.as_deref())).unwrap_or(0);
+        Ok(DomainFacts {
+            uuid: raw.uuid,
+            domain_type: raw.kind,
+            vcpus: raw.vcpu.map(|v| v.value as u32).unwrap_or(0),
+            memory_mib,
+            has_pflash: raw.os.and_then(|os| os.loader).is_some_and(|l| l.kind.as_deref() == Some("pflash")),
+            nics: raw
+                .devices
+                .interfaces
+                .into_iter()
+                .map(|i| Nic {
+                    mac: i.mac.map(|m| m.address.to_ascii_lowercase()).unwrap_or_default(),
+                    kind: i.kind,
+                    network: i.source.as_ref().and_then(|s| s.network.clone()),
+                    bridge: i.source.and_then(|s| s.bridge),
+                })
+                .collect(),
+            disks: raw
+                .devices
+                .disks
+                .into_iter()
+                .map(|d| Disk {
+                    device: d.device,
+                    target: d.target.map(|t| t.dev).unwrap_or_default(),
+                    format: d.driver.and_then(|d| d.format),
+                    file: d.source.and_then(|s| s.file),
+                })
+                .collect(),
+            metadata_xml: inner_xml_of(xml, "metadata").unwrap_or_default().to_string(),
+            name: raw.name,
+        })
+    }
+}
+
+/// libvirt's memory units, as MiB.
+fn to_mib(value: u64, unit: Option<&str>) -> u64 {
+    match unit.unwrap_or("KiB") {
+        "b" | "bytes" => value / (1024 * 1024),
+        "KB" => value * 1000 / (1024 * 1024),
+        "k" | "KiB" => value / 1024,
+        "MB" => value * 1000 * 1000 / (1024 * 1024),
+        "G" | "GiB" => value * 1024,
+        "GB" => value * 1000 * 1000 * 1000 / (1024 * 1024),
+        _ => value,
+    }
+}
+
+/// The text between the first top-level `<tag>` and its end tag.
+fn inner_xml_of<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&close)?;
+    Some(&xml[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIVE_XML: &str = r#"<domain type='qemu' id='3'>
+  <name>web1</name>
+  <uuid>6a1c5f0e-2c6d-4bb1-9f59-7a4e0f3c8d21</uuid>
+  <metadata>
+    <vf:instance xmlns:vf="urn:virtfarm:metadata:1"><vf:platform>debian</vf:platform></vf:instance>
+  </metadata>
+  <memory unit='KiB'>393216</memory>
+  <vcpu placement='static'>2</vcpu>
+  <os><type arch='x86_64' machine='pc-q35-7.2'>hvm</type><kernel>/k</kernel></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/pool/web1.qcow2' index='2'/>
+      <backingStore type='file' index='3'><format type='qcow2'/><source file='/base.qcow2'/></backingStore>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='/pool/web1-seed.iso'/><target dev='sda' bus='sata'/><readonly/></disk>
+    <interface type='network'>
+      <mac address='52:54:00:AB:cd:01'/>
+      <source network='vfnet' portid='x' bridge='vfbr0'/>
+      <model type='virtio'/>
+    </interface>
+    <interface type='bridge'><mac address='52:54:00:00:00:02'/><source bridge='br0'/></interface>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn parses_what_modules_and_the_inventory_need() {
+        let facts = DomainFacts::parse(LIVE_XML).expect("valid XML");
+        assert_eq!(facts.name, "web1");
+        assert_eq!(facts.domain_type, "qemu");
+        assert_eq!((facts.vcpus, facts.memory_mib), (2, 384));
+        assert_eq!(facts.nics.len(), 2);
+        assert_eq!(facts.nics[0].mac, "52:54:00:ab:cd:01");
+        assert_eq!(facts.nics[0].network.as_deref(), Some("vfnet"));
+        assert_eq!(facts.nics[1].bridge.as_deref(), Some("br0"));
+        assert_eq!(facts.disks[0].file.as_deref(), Some("/pool/web1.qcow2"));
+        assert_eq!(facts.disks[1].device, "cdrom");
+        assert!(facts.metadata_xml.contains("<vf:platform>debian</vf:platform>"));
+        assert!(!facts.has_pflash);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(DomainFacts::parse("<domain><name>x</name").is_err());
+        assert!(DomainFacts::parse("").is_err());
+    }
+}

@@ -1,0 +1,214 @@
+//! Bounded waits until domains are ready: a DHCP lease, a guest agent, an SSH banner.
+//!
+//! Many domains are waited for together, one thread and one connection each, so the wait
+//! for N guests takes as long as the slowest, not the sum.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::connection::Hypervisor;
+use crate::error::{Error, Result};
+use crate::leases::{lease_newer_than, newest_expiry};
+use crate::vm::{PowerState, Vm};
+
+/// What "ready" means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// A fresh DHCP lease on the domain's first network NIC.
+    Lease,
+    /// The guest agent answers a ping.
+    Agent,
+    /// Port 22 of the leased address answers with an SSH banner, seen from where we run.
+    Ssh,
+}
+
+impl Signal {
+    /// Parses `lease`, `agent` or `ssh`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "lease" => Some(Signal::Lease),
+            "agent" => Some(Signal::Agent),
+            "ssh" => Some(Signal::Ssh),
+            _ => None,
+        }
+    }
+}
+
+/// Where a guest's address came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressSource {
+    /// A DHCP lease of a libvirt network.
+    Lease,
+    /// The guest agent.
+    Agent,
+}
+
+impl AddressSource {
+    /// `lease` or `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddressSource::Lease => "lease",
+            AddressSource::Agent => "agent",
+        }
+    }
+}
+
+/// A domain that became ready.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ready {
+    /// Its address, when the signal needed or found one.
+    pub ip: Option<String>,
+    /// Where the address came from.
+    pub ip_source: Option<AddressSource>,
+    /// Seconds from the start of the wait.
+    pub seconds: f64,
+}
+
+/// The leases a domain's NICs held before it was started: a lease is fresh only if newer.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseBaseline(HashMap<String, Option<i64>>);
+
+impl LeaseBaseline {
+    /// Records the newest lease expiry of each network NIC of `vm`.
+    pub fn capture(hypervisor: &Hypervisor, vm: &Vm) -> Result<Self> {
+        let mut baseline = HashMap::new();
+        for nic in vm.facts()?.nics {
+            if let Some(network) = nic.network {
+                let leases = hypervisor.network_leases(&network)?;
+                baseline.insert(nic.mac.clone(), newest_expiry(&leases, &nic.mac));
+            }
+        }
+        Ok(LeaseBaseline(baseline))
+    }
+
+    /// A baseline that accepts any current lease (for a domain that was already running).
+    pub fn any() -> Self {
+        LeaseBaseline::default()
+    }
+}
+
+/// How long to wait, and for what.
+#[derive(Clone, Copy, Debug)]
+pub struct Readiness {
+    /// The signal that means ready.
+    pub signal: Signal,
+    /// The bound on the whole wait.
+    pub timeout: Duration,
+}
+
+const POLL: Duration = Duration::from_millis(500);
+
+/// Waits until `vm` gives `readiness.signal`, or fails naming the domain and the missing signal.
+pub fn wait_ready(hypervisor: &Hypervisor, vm: &Vm, baseline: &LeaseBaseline, readiness: Readiness) -> Result<Ready> {
+    let started = Instant::now();
+    let deadline = started + readiness.timeout;
+    let name = vm.name();
+    let network_nic = vm.facts()?.nics.into_iter().find(|n| n.network.is_some());
+    let mut address: Option<(String, AddressSource)> = None;
+    let mut missing = describe_missing(readiness.signal, network_nic.is_some());
+    loop {
+        match vm.power_state()? {
+            PowerState::Running => {}
+            other => return Err(Error::Refused(format!("{name} is {} while waiting for {missing}", other.as_str()))),
+        }
+        if address.is_none() {
+            address = find_address(hypervisor, vm, network_nic.as_ref(), baseline, readiness.signal)?;
+        }
+        let ready = match readiness.signal {
+            Signal::Lease => address.is_some(),
+            Signal::Agent => vm.agent().ping(),
+            Signal::Ssh => match &address {
+                Some((ip, _)) => {
+                    missing = format!("an SSH banner on {ip}:22");
+                    ssh_banner(ip, POLL.max(Duration::from_secs(2)))
+                }
+                None => false,
+            },
+        };
+        if ready {
+            let (ip, ip_source) = address.map_or((None, None), |(ip, source)| (Some(ip), Some(source)));
+            return Ok(Ready { ip, ip_source, seconds: started.elapsed().as_secs_f64() });
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout { what: format!("{name}: {missing}"), seconds: readiness.timeout.as_secs() });
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+fn describe_missing(signal: Signal, has_network_nic: bool) -> String {
+    match (signal, has_network_nic) {
+        (Signal::Lease, true) => "a DHCP lease".to_string(),
+        (Signal::Lease, false) => "a DHCP lease (no NIC on a libvirt network: use wait=agent)".to_string(),
+        (Signal::Agent, _) => "an answer from the guest agent".to_string(),
+        (Signal::Ssh, _) => "an address for SSH (no lease, no agent address)".to_string(),
+    }
+}
+
+/// The lease address of the NIC, else (for SSH) the agent's first routable address.
+fn find_address(
+    hypervisor: &Hypervisor,
+    vm: &Vm,
+    nic: Option<&crate::domain_facts::Nic>,
+    baseline: &LeaseBaseline,
+    signal: Signal,
+) -> Result<Option<(String, AddressSource)>> {
+    if let Some(nic) = nic {
+        let network = nic.network.as_deref().unwrap_or_default();
+        let leases = hypervisor.network_leases(network)?;
+        let since = baseline.0.get(&nic.mac).copied().flatten();
+        if let Some(lease) = lease_newer_than(&leases, &nic.mac, since, unix_now()) {
+            return Ok(Some((lease.ip.clone(), AddressSource::Lease)));
+        }
+    }
+    if signal == Signal::Ssh {
+        if let Ok(addresses) = vm.agent().addresses() {
+            let first = addresses.into_iter().min_by_key(|a| a.ipv6);
+            return Ok(first.map(|a| (a.ip, AddressSource::Agent)));
+        }
+    }
+    Ok(None)
+}
+
+/// True when `ip:22` accepts a connection and sends an `SSH-` banner within `timeout`.
+pub fn ssh_banner(ip: &str, timeout: Duration) -> bool {
+    let Ok(ip_addr) = ip.parse::<std::net::IpAddr>() else { return false };
+    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::new(ip_addr, 22), timeout) else { return false };
+    if stream.set_read_timeout(Some(timeout)).is_err() {
+        return false;
+    }
+    let mut banner = [0u8; 4];
+    stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-"
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Waits for many domains at once, each on its own connection to `uri`; results in input order.
+pub fn wait_all(uri: &str, domains: Vec<(String, LeaseBaseline)>, readiness: Readiness) -> Vec<(String, Result<Ready>)> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = domains
+            .into_iter()
+            .map(|(name, baseline)| {
+                let wanted = name.clone();
+                let handle = scope.spawn(move || {
+                    let hypervisor = Hypervisor::open(uri)?;
+                    let vm = hypervisor.vm(&wanted)?;
+                    wait_ready(&hypervisor, &vm, &baseline, readiness)
+                });
+                (name, handle)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, handle)| {
+                let result = handle.join().unwrap_or_else(|_| Err(Error::Refused(format!("{name}: the wait failed unexpectedly"))));
+                (name, result)
+            })
+            .collect()
+    })
+}
