@@ -1,1 +1,239 @@
-//! The test bed.
+//! Helpers for tests that run against the test bed (`cargo xtask bed up`).
+//!
+//! The bed is one libvirtd in the network namespace `vfbed`; `bed.json` describes it. Tests
+//! share it: names are unique per test, and [`Bed::boot_slot`] keeps the number of guests
+//! booting at once low, since a TCG guest boot is CPU-bound on a 2-core machine.
+#![deny(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use virtfarm_libvirt::{wait, Hypervisor};
+
+/// What `bed.json` says about the running bed.
+#[derive(Debug, Deserialize)]
+pub struct Bed {
+    /// libvirt URI of the bed's daemon.
+    pub uri: String,
+    /// The network namespace everything lives in.
+    pub netns: String,
+    /// The NAT network with DHCP.
+    pub network: String,
+    /// Its bridge.
+    pub bridge: String,
+    /// Its gateway address.
+    pub gateway: String,
+    /// The pool holding the base image.
+    pub images_pool: String,
+    /// The base image's volume name in `images_pool`.
+    pub base_volume: String,
+    /// The base image's path.
+    pub base_image: PathBuf,
+    /// The pool for clones.
+    pub disks_pool: String,
+    /// Its directory.
+    pub disks_dir: PathBuf,
+    /// The guest kernel (direct kernel boot).
+    pub kernel: PathBuf,
+    /// The guest initrd.
+    pub initrd: PathBuf,
+    /// The private key the guest's `ssh_user` accepts.
+    pub ssh_key: PathBuf,
+    /// The guest user with passwordless sudo.
+    pub ssh_user: String,
+    /// The Python venv with ansible-core.
+    pub venv: PathBuf,
+}
+
+/// Guests that may boot at once across the test binary.
+const CONCURRENT_BOOTS: usize = 2;
+
+/// Kernel command line of the bed's guest image.
+pub const GUEST_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0";
+
+static BED: OnceLock<Bed> = OnceLock::new();
+static BOOTING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+static NAMES: AtomicUsize = AtomicUsize::new(0);
+
+impl Bed {
+    /// The running bed. Panics with what to do when it is not up: VM tests are `#[ignore]`d
+    /// and run only through `cargo xtask test`, which brings it up.
+    pub fn get() -> &'static Bed {
+        BED.get_or_init(|| {
+            let path = std::env::var("VIRTFARM_BED").unwrap_or_else(|_| "/run/virtfarm-bed/bed.json".into());
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("the test bed is not up ({path}: {e}); run `cargo xtask test`"));
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+        })
+    }
+
+    /// Blocks until fewer than two guests are booting; hold the guard while yours boots.
+    pub fn boot_slot(&self) -> BootSlot {
+        let (count, freed) = &BOOTING;
+        let mut booting = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *booting >= CONCURRENT_BOOTS {
+            booting = freed.wait(booting).unwrap_or_else(|e| e.into_inner());
+        }
+        *booting += 1;
+        BootSlot(())
+    }
+
+    /// A domain name unique in this test run, e.g. `kp-4711-3`.
+    pub fn unique_name(&self, prefix: &str) -> String {
+        format!("{prefix}-{}-{}", std::process::id() % 100_000, NAMES.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Path of a binary built from this workspace (`cargo xtask test` builds them first).
+    pub fn binary(&self, name: &str) -> PathBuf {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+        let path = target.join("debug").join(name);
+        assert!(path.exists(), "{} is not built: run `cargo build --workspace --bins`", path.display());
+        path
+    }
+
+    /// Runs a module binary the way Ansible does (flat JSON args in a file named by argv[1]),
+    /// inside the namespace, and returns its one JSON result.
+    pub fn run_module(&self, module: &str, args: Value) -> Value {
+        let dir = tempdir();
+        let args_file = dir.join("args");
+        std::fs::write(&args_file, args.to_string()).expect("write the args file");
+        let output = self.in_netns(self.binary(module).as_os_str().to_str().expect("UTF-8 path"), &[args_file.to_str().expect("UTF-8 path")]);
+        let _ = std::fs::remove_dir_all(&dir);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!("{module} printed no single JSON object ({e}):\nstdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr))
+        })
+    }
+
+    /// Runs a command inside the bed's namespace.
+    pub fn in_netns(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns, program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ip netns exec")
+    }
+
+    /// Runs `command` on the guest at `ip` over SSH as `ssh_user`, from inside the namespace.
+    pub fn ssh(&self, ip: &str, command: &str) -> Output {
+        let target = format!("{}@{ip}", self.ssh_user);
+        let key = self.ssh_key.to_str().expect("UTF-8 path");
+        #[rustfmt::skip]
+        let args = ["60", "ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", &target, command];
+        self.in_netns("timeout", &args)
+    }
+
+    /// Runs `command` over SSH until it succeeds or `bound` passes; returns its stdout.
+    pub fn ssh_until_ok(&self, ip: &str, command: &str, bound: Duration) -> String {
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            let output = self.ssh(ip, command);
+            if output.status.success() {
+                return String::from_utf8_lossy(&output.stdout).trim().to_string();
+            }
+            assert!(std::time::Instant::now() < deadline, "ssh {ip} {command}: {}", String::from_utf8_lossy(&output.stderr));
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Boots a guest from a linked clone of the base image; it is removed with its disk on drop.
+    pub fn boot_vm(&self, name: &str) -> TestVm {
+        let disk = self.disks_dir.join(format!("{name}.qcow2"));
+        let base = self.base_image.to_str().expect("UTF-8 path");
+        let status = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base])
+            .arg(&disk)
+            .status()
+            .expect("run qemu-img");
+        assert!(status.success(), "qemu-img create {}", disk.display());
+        let hypervisor = Hypervisor::open(&self.uri).expect("connect to the bed");
+        let domain_type = hypervisor.preferred_domain_type().expect("read capabilities");
+        let xml = self.domain_xml(name, domain_type.as_str(), &disk);
+        let vm = hypervisor.define_vm(&xml).expect("define the test domain");
+        let _slot = self.boot_slot();
+        vm.start().expect("start the test domain");
+        TestVm { name: name.to_string(), disk }
+    }
+
+    /// A small domain for the bed's guest image: direct kernel boot, virtio, agent channel.
+    pub fn domain_xml(&self, name: &str, domain_type: &str, disk: &Path) -> String {
+        // The 128 MiB translation cache halves a TCG guest's host memory; KVM has none.
+        let tcg = if domain_type == "qemu" { "<tcg><tb-cache unit='MiB'>128</tb-cache></tcg>" } else { "" };
+        format!(
+            "<domain type='{domain_type}'><name>{name}</name><memory unit='MiB'>384</memory><vcpu>1</vcpu>
+             <os><type arch='x86_64' machine='q35'>hvm</type><kernel>{kernel}</kernel><initrd>{initrd}</initrd>
+               <cmdline>{GUEST_CMDLINE}</cmdline></os>
+             <features><acpi/><apic/>{tcg}</features><on_poweroff>destroy</on_poweroff>
+             <devices>
+               <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{disk}'/><target dev='vda' bus='virtio'/></disk>
+               <interface type='network'><source network='{network}'/><model type='virtio'/></interface>
+               <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+               <serial type='pty'/><console type='pty'/>
+               <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+               <controller type='usb' model='none'/><memballoon model='none'/>
+             </devices></domain>",
+            kernel = self.kernel.display(),
+            initrd = self.initrd.display(),
+            disk = disk.display(),
+            network = self.network,
+        )
+    }
+}
+
+/// Held while a guest boots; see [`Bed::boot_slot`].
+pub struct BootSlot(());
+
+impl Drop for BootSlot {
+    fn drop(&mut self) {
+        let (count, freed) = &BOOTING;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
+    }
+}
+
+/// A guest booted by [`Bed::boot_vm`].
+pub struct TestVm {
+    /// Its domain name.
+    pub name: String,
+    /// Its overlay disk.
+    pub disk: PathBuf,
+}
+
+impl TestVm {
+    /// Waits (bounded) for the guest's DHCP lease and returns its address; holds a boot slot meanwhile.
+    pub fn wait_ip(&self, timeout: Duration) -> String {
+        let bed = Bed::get();
+        let _slot = bed.boot_slot();
+        let hypervisor = Hypervisor::open(&bed.uri).expect("connect to the bed");
+        let vm = hypervisor.vm(&self.name).expect("the test domain exists");
+        let readiness = wait::Readiness { signal: wait::Signal::Lease, timeout };
+        let ready = wait::wait_ready(&hypervisor, &vm, &wait::LeaseBaseline::any(), readiness)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        ready.ip.expect("a lease has an address")
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        let uri = &Bed::get().uri;
+        for args in [vec!["destroy", &self.name], vec!["undefine", &self.name, "--snapshots-metadata"]] {
+            let _ = Command::new("virsh").arg("-c").arg(uri).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        let _ = std::fs::remove_file(&self.disk);
+    }
+}
+
+/// A fresh private directory under the system temp dir.
+pub fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("virtfarm-test-{}-{}", std::process::id(), NAMES.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}

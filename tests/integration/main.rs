@@ -1,1 +1,13 @@
+//! Integration tests against the test bed: real libvirtd, real guests, real Ansible.
+//!
+//! VM tests are `#[ignore]`d so that a plain `cargo test` needs no daemon;
+//! `cargo xtask test` brings the bed up and runs them with `--include-ignored`.
 
+/// The bed itself: a guest boots from a linked clone, leases, answers its agent and SSH.
+mod bed_smoke;
+/// kvm_provision: define, start, change, stop and remove VMs.
+mod kvm_provision;
+/// snapshot_libvirt: internal and external snapshots, groups, the backing-file mode.
+mod snapshot_libvirt;
+/// libvirt_inventory: the executable and the inventory plugin.
+mod inventory;

@@ -1,1 +1,58 @@
-fn main() {}
+//! `cargo xtask`: the project's automation, in Rust.
+//!
+//! - `cargo xtask setup`: install the Debian packages and the Python venv.
+//! - `cargo xtask image`: build (or find cached) the Debian guest image.
+//! - `cargo xtask bed up|down`: the libvirt test bed in its own network namespace.
+//! - `cargo xtask test`: everything above, then every test, then the bed down.
+
+mod bed;
+mod image;
+mod setup;
+mod sh;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let root = project_root()?;
+    match args.as_slice() {
+        ["setup"] => setup::packages().and(setup::venv(&root).map(drop)),
+        ["image"] => setup::packages().and(image::ensure(&root).map(drop)),
+        ["bed", "up"] => bed_up(&root).map(drop),
+        ["bed", "down"] => bed::down(),
+        ["test", rest @ ..] => test(&root, rest),
+        _ => bail!("usage: cargo xtask setup | image | bed up | bed down | test [cargo test filters]"),
+    }
+}
+
+fn project_root() -> Result<PathBuf> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("run through cargo xtask")?;
+    Ok(Path::new(&manifest_dir).parent().context("xtask has a parent")?.to_path_buf())
+}
+
+fn bed_up(root: &Path) -> Result<PathBuf> {
+    setup::packages()?;
+    let venv = setup::venv(root)?;
+    let image = image::ensure(root)?;
+    bed::up(&image, &venv)
+}
+
+/// Every test: unit tests, then the integration tests on the bed, which is torn down after.
+fn test(root: &Path, filters: &[&str]) -> Result<()> {
+    let started = std::time::Instant::now();
+    let bed_json = bed_up(root)?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    // The integration tests run the module binaries as Ansible would: build them first.
+    let result = sh::run(&cargo, &["build", "--workspace", "--bins"]).and_then(|()| {
+        std::env::set_var("VIRTFARM_BED", &bed_json);
+        let mut args = vec!["test", "--workspace", "--", "--include-ignored"];
+        args.extend_from_slice(filters);
+        sh::run(&cargo, &args)
+    });
+    let teardown = if std::env::var_os("VIRTFARM_KEEP_BED").is_some() { Ok(()) } else { bed::down() };
+    eprintln!("xtask test: {:.0} s in all", started.elapsed().as_secs_f64());
+    result.and(teardown)
+}

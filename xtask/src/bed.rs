@@ -1,0 +1,165 @@
+//! The test bed: libvirtd in a network namespace of its own, a NAT network with DHCP,
+//! storage pools for the guest image and for clones. Every bridge, dnsmasq and guest lives in
+//! the namespace, so tests reach guests only from inside it and nothing leaves the machine.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::image::GuestImage;
+use crate::sh;
+
+const NETNS: &str = "vfbed";
+const NETWORK: &str = "vfnet";
+const BRIDGE: &str = "vfbr0";
+const GATEWAY: &str = "10.77.0.1";
+const IMAGES_POOL: &str = "vfimages";
+const DISKS_POOL: &str = "vfdisks";
+const URI: &str = "qemu:///system";
+
+/// Where the bed keeps its runtime files; `bed.json` there tells the tests about it.
+pub fn state_dir() -> PathBuf {
+    PathBuf::from("/run/virtfarm-bed")
+}
+
+fn disks_dir() -> PathBuf {
+    PathBuf::from("/var/lib/virtfarm-bed/disks")
+}
+
+fn virsh(args: &[&str]) -> Result<String> {
+    let mut all = vec!["-c", URI];
+    all.extend_from_slice(args);
+    sh::output("virsh", &all)
+}
+
+fn libvirtd_running() -> bool {
+    sh::succeeds("pgrep", &["-x", "libvirtd"])
+}
+
+fn bed_is_up() -> bool {
+    state_dir().join("bed.json").exists() && libvirtd_running() && virsh(&["net-info", NETWORK]).is_ok()
+}
+
+/// Brings the bed up, or finds it up already; returns the path of `bed.json`.
+pub fn up(image: &GuestImage, venv: &Path) -> Result<PathBuf> {
+    let bed_json = state_dir().join("bed.json");
+    if bed_is_up() {
+        eprintln!("test bed: already up ({})", bed_json.display());
+        return Ok(bed_json);
+    }
+    if libvirtd_running() {
+        bail!("a libvirtd is running outside the test bed; stop it first (the bed runs its own, in namespace {NETNS})");
+    }
+    let started = Instant::now();
+    std::fs::create_dir_all(state_dir())?;
+    std::fs::create_dir_all(disks_dir())?;
+    if !sh::succeeds("ip", &["netns", "exec", NETNS, "true"]) {
+        sh::run("ip", &["netns", "add", NETNS])?;
+    }
+    sh::run("ip", &["netns", "exec", NETNS, "ip", "link", "set", "lo", "up"])?;
+    // No systemd here: virtlogd is not socket-activated, so it is started by hand too.
+    sh::run("ip", &["netns", "exec", NETNS, "virtlogd", "-d"])?;
+    sh::run("ip", &["netns", "exec", NETNS, "libvirtd", "-d"])?;
+    wait_until(Duration::from_secs(30), "libvirtd to answer", || virsh(&["version"]).is_ok())?;
+    remove_leftovers()?;
+
+    let net_xml = state_dir().join("network.xml");
+    std::fs::write(
+        &net_xml,
+        format!(
+            "<network><name>{NETWORK}</name><forward mode='nat'/><bridge name='{BRIDGE}' stp='off' delay='0'/>\
+             <ip address='{GATEWAY}' netmask='255.255.255.0'><dhcp><range start='10.77.0.10' end='10.77.0.250'/></dhcp></ip></network>"
+        ),
+    )?;
+    virsh(&["net-define", path_str(&net_xml)?])?;
+    virsh(&["net-start", NETWORK])?;
+    define_pool(IMAGES_POOL, &image.dir)?;
+    define_pool(DISKS_POOL, &disks_dir())?;
+
+    let description = json!({
+        "uri": URI,
+        "netns": NETNS,
+        "network": NETWORK,
+        "bridge": BRIDGE,
+        "gateway": GATEWAY,
+        "images_pool": IMAGES_POOL,
+        "base_volume": "base.qcow2",
+        "base_image": image.base(),
+        "disks_pool": DISKS_POOL,
+        "disks_dir": disks_dir(),
+        "kernel": image.dir.join("vmlinuz"),
+        "initrd": image.dir.join("initrd.img"),
+        "ssh_key": image.dir.join("id_ed25519"),
+        "ssh_user": "ansible",
+        "venv": venv,
+    });
+    std::fs::write(&bed_json, serde_json::to_string_pretty(&description)?)?;
+    eprintln!("test bed: up in {:.1} s ({})", started.elapsed().as_secs_f64(), bed_json.display());
+    Ok(bed_json)
+}
+
+fn define_pool(name: &str, dir: &Path) -> Result<()> {
+    virsh(&["pool-define-as", name, "dir", "--target", path_str(dir)?])?;
+    virsh(&["pool-start", name])?;
+    Ok(())
+}
+
+/// Tears the bed down: its domains, network, pools, daemons and namespace. Keeps the image.
+pub fn down() -> Result<()> {
+    if libvirtd_running() && virsh(&["version"]).is_ok() {
+        remove_leftovers()?;
+    }
+    // Everything left in the namespace is ours: the daemons, dnsmasq, any qemu.
+    let pids = sh::output("ip", &["netns", "pids", NETNS]).unwrap_or_default();
+    for pid in pids.split_whitespace() {
+        let _ = sh::output("kill", &[pid]);
+    }
+    let _ = wait_until(Duration::from_secs(15), "the bed's processes to exit", || {
+        sh::output("ip", &["netns", "pids", NETNS]).map_or(true, |p| p.trim().is_empty())
+    });
+    if sh::succeeds("ip", &["netns", "exec", NETNS, "true"]) {
+        sh::run("ip", &["netns", "del", NETNS])?;
+    }
+    let _ = std::fs::remove_dir_all(state_dir());
+    let _ = std::fs::remove_dir_all(disks_dir());
+    eprintln!("test bed: down");
+    Ok(())
+}
+
+/// Removes what a bed (this or an interrupted earlier one) defined: domains attached to its
+/// network or disks, the network and the pools. Nothing else on the daemon is touched.
+fn remove_leftovers() -> Result<()> {
+    let names = virsh(&["list", "--all", "--name"])?;
+    let disks = disks_dir();
+    for name in names.lines().map(str::trim).filter(|n| !n.is_empty()) {
+        let xml = virsh(&["dumpxml", "--inactive", name]).unwrap_or_default();
+        if xml.contains(&format!("network='{NETWORK}'")) || xml.contains(&*disks.to_string_lossy()) {
+            let _ = virsh(&["destroy", name]);
+            let _ = virsh(&["undefine", name, "--snapshots-metadata", "--managed-save", "--checkpoints-metadata"]);
+        }
+    }
+    let _ = virsh(&["net-destroy", NETWORK]);
+    let _ = virsh(&["net-undefine", NETWORK]);
+    for pool in [IMAGES_POOL, DISKS_POOL] {
+        let _ = virsh(&["pool-destroy", pool]);
+        let _ = virsh(&["pool-undefine", pool]);
+    }
+    Ok(())
+}
+
+fn wait_until(bound: Duration, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + bound;
+    while !ready() {
+        if Instant::now() >= deadline {
+            bail!("timed out after {} s waiting for {what}", bound.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str().context("non-UTF-8 path")
+}
