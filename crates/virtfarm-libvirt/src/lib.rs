@@ -21,9 +21,13 @@
 pub mod agent;
 pub mod connection;
 pub mod domain_facts;
+pub mod domain_xml;
 pub mod error;
 pub mod leases;
+pub mod network;
 pub mod power;
+pub mod seed_iso;
+pub mod storage;
 pub mod vm;
 pub mod wait;
 

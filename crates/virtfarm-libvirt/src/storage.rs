@@ -1,0 +1,285 @@
+//! Disks through libvirt's storage API, so the same calls work on a local or a remote URI:
+//! base images, linked clones (qcow2 with a backing store), uploaded files, deletion.
+
+use std::io::Cursor;
+
+use quick_xml::Writer;
+use serde::Deserialize;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
+
+use crate::connection::Hypervisor;
+use crate::domain_xml::text_element;
+use crate::error::{Doing, Error, Result};
+
+/// A volume that disks are cloned from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseImage {
+    /// Path on the hypervisor.
+    pub path: String,
+    /// Its format (`qcow2`, `raw`): the backing format of the clones.
+    pub format: String,
+    /// Virtual size in bytes.
+    pub capacity: u64,
+}
+
+/// How a guest's disk is made from its base image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloneMode {
+    /// A qcow2 overlay whose backing store is the base: instant, shares the base's blocks.
+    Linked,
+    /// A full, independent copy.
+    Full,
+}
+
+/// What [`Hypervisor::ensure_clone`] did, or would do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CloneOutcome {
+    /// Path of the guest's disk.
+    pub path: String,
+    /// The volume did not exist and was (or would be) created.
+    pub created: bool,
+    /// The volume was (or would be) grown to the requested size.
+    pub resized: bool,
+}
+
+#[derive(Deserialize)]
+struct RawVolume {
+    target: RawVolumeTarget,
+}
+
+#[derive(Deserialize)]
+struct RawVolumeTarget {
+    path: String,
+    #[serde(default)]
+    format: Option<RawFormat>,
+}
+
+#[derive(Deserialize)]
+struct RawFormat {
+    #[serde(rename = "@type")]
+    kind: String,
+}
+
+impl Hypervisor {
+    fn pool(&self, name: &str) -> Result<StoragePool> {
+        match self.raw().lookup_storage_pool_by_name(name) {
+            Ok(pool) => Ok(pool),
+            Err(e) if e.code().is(virt::error::ErrorNumber::NoStoragePool) => {
+                Err(Error::NotFound { kind: "storage pool", name: name.to_string() })
+            }
+            Err(e) => Err(e).doing(|| format!("looking up storage pool {name}")),
+        }
+    }
+
+    fn volume_in(&self, pool: &StoragePool, pool_name: &str, name: &str) -> Result<Option<StorageVol>> {
+        match pool.lookup_storage_vol_by_name(name) {
+            Ok(volume) => Ok(Some(volume)),
+            Err(e) if e.code().is(virt::error::ErrorNumber::NoStorageVolume) => Ok(None),
+            Err(e) => Err(e).doing(|| format!("looking up volume {name} in pool {pool_name}")),
+        }
+    }
+
+    /// The target directory of a pool (where its volumes live, for `dir` pools).
+    pub fn pool_path(&self, pool_name: &str) -> Result<String> {
+        #[derive(Deserialize)]
+        struct RawPool {
+            target: RawPoolTarget,
+        }
+        #[derive(Deserialize)]
+        struct RawPoolTarget {
+            path: String,
+        }
+        let xml = self.pool(pool_name)?.xml_desc(0).doing(|| format!("reading storage pool {pool_name}"))?;
+        let raw: RawPool = quick_xml::de::from_str(&xml)
+            .map_err(|e| Error::Xml { doing: format!("reading storage pool {pool_name}"), message: e.to_string() })?;
+        Ok(raw.target.path)
+    }
+
+    /// Finds a base image: a path known to libvirt, or a volume name in `pool` (or in any pool).
+    pub fn base_image(&self, image: &str, pool: Option<&str>) -> Result<BaseImage> {
+        let volume = if image.starts_with('/') {
+            self.raw().lookup_storage_vol_by_path(image).map_err(|_| {
+                Error::Refused(format!("'{image}' is not a volume of any libvirt storage pool (define a pool over its directory)"))
+            })?
+        } else {
+            let pools = match pool {
+                Some(name) => vec![(name.to_string(), self.pool(name)?)],
+                None => self.all_pools()?,
+            };
+            let mut found = None;
+            for (name, pool) in &pools {
+                if let Some(volume) = self.volume_in(pool, name, image)? {
+                    found = Some(volume);
+                    break;
+                }
+            }
+            found.ok_or_else(|| Error::NotFound { kind: "base image volume", name: image.to_string() })?
+        };
+        describe_volume(&volume, image)
+    }
+
+    fn all_pools(&self) -> Result<Vec<(String, StoragePool)>> {
+        let pools = self
+            .raw()
+            .list_all_storage_pools(virt::sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+            .doing(|| "listing storage pools".to_string())?;
+        pools
+            .into_iter()
+            .map(|pool| Ok((pool.name().doing(|| "reading a pool name".to_string())?, pool)))
+            .collect()
+    }
+
+    /// Makes sure `pool` holds the guest disk `name` made from `base`, at least `size` bytes.
+    ///
+    /// An existing volume is kept (and only ever grown): a guest's disk is never recreated.
+    /// With `dry_run`, nothing changes and the outcome says what would.
+    pub fn ensure_clone(
+        &self,
+        pool_name: &str,
+        name: &str,
+        base: &BaseImage,
+        size: Option<u64>,
+        mode: CloneMode,
+        dry_run: bool,
+    ) -> Result<CloneOutcome> {
+        let pool = self.pool(pool_name)?;
+        if let Some(volume) = self.volume_in(&pool, pool_name, name)? {
+            let path = volume.path().doing(|| format!("reading the path of volume {name}"))?;
+            let capacity = volume.info().doing(|| format!("reading volume {name}"))?.capacity;
+            let resized = match size {
+                Some(size) if size > capacity => {
+                    if !dry_run {
+                        volume.resize(size, 0).doing(|| format!("growing volume {name} to {size} bytes"))?;
+                    }
+                    true
+                }
+                _ => false,
+            };
+            return Ok(CloneOutcome { path, created: false, resized });
+        }
+        let capacity = size.unwrap_or(base.capacity).max(base.capacity);
+        let path = format!("{}/{name}", self.pool_path(pool_name)?);
+        if !dry_run {
+            match mode {
+                CloneMode::Linked => {
+                    let xml = volume_xml(name, capacity, "qcow2", Some(base))?;
+                    StorageVol::create_xml(&pool, &xml, 0).doing(|| format!("creating the linked clone {name} of {}", base.path))?;
+                }
+                CloneMode::Full => {
+                    let source = self.raw().lookup_storage_vol_by_path(&base.path).doing(|| format!("looking up {}", base.path))?;
+                    let xml = volume_xml(name, capacity, "qcow2", None)?;
+                    StorageVol::create_xml_from(&pool, &xml, &source, 0)
+                        .doing(|| format!("copying {} to {name}", base.path))?;
+                }
+            }
+        }
+        Ok(CloneOutcome { path, created: true, resized: false })
+    }
+
+    /// Stores `content` as the raw volume `name` in `pool`, replacing an older one; returns its path.
+    pub fn put_volume(&self, pool_name: &str, name: &str, content: &[u8]) -> Result<String> {
+        let pool = self.pool(pool_name)?;
+        if let Some(old) = self.volume_in(&pool, pool_name, name)? {
+            old.delete(0).doing(|| format!("deleting the old volume {name}"))?;
+        }
+        let xml = volume_xml(name, content.len() as u64, "raw", None)?;
+        let volume = StorageVol::create_xml(&pool, &xml, 0).doing(|| format!("creating volume {name}"))?;
+        let stream = Stream::new(self.raw(), 0).doing(|| format!("opening a stream for volume {name}"))?;
+        volume.upload(&stream, 0, content.len() as u64, 0).doing(|| format!("starting the upload of {name}"))?;
+        let mut sent = 0;
+        while sent < content.len() {
+            match stream.send(&content[sent..]) {
+                Ok(n) if n > 0 => sent += n as usize,
+                Ok(_) => return Err(Error::Refused(format!("uploading {name}: the stream closed early"))),
+                Err(e) => {
+                    let _ = stream.abort();
+                    return Err(e).doing(|| format!("uploading {name}"));
+                }
+            }
+        }
+        stream.finish().doing(|| format!("finishing the upload of {name}"))?;
+        volume.path().doing(|| format!("reading the path of volume {name}"))
+    }
+
+    /// Deletes the volume at `path`; true when it existed.
+    pub fn delete_volume(&self, path: &str) -> Result<bool> {
+        match self.raw().lookup_storage_vol_by_path(path) {
+            Ok(volume) => {
+                volume.delete(0).doing(|| format!("deleting volume {path}"))?;
+                Ok(true)
+            }
+            Err(e) if e.code().is(virt::error::ErrorNumber::NoStorageVolume) => Ok(false),
+            Err(e) => Err(e).doing(|| format!("looking up volume {path}")),
+        }
+    }
+
+    /// True when `path` is a volume of a storage pool.
+    pub fn volume_exists(&self, path: &str) -> Result<bool> {
+        match self.raw().lookup_storage_vol_by_path(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.code().is(virt::error::ErrorNumber::NoStorageVolume) => Ok(false),
+            Err(e) => Err(e).doing(|| format!("looking up volume {path}")),
+        }
+    }
+}
+
+fn describe_volume(volume: &StorageVol, asked: &str) -> Result<BaseImage> {
+    let xml = volume.xml_desc(0).doing(|| format!("reading volume {asked}"))?;
+    let raw: RawVolume = quick_xml::de::from_str(&xml)
+        .map_err(|e| Error::Xml { doing: format!("reading volume {asked}"), message: e.to_string() })?;
+    let capacity = volume.info().doing(|| format!("reading volume {asked}"))?.capacity;
+    Ok(BaseImage { path: raw.target.path, format: raw.target.format.map_or_else(|| "raw".to_string(), |f| f.kind), capacity })
+}
+
+/// A volume definition; with `backing`, a qcow2 overlay on it.
+fn volume_xml(name: &str, capacity: u64, format: &str, backing: Option<&BaseImage>) -> Result<String> {
+    let mut writer = Writer::new(Cursor::new(Vec::new()));
+    writer
+        .create_element("volume")
+        .write_inner_content(|w| {
+            text_element(w, "name", name)?;
+            w.create_element("capacity")
+                .with_attribute(("unit", "bytes"))
+                .write_text_content(quick_xml::events::BytesText::new(&capacity.to_string()))?;
+            w.create_element("target").write_inner_content(|w| {
+                w.create_element("format").with_attribute(("type", format)).write_empty()?;
+                Ok(())
+            })?;
+            if let Some(base) = backing {
+                w.create_element("backingStore").write_inner_content(|w| {
+                    text_element(w, "path", &base.path)?;
+                    w.create_element("format").with_attribute(("type", base.format.as_str())).write_empty()?;
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })
+        .map_err(|e| Error::Xml { doing: format!("writing the definition of volume {name}"), message: e.to_string() })?;
+    String::from_utf8(writer.into_inner().into_inner())
+        .map_err(|e| Error::Xml { doing: format!("writing the definition of volume {name}"), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linked_clone_definition_names_its_backing_store() {
+        let base = BaseImage { path: "/images/base&1.qcow2".into(), format: "qcow2".into(), capacity: 4 << 30 };
+        let xml = volume_xml("web1.qcow2", 8 << 30, "qcow2", Some(&base)).unwrap();
+        assert!(xml.contains("<backingStore><path>/images/base&amp;1.qcow2</path><format type=\"qcow2\"/></backingStore>"), "{xml}");
+        assert!(xml.contains("<capacity unit=\"bytes\">8589934592</capacity>"), "{xml}");
+    }
+
+    #[test]
+    fn volume_description_reads_path_and_format() {
+        let raw: RawVolume = quick_xml::de::from_str(
+            "<volume type='file'><name>b</name><capacity unit='bytes'>5</capacity><target><path>/i/b.qcow2</path><format type='qcow2'/></target></volume>",
+        )
+        .unwrap();
+        assert_eq!(raw.target.path, "/i/b.qcow2");
+        assert_eq!(raw.target.format.map(|f| f.kind).as_deref(), Some("qcow2"));
+    }
+}
