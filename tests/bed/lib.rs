@@ -48,6 +48,27 @@ pub struct Bed {
     pub ssh_user: String,
     /// The Python venv with ansible-core.
     pub venv: PathBuf,
+    /// Where `cargo xtask collection` installed the built collection tarball.
+    pub collections_path: PathBuf,
+}
+
+/// What an Ansible command did.
+#[derive(Debug)]
+pub struct AnsibleRun {
+    /// True when it exited 0.
+    pub success: bool,
+    /// Its stdout: with the `json` callback, one JSON document.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+impl AnsibleRun {
+    /// stdout parsed as the `json` callback's document; panics with the output otherwise.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}):\nstdout: {}\nstderr: {}", self.stdout, self.stderr))
+    }
 }
 
 /// Guests that may boot at once across the test binary.
@@ -119,6 +140,37 @@ impl Bed {
             .stdin(Stdio::null())
             .output()
             .expect("run ip netns exec")
+    }
+
+    /// Runs an Ansible program of the venv (`ansible`, `ansible-playbook`, `ansible-inventory`,
+    /// `ansible-doc`, ...) inside the namespace, with the installed collection, the guest key,
+    /// and the `json` stdout callback; bounded to 15 minutes.
+    pub fn ansible(&self, program: &str, args: &[&str]) -> AnsibleRun {
+        let program = self.venv.join("bin").join(program);
+        let path = format!("{}:{}", self.venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "timeout", "900"])
+            .arg(&program)
+            .args(args)
+            .env("PATH", path)
+            .env("ANSIBLE_COLLECTIONS_PATH", &self.collections_path)
+            .env("ANSIBLE_PRIVATE_KEY_FILE", &self.ssh_key)
+            .env("ANSIBLE_REMOTE_USER", &self.ssh_user)
+            .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+            .env("ANSIBLE_STDOUT_CALLBACK", "json")
+            .env("ANSIBLE_LOAD_CALLBACK_PLUGINS", "1")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
+            .env("ANSIBLE_LOCALHOST_WARNING", "False")
+            .env("ANSIBLE_INVENTORY_UNPARSED_WARNING", "False")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
+        AnsibleRun {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
     }
 
     /// Runs `command` on the guest at `ip` over SSH as `ssh_user`, from inside the namespace.

@@ -43,7 +43,7 @@ fn bed_is_up() -> bool {
 }
 
 /// Brings the bed up, or finds it up already; returns the path of `bed.json`.
-pub fn up(image: &GuestImage, venv: &Path) -> Result<PathBuf> {
+pub fn up(image: &GuestImage, venv: &Path, collections: &Path) -> Result<PathBuf> {
     let bed_json = state_dir().join("bed.json");
     if bed_is_up() {
         eprintln!("test bed: already up ({})", bed_json.display());
@@ -94,6 +94,7 @@ pub fn up(image: &GuestImage, venv: &Path) -> Result<PathBuf> {
         "ssh_key": image.dir.join("id_ed25519"),
         "ssh_user": "ansible",
         "venv": venv,
+        "collections_path": collections,
     });
     std::fs::write(&bed_json, serde_json::to_string_pretty(&description)?)?;
     eprintln!("test bed: up in {:.1} s ({})", started.elapsed().as_secs_f64(), bed_json.display());

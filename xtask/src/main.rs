@@ -2,10 +2,12 @@
 //!
 //! - `cargo xtask setup`: install the Debian packages and the Python venv.
 //! - `cargo xtask image`: build (or find cached) the Debian guest image.
+//! - `cargo xtask collection`: release binaries into the Galaxy collection tarball, installed.
 //! - `cargo xtask bed up|down`: the libvirt test bed in its own network namespace.
 //! - `cargo xtask test`: everything above, then every test, then the bed down.
 
 mod bed;
+mod collection;
 mod image;
 mod setup;
 mod sh;
@@ -21,10 +23,11 @@ fn main() -> Result<()> {
     match args.as_slice() {
         ["setup"] => setup::packages().and(setup::venv(&root).map(drop)),
         ["image"] => setup::packages().and(image::ensure(&root).map(drop)),
+        ["collection"] => setup::packages().and_then(|()| collection::build_and_install(&root, &setup::venv(&root)?)).map(drop),
         ["bed", "up"] => bed_up(&root).map(drop),
         ["bed", "down"] => bed::down(),
         ["test", rest @ ..] => test(&root, rest),
-        _ => bail!("usage: cargo xtask setup | image | bed up | bed down | test [cargo test filters]"),
+        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | test [cargo test filters]"),
     }
 }
 
@@ -37,7 +40,8 @@ fn bed_up(root: &Path) -> Result<PathBuf> {
     setup::packages()?;
     let venv = setup::venv(root)?;
     let image = image::ensure(root)?;
-    bed::up(&image, &venv)
+    let collections = collection::build_and_install(root, &venv)?;
+    bed::up(&image, &venv, &collections)
 }
 
 /// Every test: unit tests, then the integration tests on the bed, which is torn down after.
