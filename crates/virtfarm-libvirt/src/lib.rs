@@ -27,6 +27,7 @@ pub mod leases;
 pub mod network;
 pub mod power;
 pub mod seed_iso;
+pub mod snapshot;
 pub mod storage;
 pub mod vm;
 pub mod wait;

@@ -1,0 +1,153 @@
+//! Taking the same snapshot of several domains as close together as possible.
+//!
+//! File systems are frozen first (they must be: a paused guest cannot answer its agent),
+//! then every running domain is paused, each snapshot taken, all resumed and thawed. If one
+//! domain fails, the snapshots already taken of the others are deleted again.
+
+use std::time::{Duration, Instant};
+
+use super::{choose_type, delete, take, CreateOptions, SnapshotType};
+use crate::connection::Hypervisor;
+use crate::error::{Error, Result};
+use crate::vm::{PowerState, Vm};
+
+/// How a domain's file systems were made consistent for a disk-only snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quiesce {
+    /// Frozen through the guest agent (`guest-fsfreeze-freeze`) and thawed after.
+    Fsfreeze,
+    /// Freezing failed; `sync` ran through the agent instead.
+    Sync,
+    /// Asked for, but the agent could do neither: the snapshot is crash-consistent.
+    None,
+    /// Not needed: the snapshot keeps RAM, the domain is off, or quiescing was not asked for.
+    NotNeeded,
+}
+
+impl Quiesce {
+    /// `fsfreeze`, `sync`, `none` or `not_needed`, as in results.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quiesce::Fsfreeze => "fsfreeze",
+            Quiesce::Sync => "sync",
+            Quiesce::None => "none",
+            Quiesce::NotNeeded => "not_needed",
+        }
+    }
+}
+
+/// One snapshot taken.
+#[derive(Clone, Debug)]
+pub struct Created {
+    /// The domain.
+    pub domain: String,
+    /// Internal or external.
+    pub kind: SnapshotType,
+    /// True when the guest's RAM is in the snapshot.
+    pub memory: bool,
+    /// How the file systems were quiesced.
+    pub quiesce: Quiesce,
+    /// Seconds the snapshot call took for this domain.
+    pub seconds: f64,
+}
+
+/// Time allowed for `sync` in a guest whose file systems could not be frozen.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Plan<'a> {
+    vm: &'a Vm,
+    facts: crate::domain_facts::DomainFacts,
+    kind: SnapshotType,
+    memory: bool,
+    running: bool,
+}
+
+/// Takes snapshot `name` of every domain in `vms`; all or none.
+pub fn create_group(hv: &Hypervisor, vms: &[Vm], name: &str, options: &CreateOptions) -> Result<Vec<Created>> {
+    let plans = vms.iter().map(|vm| plan(vm, options)).collect::<Result<Vec<_>>>()?;
+    let quiesced: Vec<Quiesce> = plans.iter().map(|p| quiesce(p, options.quiesce)).collect();
+    let paused: Vec<&Vm> = if plans.len() > 1 {
+        plans.iter().filter(|p| p.running).map(|p| p.vm).filter(|vm| vm.suspend().is_ok()).collect()
+    } else {
+        Vec::new()
+    };
+    let mut created = Vec::new();
+    let mut failure = None;
+    for (plan, quiesce) in plans.iter().zip(&quiesced) {
+        let started = Instant::now();
+        match take(plan.vm, &plan.facts, name, plan.kind, plan.memory) {
+            Ok(()) => created.push(Created {
+                domain: plan.vm.name().to_string(),
+                kind: plan.kind,
+                memory: plan.memory,
+                quiesce: *quiesce,
+                seconds: started.elapsed().as_secs_f64(),
+            }),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let mut problems: Vec<String> = Vec::new();
+    for vm in paused {
+        if let Err(e) = vm.resume() {
+            problems.push(e.to_string());
+        }
+    }
+    for (plan, _) in plans.iter().zip(&quiesced).filter(|(_, q)| **q == Quiesce::Fsfreeze) {
+        if let Err(e) = plan.vm.agent().thaw() {
+            problems.push(e.to_string());
+        }
+    }
+    if let Some(error) = failure {
+        let rolled_back = roll_back(hv, vms, name, &created);
+        problems.insert(0, error.to_string());
+        problems.push(rolled_back);
+        return Err(Error::Refused(problems.join("; ")));
+    }
+    if !problems.is_empty() {
+        return Err(Error::Refused(format!("snapshot {name} taken, but: {}", problems.join("; "))));
+    }
+    Ok(created)
+}
+
+fn plan<'a>(vm: &'a Vm, options: &CreateOptions) -> Result<Plan<'a>> {
+    let running = vm.power_state()? != PowerState::ShutOff;
+    let facts = vm.facts()?;
+    let kind = choose_type(&facts, running, options)?;
+    let memory = kind == SnapshotType::Internal && options.memory.unwrap_or(running);
+    Ok(Plan { vm, facts, kind, memory, running })
+}
+
+/// Freezes (or syncs) the guest's file systems when a disk-only snapshot of a running guest is planned.
+fn quiesce(plan: &Plan<'_>, asked: bool) -> Quiesce {
+    if !asked || !plan.running || plan.memory {
+        return Quiesce::NotNeeded;
+    }
+    let agent = plan.vm.agent();
+    if agent.freeze().is_ok() {
+        Quiesce::Fsfreeze
+    } else if agent.sync(SYNC_TIMEOUT).is_ok() {
+        Quiesce::Sync
+    } else {
+        Quiesce::None
+    }
+}
+
+/// Deletes the snapshots already taken; says what happened, for the error message.
+fn roll_back(hv: &Hypervisor, vms: &[Vm], name: &str, created: &[Created]) -> String {
+    if created.is_empty() {
+        return "no snapshot was taken".to_string();
+    }
+    let mut outcome = Vec::new();
+    for done in created {
+        let result = vms.iter().find(|vm| vm.name() == done.domain).map(|vm| delete(hv, vm, name));
+        outcome.push(match result {
+            Some(Ok(_)) => format!("rolled back on {}", done.domain),
+            Some(Err(e)) => format!("rolling back on {} failed: {e}", done.domain),
+            None => format!("rolling back on {} failed: domain not found", done.domain),
+        });
+    }
+    outcome.join(", ")
+}
