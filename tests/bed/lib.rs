@@ -121,14 +121,19 @@ impl Bed {
     /// Runs a module binary the way Ansible does (flat JSON args in a file named by argv[1]),
     /// inside the namespace, and returns its one JSON result.
     pub fn run_module(&self, module: &str, args: Value) -> Value {
+        self.run_program(&self.binary(module), args)
+    }
+
+    /// Runs the module binary at `program` as Ansible does; see [`Bed::run_module`].
+    pub fn run_program(&self, program: &Path, args: Value) -> Value {
         let dir = tempdir();
         let args_file = dir.join("args");
         std::fs::write(&args_file, args.to_string()).expect("write the args file");
-        let output = self.in_netns(self.binary(module).as_os_str().to_str().expect("UTF-8 path"), &[args_file.to_str().expect("UTF-8 path")]);
+        let output = self.in_netns(program.to_str().expect("UTF-8 path"), &[args_file.to_str().expect("UTF-8 path")]);
         let _ = std::fs::remove_dir_all(&dir);
         let stdout = String::from_utf8_lossy(&output.stdout);
         serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-            panic!("{module} printed no single JSON object ({e}):\nstdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr))
+            panic!("{} printed no single JSON object ({e}):\nstdout: {stdout}\nstderr: {}", program.display(), String::from_utf8_lossy(&output.stderr))
         })
     }
 

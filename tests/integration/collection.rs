@@ -1,0 +1,66 @@
+use std::collections::BTreeSet;
+
+use bed::Bed;
+use serde_json::{json, Value};
+
+/// The modules the collection ships.
+const MODULES: &[&str] = &["kvm_provision", "snapshot_libvirt", "guest_provision", "libvirt_ping"];
+
+/// Every module of the installed collection renders with ansible-doc, and its documented
+/// options are exactly the options the binary accepts (the binary names them when it rejects
+/// an unknown one, with Ansible's wording).
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn every_module_is_documented_with_exactly_the_options_it_accepts() {
+    let bed = Bed::get();
+    for module in MODULES {
+        let fqcn = format!("virtfarm.libvirt.{module}");
+        let doc = bed.ansible("ansible-doc", &["-t", "module", "--json", &fqcn]);
+        assert!(doc.success, "ansible-doc {fqcn}: {}", doc.stderr);
+        let doc = doc.json();
+        let documented: BTreeSet<String> =
+            doc[&fqcn]["doc"]["options"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        assert!(!doc[&fqcn]["examples"].as_str().unwrap_or("").is_empty(), "{fqcn} has examples");
+        assert!(doc[&fqcn]["return"].is_object(), "{fqcn} documents its return values");
+
+        let installed = bed.collections_path.join("ansible_collections/virtfarm/libvirt/plugins/modules").join(module);
+        let result = bed.run_program(&installed, json!({ "no_such_option_": 1 }));
+        assert_eq!(result["failed"], true, "{module}: {result}");
+        let msg = result["msg"].as_str().unwrap_or_default();
+        let expected_head = format!("Unsupported parameters for ({module}) module: no_such_option_. Supported parameters include: ");
+        let supported = msg.strip_prefix(&expected_head).unwrap_or_else(|| panic!("{module}: {msg}"));
+        let accepted: BTreeSet<String> = supported
+            .trim_end_matches('.')
+            .split(", ")
+            .map(|option| option.split(" (").next().unwrap_or(option).to_string())
+            .collect();
+        assert_eq!(documented, accepted, "{module}: documented options vs accepted options");
+    }
+}
+
+/// Ad-hoc use with string arguments, as `ansible -m ... -a k=v` sends them; a panic still
+/// gives Ansible a failed JSON result.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn ad_hoc_ping_coerces_strings_and_reports_panics_as_failures() {
+    let bed = Bed::get();
+    let adhoc = |args: &str| -> Value {
+        let run = bed.ansible("ansible", &["localhost", "-c", "local", "-i", "localhost,", "-m", "virtfarm.libvirt.libvirt_ping", "-a", args]);
+        let doc = run.json();
+        doc["plays"][0]["tasks"][0]["hosts"]["localhost"].clone()
+    };
+    let pong = adhoc("data=hello");
+    assert_eq!(pong["ping"], "hello", "{pong}");
+    assert_eq!(pong["changed"], false);
+
+    let with_libvirt = adhoc(&format!("uri={}", bed.uri));
+    assert_eq!(with_libvirt["libvirt"]["domain_type"].as_str().map(|t| t == "kvm" || t == "qemu"), Some(true), "{with_libvirt}");
+
+    let crash = adhoc("data=crash");
+    assert_eq!(crash["failed"], true, "{crash}");
+    assert!(crash["msg"].as_str().unwrap_or_default().contains("panicked"), "{crash}");
+
+    let unknown = adhoc("data=x colour=blue");
+    assert_eq!(unknown["failed"], true);
+    assert!(unknown["msg"].as_str().unwrap_or_default().contains("colour"), "{unknown}");
+}
