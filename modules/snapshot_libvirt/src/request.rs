@@ -1,0 +1,156 @@
+//! The validated request: what the user asked for, in domain terms, every value checked.
+
+use std::time::Duration;
+
+use virtfarm_libvirt::snapshot::{check_name, CreateOptions, Requested};
+use virtfarm_libvirt::wait::Signal;
+
+/// What should be true afterwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// The snapshot exists on every domain.
+    Present,
+    /// The snapshot exists on no domain.
+    Absent,
+    /// Every domain has just been reverted to the snapshot.
+    Reverted,
+    /// Nothing changes; the snapshots are listed.
+    List,
+}
+
+/// What to do after a revert.
+#[derive(Clone, Debug)]
+pub struct AfterRevert {
+    /// Set the guest clock from the host's through the agent.
+    pub sync_clock: bool,
+    /// Wait until the guest answers this way, if set.
+    pub wait: Option<Signal>,
+    /// The bound of that wait (and of the agent wait before the clock sync).
+    pub timeout: Duration,
+}
+
+/// One validated call of the module.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The libvirt URI.
+    pub uri: String,
+    /// The domains, in the order given.
+    pub domains: Vec<String>,
+    /// The option the domains came from (`name` or `names`), for error messages.
+    pub domains_option: &'static str,
+    /// The snapshot name; `None` only with `state: list`.
+    pub snapshot: Option<String>,
+    /// The wanted state.
+    pub state: State,
+    /// How to create.
+    pub create: CreateOptions,
+    /// Shut running domains down before the snapshot (graceful within this bound, then forced).
+    pub shutdown_first: Option<Duration>,
+    /// What to do after a revert.
+    pub after_revert: AfterRevert,
+}
+
+/// A rejected value, with the option it belongs to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadOption {
+    /// The option's name as the user writes it.
+    pub option: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl std::fmt::Display for BadOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.option, self.problem)
+    }
+}
+
+fn bad(option: &'static str, problem: impl Into<String>) -> BadOption {
+    BadOption { option, problem: problem.into() }
+}
+
+impl State {
+    /// Reads a `state` choice.
+    pub fn parse(value: &str) -> Result<State, BadOption> {
+        match value {
+            "present" => Ok(State::Present),
+            "absent" => Ok(State::Absent),
+            "reverted" => Ok(State::Reverted),
+            "list" => Ok(State::List),
+            other => Err(bad("state", format!("'{other}' is not one of present, absent, reverted, list"))),
+        }
+    }
+}
+
+/// Reads a `type` choice.
+pub fn parse_type(value: &str) -> Result<Requested, BadOption> {
+    match value {
+        "auto" => Ok(Requested::Auto),
+        "internal" => Ok(Requested::Internal),
+        "external" => Ok(Requested::External),
+        other => Err(bad("type", format!("'{other}' is not one of auto, internal, external"))),
+    }
+}
+
+/// Reads an `after_revert.wait` choice.
+pub fn parse_wait(value: &str) -> Result<Option<Signal>, BadOption> {
+    match value {
+        "none" => Ok(None),
+        "agent" => Ok(Some(Signal::Agent)),
+        "lease" => Ok(Some(Signal::Lease)),
+        "ssh" => Ok(Some(Signal::Ssh)),
+        other => Err(bad("after_revert.wait", format!("'{other}' is not one of none, agent, lease, ssh"))),
+    }
+}
+
+/// Checks the domain list: at least one, no empty or repeated names.
+pub fn check_domains(option: &'static str, domains: &[String]) -> Result<(), BadOption> {
+    if domains.is_empty() {
+        return Err(bad(option, "names at least one domain"));
+    }
+    for (index, name) in domains.iter().enumerate() {
+        if name.trim().is_empty() {
+            return Err(bad(option, "contains an empty domain name"));
+        }
+        if domains[..index].contains(name) {
+            return Err(bad(option, format!("names domain '{name}' twice")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the snapshot name against the state: required except for `list`, and safe.
+pub fn check_snapshot(state: State, snapshot: Option<&str>) -> Result<(), BadOption> {
+    match snapshot {
+        None if state != State::List => Err(bad("snapshot", "is required unless state is list")),
+        None => Ok(()),
+        Some(name) => check_name(name).map_err(|e| bad("snapshot", e.to_string())),
+    }
+}
+
+/// Checks a duration in seconds.
+pub fn seconds(option: &'static str, value: i64) -> Result<Duration, BadOption> {
+    u64::try_from(value).ok().filter(|s| *s > 0).map(Duration::from_secs).ok_or_else(|| bad(option, format!("must be a positive number of seconds, got {value}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rejection_names_its_option() {
+        assert_eq!(check_snapshot(State::Present, None).unwrap_err().option, "snapshot");
+        assert!(check_snapshot(State::List, None).is_ok());
+        for bad_name in ["a/b", "..", "", "x\u{7}"] {
+            let err = check_snapshot(State::Present, Some(bad_name)).unwrap_err();
+            assert!(err.to_string().starts_with("snapshot: "), "{err}");
+        }
+        assert_eq!(check_domains("names", &[]).unwrap_err().option, "names");
+        assert!(check_domains("names", &["a".into(), "a".into()]).unwrap_err().problem.contains("twice"));
+        assert_eq!(State::parse("gone").unwrap_err().option, "state");
+        assert_eq!(parse_type("both").unwrap_err().option, "type");
+        assert_eq!(parse_wait("ping").unwrap_err().option, "after_revert.wait");
+        assert_eq!(seconds("shutdown_timeout", 0).unwrap_err().option, "shutdown_timeout");
+        assert_eq!(seconds("shutdown_timeout", 5).unwrap(), Duration::from_secs(5));
+    }
+}

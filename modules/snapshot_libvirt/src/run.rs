@@ -1,0 +1,241 @@
+//! Carries out a [`Request`] against libvirt and says what happened, per domain.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use virtfarm_libvirt::power::{self, StopPolicy};
+use virtfarm_libvirt::snapshot::{self, ClockSync, RevertOptions, SnapshotInfo};
+use virtfarm_libvirt::wait::{self, LeaseBaseline, Readiness};
+use virtfarm_libvirt::{Hypervisor, PowerState, Vm};
+
+use crate::request::{Request, State};
+
+/// What the module reports on success.
+pub struct Report {
+    /// Whether anything changed (or, in check mode, would).
+    pub changed: bool,
+    /// Result keys: `vms`, and `snapshots` for one domain.
+    pub fields: Map<String, Value>,
+    /// Snapshot names per domain, before and after.
+    pub diff: (Value, Value),
+}
+
+/// Runs the request; a failure is the message for `msg`.
+pub fn run(request: &Request, check_mode: bool) -> Result<Report, String> {
+    let hv = Hypervisor::open(&request.uri).map_err(|e| format!("uri: {e}"))?;
+    let vms = request
+        .domains
+        .iter()
+        .map(|name| match hv.find_vm(name) {
+            Ok(Some(vm)) => Ok(vm),
+            Ok(None) => Err(format!("{}: domain '{name}' not found on {}", request.domains_option, request.uri)),
+            Err(e) => Err(e.to_string()),
+        })
+        .collect::<Result<Vec<Vm>, String>>()?;
+    let before = snapshot_names(&vms)?;
+    let (changed, results) = match (request.state, request.snapshot.as_deref()) {
+        (State::List, _) | (_, None) => (false, list(&vms)?),
+        (State::Present, Some(name)) => present(&hv, &vms, name, request, check_mode)?,
+        (State::Absent, Some(name)) => absent(&hv, &vms, name, check_mode)?,
+        (State::Reverted, Some(name)) => reverted(&hv, &vms, name, request, check_mode)?,
+    };
+    let after = if changed && !check_mode { snapshot_names(&vms)? } else { predicted(&before, request, changed) };
+    let mut fields = Map::new();
+    if let [only] = results.as_slice() {
+        if let Some(snapshots) = only.get("snapshots") {
+            fields.insert("snapshots".to_string(), snapshots.clone());
+        }
+    }
+    fields.insert("vms".to_string(), Value::Array(results));
+    Ok(Report { changed, fields, diff: (before, after) })
+}
+
+/// `{domain: [snapshot names]}`.
+fn snapshot_names(vms: &[Vm]) -> Result<Value, String> {
+    let mut names = Map::new();
+    for vm in vms {
+        let list = vm.snapshots().map_err(|e| e.to_string())?;
+        names.insert(vm.name().to_string(), list.into_iter().map(|s| Value::String(s.name)).collect());
+    }
+    Ok(Value::Object(names))
+}
+
+/// The snapshot list check mode expects afterwards.
+fn predicted(before: &Value, request: &Request, changed: bool) -> Value {
+    let (Some(name), true) = (request.snapshot.as_deref(), changed) else { return before.clone() };
+    let mut after = before.clone();
+    for list in after.as_object_mut().into_iter().flat_map(|m| m.values_mut()).filter_map(Value::as_array_mut) {
+        let has = list.iter().any(|n| n == name);
+        match request.state {
+            State::Present if !has => list.push(json!(name)),
+            State::Absent => list.retain(|n| n != name),
+            _ => {}
+        }
+    }
+    after
+}
+
+fn list(vms: &[Vm]) -> Result<Vec<Value>, String> {
+    vms.iter()
+        .map(|vm| {
+            let snapshots = vm.snapshots().map_err(|e| e.to_string())?;
+            Ok(json!({ "name": vm.name(), "changed": false, "snapshots": snapshots.iter().map(describe).collect::<Vec<_>>() }))
+        })
+        .collect()
+}
+
+/// One snapshot as `state: list` returns it.
+pub fn describe(info: &SnapshotInfo) -> Value {
+    json!({
+        "name": info.name,
+        "type": info.kind.as_str(),
+        "creation_time": info.creation_time,
+        "state": info.state,
+        "parent": info.parent,
+        "current": info.current,
+        "memory": info.memory,
+        "disks": info.disks.iter().map(|d| json!({"target": d.target, "snapshot": d.snapshot, "file": d.frozen, "overlay": d.overlay})).collect::<Vec<_>>(),
+    })
+}
+
+fn has_snapshot(vm: &Vm, name: &str) -> Result<bool, String> {
+    vm.find_snapshot(name).map(|s| s.is_some()).map_err(|e| e.to_string())
+}
+
+fn present(hv: &Hypervisor, vms: &[Vm], name: &str, request: &Request, check_mode: bool) -> Result<(bool, Vec<Value>), String> {
+    let mut results = Vec::new();
+    let mut missing = Vec::new();
+    for vm in vms {
+        if has_snapshot(vm, name)? {
+            results.push(json!({ "name": vm.name(), "snapshot": name, "changed": false }));
+        } else {
+            missing.push(vm.name().to_string());
+        }
+    }
+    if missing.is_empty() {
+        return Ok((false, results));
+    }
+    // Fresh handles: create_group wants the domains to snapshot, in a slice.
+    let targets = missing.iter().map(|n| hv.vm(n)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    if check_mode {
+        for vm in &targets {
+            let facts = vm.facts().map_err(|e| e.to_string())?;
+            let running = vm.power_state().map_err(|e| e.to_string())? != PowerState::ShutOff;
+            let kind = snapshot::choose_type(&facts, running && request.shutdown_first.is_none(), &request.create).map_err(|e| e.to_string())?;
+            results.push(json!({ "name": vm.name(), "snapshot": name, "changed": true, "type": kind.as_str() }));
+        }
+        return Ok((true, results));
+    }
+    let stopped = match request.shutdown_first {
+        Some(timeout) => shut_down(&targets, timeout)?,
+        None => Vec::new(),
+    };
+    let taken = snapshot::create_group(hv, &targets, name, &request.create);
+    let restarted = restart(&targets, &stopped);
+    let taken = taken.map_err(|e| e.to_string())?;
+    restarted?;
+    for created in taken {
+        results.push(json!({
+            "name": created.domain,
+            "snapshot": name,
+            "changed": true,
+            "type": created.kind.as_str(),
+            "memory": created.memory,
+            "quiesce": created.quiesce.as_str(),
+            "seconds": round(created.seconds),
+            "shutdown": stopped.iter().find(|(n, _)| *n == created.domain).map(|(_, how)| *how),
+        }));
+    }
+    Ok((true, results))
+}
+
+/// Stops the running domains; returns (domain, how it stopped) for those that were running.
+fn shut_down(vms: &[Vm], timeout: Duration) -> Result<Vec<(String, &'static str)>, String> {
+    let policy = StopPolicy { timeout, ..StopPolicy::default() };
+    let mut stopped = Vec::new();
+    for vm in vms {
+        let outcome = power::stop(vm, &policy).map_err(|e| e.to_string())?;
+        if outcome != power::StopOutcome::AlreadyOff {
+            stopped.push((vm.name().to_string(), outcome.as_str()));
+        }
+    }
+    Ok(stopped)
+}
+
+/// Starts again the domains that [`shut_down`] stopped: the previous power state comes back.
+fn restart(vms: &[Vm], stopped: &[(String, &'static str)]) -> Result<(), String> {
+    for vm in vms.iter().filter(|vm| stopped.iter().any(|(n, _)| n == vm.name())) {
+        vm.start().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn absent(hv: &Hypervisor, vms: &[Vm], name: &str, check_mode: bool) -> Result<(bool, Vec<Value>), String> {
+    let mut changed = false;
+    let mut results = Vec::new();
+    for vm in vms {
+        let Some(info) = vm.find_snapshot(name).map_err(|e| e.to_string())? else {
+            results.push(json!({ "name": vm.name(), "snapshot": name, "changed": false }));
+            continue;
+        };
+        changed = true;
+        if check_mode {
+            results.push(json!({ "name": vm.name(), "snapshot": name, "changed": true, "type": info.kind.as_str() }));
+            continue;
+        }
+        let deleted = snapshot::delete(hv, vm, name).map_err(|e| e.to_string())?;
+        results.push(json!({
+            "name": vm.name(), "snapshot": name, "changed": true, "type": deleted.kind.as_str(),
+            "method": deleted.method, "seconds": round(deleted.seconds), "removed_files": deleted.removed_files,
+        }));
+    }
+    Ok((changed, results))
+}
+
+/// libvirt records which snapshot is current but not whether the disks changed since, so
+/// every run reverts (and reports a change).
+fn reverted(hv: &Hypervisor, vms: &[Vm], name: &str, request: &Request, check_mode: bool) -> Result<(bool, Vec<Value>), String> {
+    for vm in vms {
+        if !has_snapshot(vm, name)? {
+            return Err(format!("snapshot: '{name}' not found on domain {}", vm.name()));
+        }
+    }
+    if check_mode {
+        return Ok((true, vms.iter().map(|vm| json!({ "name": vm.name(), "snapshot": name, "changed": true })).collect()));
+    }
+    let options = RevertOptions { sync_clock: request.after_revert.sync_clock, agent_timeout: request.after_revert.timeout };
+    let mut results = Vec::new();
+    for vm in vms {
+        let baseline = LeaseBaseline::capture(hv, vm).unwrap_or_else(|_| LeaseBaseline::any());
+        let done = snapshot::revert(hv, vm, name, &options).map_err(|e| e.to_string())?;
+        let mut result = json!({
+            "name": vm.name(), "snapshot": name, "changed": true, "type": done.kind.as_str(),
+            "seconds": round(done.seconds), "power_state": done.power_state.as_str(),
+            "clock": clock_word(&done.clock), "removed_files": done.removed_files,
+        });
+        if let ClockSync::Failed(why) = &done.clock {
+            result["clock_error"] = json!(why);
+        }
+        if let (Some(signal), PowerState::Running) = (request.after_revert.wait, done.power_state) {
+            let readiness = Readiness { signal, timeout: request.after_revert.timeout };
+            let ready = wait::wait_ready(hv, vm, &baseline, readiness).map_err(|e| format!("after_revert.wait: {e}"))?;
+            result["ip"] = json!(ready.ip);
+            result["ready_seconds"] = json!(round(ready.seconds));
+        }
+        results.push(result);
+    }
+    Ok((true, results))
+}
+
+fn clock_word(clock: &ClockSync) -> &'static str {
+    match clock {
+        ClockSync::Synced => "synced",
+        ClockSync::NotNeeded => "not_needed",
+        ClockSync::Failed(_) => "failed",
+    }
+}
+
+/// Seconds to the millisecond: enough for timings, short in results.
+fn round(seconds: f64) -> f64 {
+    (seconds * 1000.0).round() / 1000.0
+}
