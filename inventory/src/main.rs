@@ -1,1 +1,86 @@
-fn main() {}
+//! `libvirt_inventory`: an Ansible script inventory over one or more libvirt URIs.
+//!
+//! Ansible runs it with `--list` (or `--host NAME`); it prints one JSON document on stdout
+//! and nothing else. Diagnostics go to stderr. It fails only when no URI could be read.
+
+mod cache;
+mod render;
+mod settings;
+mod sources;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use settings::{Mode, Settings};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("libvirt_inventory: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let settings = Settings::from_command_line()?;
+    let inventory = match settings.cache.as_ref().filter(|_| !settings.refresh).and_then(|c| c.load(&settings.cache_key())) {
+        Some(cached) => cached,
+        None => fresh_inventory(&settings)?,
+    };
+    let output = match &settings.mode {
+        Mode::List => inventory,
+        // An unknown host has no variables, which Ansible expects as `{}`.
+        Mode::Host(name) => inventory["_meta"]["hostvars"].get(name).cloned().unwrap_or_else(|| json!({})),
+    };
+    let text = if settings.pretty { serde_json::to_string_pretty(&output) } else { serde_json::to_string(&output) };
+    println!("{}", text.context("writing the inventory as JSON")?);
+    if settings.stats {
+        eprintln!("libvirt_inventory: total {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Ok(())
+}
+
+/// Scans every URI and renders the inventory; caches it when every URI answered.
+fn fresh_inventory(settings: &Settings) -> anyhow::Result<Value> {
+    let reports = sources::scan_all(&settings.uris, &settings.scan, settings.timeout);
+    let mut warnings = Vec::new();
+    let mut scans = Vec::new();
+    for report in reports {
+        match report.outcome {
+            Ok(scan) => {
+                if settings.stats {
+                    eprintln!(
+                        "libvirt_inventory: {}: {} domains, {} libvirt calls, {:.1} ms",
+                        report.uri,
+                        scan.domains.len(),
+                        scan.calls,
+                        report.elapsed.as_secs_f64() * 1000.0
+                    );
+                }
+                warnings.extend(scan.warnings.iter().map(|w| format!("{}: {w}", report.uri)));
+                scans.push((report.uri, scan));
+            }
+            Err(message) => warnings.push(format!("{}: {message}", report.uri)),
+        }
+    }
+    for warning in &warnings {
+        eprintln!("libvirt_inventory: warning: {warning}");
+    }
+    if scans.is_empty() {
+        bail!("no libvirt URI could be read ({})", settings.uris.join(", "));
+    }
+    let inventory = render::inventory(&scans, &warnings, &settings.render);
+    let complete = scans.len() == settings.uris.len();
+    if let (Some(cache), true) = (&settings.cache, complete) {
+        if let Err(e) = cache.store(&settings.cache_key(), &inventory) {
+            eprintln!("libvirt_inventory: warning: cache file {}: {e}", cache.path.display());
+        }
+    }
+    Ok(inventory)
+}

@@ -26,6 +26,7 @@ pub mod error;
 pub mod leases;
 pub mod network;
 pub mod power;
+pub mod scan;
 pub mod seed_iso;
 pub mod snapshot;
 pub mod storage;

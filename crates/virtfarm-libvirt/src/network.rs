@@ -153,6 +153,12 @@ impl RawNetwork {
     }
 }
 
+/// The static DHCP reservations of a network definition, as (MAC in lower case, IP).
+pub fn reservations_in(network_xml: &str) -> Result<Vec<(String, String)>> {
+    let network = RawNetwork::parse(network_xml, "from its XML")?;
+    Ok(network.hosts().filter_map(|h| Some((h.mac.as_deref()?.to_ascii_lowercase(), h.ip.clone()?))).collect())
+}
+
 impl Hypervisor {
     fn find_network(&self, name: &str) -> Result<Option<Network>> {
         match self.raw().lookup_network_by_name(name) {

@@ -29,6 +29,19 @@ pub enum PowerState {
 }
 
 impl PowerState {
+    /// Maps libvirt's state of the domain `name`.
+    pub(crate) fn from_libvirt(state: virt::domain::DomainStateEnum, name: &str) -> Result<Self> {
+        // `virt` maps a failed call to an unknown state rather than an error.
+        match state {
+            Enum::Known(DomainState::Running | DomainState::Blocked) => Ok(PowerState::Running),
+            Enum::Known(DomainState::Paused) => Ok(PowerState::Paused),
+            Enum::Known(DomainState::Shutdown) => Ok(PowerState::ShuttingDown),
+            Enum::Known(DomainState::Shutoff | DomainState::Crashed | DomainState::NoState) => Ok(PowerState::ShutOff),
+            Enum::Known(DomainState::PMSuspended) => Ok(PowerState::Suspended),
+            Enum::Unknown(raw) => Err(Error::Refused(format!("domain {name} is in an unknown state ({raw})"))),
+        }
+    }
+
     /// The lower-case name used in results and inventory groups.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -59,15 +72,7 @@ impl Vm {
     /// The current power state.
     pub fn power_state(&self) -> Result<PowerState> {
         let (state, _) = self.domain.state().doing(|| format!("reading the state of {}", self.name))?;
-        // `virt` maps a failed call to an unknown state rather than an error.
-        match state {
-            Enum::Known(DomainState::Running | DomainState::Blocked) => Ok(PowerState::Running),
-            Enum::Known(DomainState::Paused) => Ok(PowerState::Paused),
-            Enum::Known(DomainState::Shutdown) => Ok(PowerState::ShuttingDown),
-            Enum::Known(DomainState::Shutoff | DomainState::Crashed | DomainState::NoState) => Ok(PowerState::ShutOff),
-            Enum::Known(DomainState::PMSuspended) => Ok(PowerState::Suspended),
-            Enum::Unknown(raw) => Err(Error::Refused(format!("domain {} is in an unknown state ({raw})", self.name))),
-        }
+        PowerState::from_libvirt(state, &self.name)
     }
 
     /// Starts the domain.
