@@ -11,7 +11,9 @@ use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
 use quick_xml::Writer;
 
-use crate::error::{Error, Result};
+use crate::connection::Hypervisor;
+use crate::error::{Doing, Error, Result};
+use crate::vm::Vm;
 
 /// The namespace of our `<metadata>` element.
 pub const METADATA_NS: &str = "urn:virtfarm:metadata:1";
@@ -477,6 +479,18 @@ pub fn reconcile_identity(xml: &str, name: &str, uuid: Option<&str>, metadata: &
         return Err(bad("unclosed elements".to_string()));
     }
     String::from_utf8(writer.into_inner().into_inner()).map_err(|e| bad(e.to_string()))
+}
+
+impl Hypervisor {
+    /// Removes the definition of `vm`, with its snapshot metadata, managed save and NVRAM;
+    /// its disks stay. A running domain becomes transient and goes when it stops.
+    pub fn undefine_vm(&self, vm: &Vm) -> Result<()> {
+        let flags = virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | virt::sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+            | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+        vm.raw().undefine_flags(flags).doing(|| format!("undefining domain {}", vm.name()))
+    }
 }
 
 #[cfg(test)]

@@ -19,15 +19,16 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod cloud_init;
 pub mod connection;
 pub mod domain_facts;
 pub mod domain_xml;
 pub mod error;
 pub mod leases;
+pub mod naming;
 pub mod network;
 pub mod power;
 pub mod scan;
-pub mod seed_iso;
 pub mod snapshot;
 pub mod storage;
 pub mod vm;

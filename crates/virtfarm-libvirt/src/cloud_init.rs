@@ -1,8 +1,102 @@
-//! A cloud-init NoCloud seed: a small ISO 9660 image labelled `cidata`, written in Rust.
+//! cloud-init NoCloud seeds: the cloud-config a guest gets, and the small ISO 9660 image
+//! labelled `cidata` that carries it, written in Rust (no genisoimage on the hypervisor).
+//!
+//! The cloud-config is written as JSON, which is YAML too, so no YAML writer is needed and
+//! every user string is quoted properly.
 //!
 //! Plain ISO 9660 (no Rock Ridge, no Joliet) is enough: Linux shows the upper-case names
 //! `USER-DATA.;1` as `user-data`, which is what cloud-init looks for. Dates are left at zero
 //! so the same content always gives the same bytes, and an unchanged seed can be recognised.
+
+use serde_json::{json, Map, Value};
+
+/// What a guest is told at first boot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CloudInit {
+    /// cloud-init runs again when this changes.
+    pub instance_id: String,
+    /// The guest's hostname.
+    pub hostname: Option<String>,
+    /// A user to create, with passwordless sudo.
+    pub user: Option<String>,
+    /// Keys that may log in as `user`.
+    pub ssh_authorized_keys: Vec<String>,
+    /// Password hash (crypt format) for `user`; the password stays locked without one.
+    pub password_hash: Option<String>,
+    /// Packages to install.
+    pub packages: Vec<String>,
+    /// Commands to run once, each through the guest's shell.
+    pub runcmd: Vec<String>,
+    /// Network configuration (version 1 or 2), as given.
+    pub network_config: Option<Value>,
+    /// user-data as given, used instead of the one built from the fields above.
+    pub user_data: Option<String>,
+    /// meta-data as given, used instead of the one built from the fields above.
+    pub meta_data: Option<String>,
+}
+
+impl CloudInit {
+    /// The `#cloud-config` user-data.
+    pub fn user_data(&self) -> String {
+        if let Some(raw) = &self.user_data {
+            return raw.clone();
+        }
+        let mut config = Map::new();
+        if let Some(hostname) = &self.hostname {
+            config.insert("hostname".into(), json!(hostname));
+            config.insert("preserve_hostname".into(), json!(false));
+        }
+        if let Some(user) = &self.user {
+            let mut entry = json!({
+                "name": user,
+                "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                "shell": "/bin/bash",
+                "ssh_authorized_keys": self.ssh_authorized_keys,
+                "lock_passwd": self.password_hash.is_none(),
+            });
+            if let Some(hash) = &self.password_hash {
+                entry["hashed_passwd"] = json!(hash);
+            }
+            config.insert("users".into(), json!(["default", entry]));
+        } else if !self.ssh_authorized_keys.is_empty() {
+            config.insert("ssh_authorized_keys".into(), json!(self.ssh_authorized_keys));
+        }
+        if !self.packages.is_empty() {
+            config.insert("packages".into(), json!(self.packages));
+        }
+        if !self.runcmd.is_empty() {
+            config.insert("runcmd".into(), json!(self.runcmd));
+        }
+        format!("#cloud-config\n{}\n", Value::Object(config))
+    }
+
+    /// The meta-data: instance id and hostname.
+    pub fn meta_data(&self) -> String {
+        if let Some(raw) = &self.meta_data {
+            return raw.clone();
+        }
+        let mut meta = json!({ "instance-id": self.instance_id });
+        if let Some(hostname) = &self.hostname {
+            meta["local-hostname"] = json!(hostname);
+        }
+        format!("{meta}\n")
+    }
+
+    /// The seed ISO carrying user-data, meta-data and, when given, network-config.
+    pub fn seed_iso(&self) -> Vec<u8> {
+        let user_data = self.user_data();
+        let meta_data = self.meta_data();
+        let network_config = self.network_config.as_ref().map(|n| format!("{n}\n"));
+        let mut files = vec![
+            SeedFile { name: "user-data", content: user_data.as_bytes() },
+            SeedFile { name: "meta-data", content: meta_data.as_bytes() },
+        ];
+        if let Some(network_config) = &network_config {
+            files.push(SeedFile { name: "network-config", content: network_config.as_bytes() });
+        }
+        nocloud_iso(&files)
+    }
+}
 
 const SECTOR: usize = 2048;
 /// Sectors 0-15 are the system area; the volume descriptors start at 16.
@@ -154,6 +248,28 @@ mod tests {
         let user_at = root.windows(12).position(|w| w == b"USER-DATA.;1").expect("user-data entry");
         assert!(meta_at < user_at, "records sorted by name");
         assert_eq!(&iso[21 * SECTOR..21 * SECTOR + 18], b"instance-id: web1\n");
+    }
+
+    #[test]
+    fn cloud_config_is_json_with_the_header_and_escapes_everything() {
+        let init = CloudInit {
+            instance_id: "web1".into(),
+            hostname: Some("web1".into()),
+            user: Some("ansible".into()),
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAA x@y".into()],
+            runcmd: vec!["echo \"a: b\" > /tmp/x".into()],
+            ..Default::default()
+        };
+        let user_data = init.user_data();
+        let (header, body) = user_data.split_once('\n').unwrap();
+        assert_eq!(header, "#cloud-config");
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["users"][1]["name"], "ansible");
+        assert_eq!(body["users"][1]["lock_passwd"], true);
+        assert_eq!(body["runcmd"][0], "echo \"a: b\" > /tmp/x");
+        assert!(init.meta_data().contains("\"local-hostname\":\"web1\""));
+        let raw = CloudInit { user_data: Some("#!/bin/sh\ntrue\n".into()), ..init };
+        assert_eq!(raw.user_data(), "#!/bin/sh\ntrue\n");
     }
 
     #[test]

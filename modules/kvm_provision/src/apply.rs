@@ -1,0 +1,348 @@
+//! Bringing one VM to its wanted state on its hypervisor, then waiting for all of them.
+//!
+//! Every VM is handled on its own thread with its own connection; check mode walks the same
+//! path with every change turned into a report of what would change.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use virtfarm_libvirt::domain_facts::DomainFacts;
+use virtfarm_libvirt::domain_xml::{reconcile_identity, DiskDevice, DomainSpec, InstanceMetadata};
+use virtfarm_libvirt::naming::fingerprint;
+use virtfarm_libvirt::power::{stop, StopOutcome, StopPolicy};
+use virtfarm_libvirt::wait::{wait_all, LeaseBaseline, Readiness, Signal};
+use virtfarm_libvirt::{Hypervisor, PowerState, Vm};
+
+use crate::definition::{DomainSource, Request, State, VmDefinition};
+
+/// What happened to one VM.
+#[derive(Default)]
+pub struct Outcome {
+    /// Domain name.
+    pub name: String,
+    /// Its libvirt URI.
+    pub uri: String,
+    /// Something changed (or would, in check mode).
+    pub changed: bool,
+    /// What changed, in words.
+    pub actions: Vec<String>,
+    /// Things the user should know.
+    pub warnings: Vec<String>,
+    /// Domain UUID, once defined.
+    pub uuid: Option<String>,
+    /// Power state at the end (`absent` when gone).
+    pub state: String,
+    /// NIC MACs.
+    pub macs: Vec<String>,
+    /// Disk image paths.
+    pub disks: Vec<String>,
+    /// Address, from a reservation or the wait.
+    pub ip: Option<String>,
+    /// Before and after definitions, when the definition changed.
+    pub diff: Option<(String, String)>,
+    /// Set when the VM was started now and should be waited for from this lease baseline.
+    baseline: Option<LeaseBaseline>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    fn new(vm: &VmDefinition) -> Self {
+        Outcome { name: vm.name.clone(), uri: vm.uri.clone(), ..Default::default() }
+    }
+
+    fn did(&mut self, action: String) {
+        self.changed = true;
+        self.actions.push(action);
+    }
+
+    /// The per-VM result Ansible gets.
+    pub fn to_json(&self) -> Value {
+        let mut result = json!({
+            "name": self.name, "uri": self.uri, "changed": self.changed, "actions": self.actions,
+            "uuid": self.uuid, "state": self.state, "macs": self.macs, "mac": self.macs.first(),
+            "disks": self.disks, "ip": self.ip, "ansible_host": self.ip,
+        });
+        if let Some(error) = &self.error {
+            result["failed"] = json!(true);
+            result["msg"] = json!(error);
+        }
+        result
+    }
+}
+
+/// Applies every VM in parallel, then waits for the ones that should be ready.
+pub fn apply_all(request: &Request, check: bool) -> Vec<Outcome> {
+    let mut outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let handles: Vec<_> = request.vms.iter().map(|vm| scope.spawn(move || apply_one(vm, request, check))).collect();
+        handles
+            .into_iter()
+            .zip(&request.vms)
+            .map(|(handle, vm)| {
+                let mut outcome = Outcome::new(vm);
+                match handle.join() {
+                    Ok(Ok(done)) => outcome = done,
+                    Ok(Err(e)) => outcome.error = Some(format!("{}: {e:#}", vm.name)),
+                    Err(_) => outcome.error = Some(format!("{}: provisioning failed unexpectedly", vm.name)),
+                }
+                outcome
+            })
+            .collect()
+    });
+    if let (Some(signal), false, State::Running) = (request.wait, check, request.state) {
+        wait_for_all(&mut outcomes, signal, request.wait_timeout);
+    }
+    outcomes
+}
+
+fn apply_one(vm: &VmDefinition, request: &Request, check: bool) -> Result<Outcome> {
+    let hypervisor = Hypervisor::open(&vm.uri)?;
+    let existing = hypervisor.find_vm(&vm.name)?;
+    let mut outcome = Outcome::new(vm);
+    if request.state == State::Absent {
+        remove(&hypervisor, existing, request.remove_storage, check, &mut outcome)?;
+        return Ok(outcome);
+    }
+    for network in &vm.networks {
+        if hypervisor.ensure_network(&network.name, network.create.as_ref(), check)? {
+            outcome.did(format!("network {} created or started", network.name));
+        }
+        if let Some(reservation) = &network.reservation {
+            if hypervisor.ensure_reservation(&network.name, reservation, check)? {
+                outcome.did(format!("reserved {} for {} in network {}", reservation.ip, reservation.mac, network.name));
+            }
+            outcome.ip = Some(reservation.ip.to_string());
+        }
+    }
+    let old_xml = existing.as_ref().map(|vm| vm.xml(true)).transpose()?;
+    let old_metadata = old_xml.as_deref().map(InstanceMetadata::from_domain_xml).transpose()?.unwrap_or_default();
+    let uuid = existing.as_ref().map(Vm::uuid).transpose()?;
+    let definition = definition_xml(&hypervisor, vm, uuid, &old_metadata, check, &mut outcome)?;
+    check_macs_are_free(&hypervisor, &vm.name, &DomainFacts::parse(&definition.xml)?)?;
+    let unchanged = existing.is_some() && old_metadata.spec_hash.as_deref() == Some(definition.hash.as_str());
+    if let Some((name, path, content)) = &definition.seed {
+        if !unchanged || !hypervisor.volume_exists(path)? {
+            if !check {
+                hypervisor.put_volume(&vm.pool, name, content)?;
+            }
+            outcome.did(format!("cloud-init seed {path} written"));
+        }
+    }
+    let vm_handle = if unchanged && old_metadata.volumes == definition.volumes {
+        existing
+    } else {
+        let before = old_xml.unwrap_or_default();
+        let defined = if check { None } else { Some(hypervisor.define_vm(&definition.xml)?) };
+        let after = match &defined {
+            Some(vm) => vm.xml(true)?,
+            None => definition.xml.clone(),
+        };
+        outcome.did(if before.is_empty() { "defined".to_string() } else { "definition updated".to_string() });
+        if !before.is_empty() && existing.as_ref().map(Vm::power_state).transpose()? == Some(PowerState::Running) {
+            outcome.warnings.push(format!("{}: the new definition applies from the next boot (it is running)", vm.name));
+        }
+        outcome.diff = Some((before, after));
+        defined.or(existing)
+    };
+    let facts = DomainFacts::parse(&definition.xml)?;
+    outcome.macs = facts.nics.iter().map(|n| n.mac.clone()).collect();
+    outcome.disks = facts.disks.iter().filter_map(|d| d.file.clone()).collect();
+    match vm_handle {
+        Some(domain) => {
+            outcome.uuid = Some(domain.uuid()?);
+            set_power(&hypervisor, &domain, request, check, &mut outcome)?;
+        }
+        None => {
+            // Check mode on a VM that does not exist yet.
+            if request.state == State::Running {
+                outcome.did("started".to_string());
+            }
+            outcome.state = if request.state == State::Running { "running" } else { "shutoff" }.to_string();
+        }
+    }
+    Ok(outcome)
+}
+
+/// The XML to define, its fingerprint, the seed to upload, and the volumes we own.
+struct Definition {
+    xml: String,
+    hash: String,
+    seed: Option<(String, String, Vec<u8>)>,
+    volumes: Vec<String>,
+}
+
+fn definition_xml(
+    hypervisor: &Hypervisor,
+    vm: &VmDefinition,
+    uuid: Option<String>,
+    old: &InstanceMetadata,
+    check: bool,
+    outcome: &mut Outcome,
+) -> Result<Definition> {
+    let mut volumes = old.volumes.clone();
+    let mut own = |path: &str| {
+        if !volumes.iter().any(|v| v == path) {
+            volumes.push(path.to_string());
+        }
+    };
+    match &vm.domain {
+        DomainSource::Given { xml, metadata } => {
+            let hash = fingerprint(&[vm.name.as_bytes(), xml.as_bytes()]);
+            let metadata = InstanceMetadata { spec_hash: Some(hash.clone()), volumes: volumes.clone(), ..metadata.clone() };
+            let xml = reconcile_identity(xml, &vm.name, uuid.as_deref(), &metadata).context("xml")?;
+            Ok(Definition { xml, hash, seed: None, volumes })
+        }
+        DomainSource::Generated(spec) => {
+            let mut spec: DomainSpec = (**spec).clone();
+            spec.domain_type = match &vm.domain_type {
+                Some(kind) => kind.clone(),
+                None => hypervisor.preferred_domain_type()?.as_str().to_string(),
+            };
+            if let Some(root) = &vm.root_disk {
+                let base = hypervisor.base_image(&root.image, root.image_pool.as_deref()).context("image")?;
+                let clone = hypervisor.ensure_clone(&vm.pool, &format!("{}.qcow2", vm.name), &base, root.size, root.mode, check)?;
+                if clone.created {
+                    outcome.did(format!("disk {} cloned from {}", clone.path, base.path));
+                    own(&clone.path);
+                }
+                if clone.resized {
+                    outcome.did(format!("disk {} grown", clone.path));
+                }
+                spec.disks.insert(0, DiskDevice { path: clone.path, format: "qcow2".into(), target: "vda".into(), cdrom: false });
+            }
+            let mut seed = None;
+            let mut iso = Vec::new();
+            if let Some(init) = &vm.cloud_init {
+                iso = init.seed_iso();
+                let name = format!("{}-seed.iso", vm.name);
+                let path = format!("{}/{name}", hypervisor.pool_path(&vm.pool)?);
+                own(&path);
+                spec.disks.push(DiskDevice { path: path.clone(), format: "raw".into(), target: "sda".into(), cdrom: true });
+                seed = Some((name, path, iso.clone()));
+            }
+            // The fingerprint covers what the user asked for, not what libvirt or we add later.
+            let hash = fingerprint(&[spec.to_xml()?.as_bytes(), &iso]);
+            spec.uuid = uuid;
+            spec.metadata.spec_hash = Some(hash.clone());
+            spec.metadata.volumes = volumes.clone();
+            Ok(Definition { xml: spec.to_xml()?, hash, seed, volumes })
+        }
+    }
+}
+
+/// Refuses a MAC that another domain already has: two NICs with one MAC break DHCP for both.
+fn check_macs_are_free(hypervisor: &Hypervisor, name: &str, wanted: &DomainFacts) -> Result<()> {
+    for other in hypervisor.all_vms()? {
+        if other.name() == name {
+            continue;
+        }
+        let Ok(facts) = other.facts() else { continue };
+        if let Some(nic) = facts.nics.iter().find(|n| wanted.nics.iter().any(|w| w.mac == n.mac)) {
+            anyhow::bail!("networks: MAC {} is already used by domain {}", nic.mac, other.name());
+        }
+    }
+    Ok(())
+}
+
+fn set_power(hypervisor: &Hypervisor, vm: &Vm, request: &Request, check: bool, outcome: &mut Outcome) -> Result<()> {
+    let now = vm.power_state()?;
+    match request.state {
+        State::Running if now != PowerState::Running => {
+            if !check {
+                outcome.baseline = Some(LeaseBaseline::capture(hypervisor, vm)?);
+                match now {
+                    PowerState::Paused => vm.resume()?,
+                    _ => vm.start()?,
+                }
+            }
+            outcome.did("started".to_string());
+        }
+        State::Running => outcome.baseline = Some(LeaseBaseline::any()),
+        State::Stopped if now != PowerState::ShutOff => {
+            if check {
+                outcome.did("stopped".to_string());
+            } else {
+                let policy = StopPolicy { timeout: request.stop_timeout, ..StopPolicy::default() };
+                let how = stop(vm, &policy)?;
+                if how != StopOutcome::AlreadyOff {
+                    outcome.did(format!("stopped ({})", how.as_str()));
+                }
+            }
+        }
+        _ => {}
+    }
+    outcome.state = if check { expected_state(request.state, now) } else { vm.power_state()?.as_str().to_string() };
+    Ok(())
+}
+
+fn expected_state(state: State, now: PowerState) -> String {
+    match state {
+        State::Running => "running".into(),
+        State::Stopped => "shutoff".into(),
+        _ => now.as_str().into(),
+    }
+}
+
+fn remove(hypervisor: &Hypervisor, existing: Option<Vm>, remove_storage: bool, check: bool, outcome: &mut Outcome) -> Result<()> {
+    outcome.state = "absent".to_string();
+    let Some(vm) = existing else { return Ok(()) };
+    let xml = vm.xml(true)?;
+    let facts = DomainFacts::parse(&xml)?;
+    let metadata = InstanceMetadata::from_domain_xml(&xml)?;
+    outcome.uuid = Some(vm.uuid()?);
+    outcome.macs = facts.nics.iter().map(|n| n.mac.clone()).collect();
+    outcome.disks = facts.disks.iter().filter_map(|d| d.file.clone()).collect();
+    outcome.diff = Some((xml, String::new()));
+    if vm.power_state()? != PowerState::ShutOff {
+        if !check {
+            vm.destroy()?;
+        }
+        outcome.did("forced off".to_string());
+    }
+    if !check {
+        hypervisor.undefine_vm(&vm)?;
+    }
+    outcome.did("undefined".to_string());
+    for nic in &facts.nics {
+        if let Some(network) = &nic.network {
+            if !check && hypervisor.remove_reservation(network, &nic.mac)? {
+                outcome.actions.push(format!("reservation of {} removed from network {network}", nic.mac));
+            }
+        }
+    }
+    if remove_storage {
+        // Only volumes this module created: a shared base image is never among them.
+        for path in &metadata.volumes {
+            let existed = if check { hypervisor.volume_exists(path)? } else { hypervisor.delete_volume(path)? };
+            if existed {
+                outcome.did(format!("volume {path} deleted"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Waits for every started or running VM at once (one thread and connection each).
+fn wait_for_all(outcomes: &mut [Outcome], signal: Signal, timeout: Duration) {
+    let mut by_uri: BTreeMap<String, Vec<(String, LeaseBaseline)>> = BTreeMap::new();
+    for outcome in outcomes.iter_mut().filter(|o| o.error.is_none()) {
+        if let Some(baseline) = outcome.baseline.take() {
+            by_uri.entry(outcome.uri.clone()).or_default().push((outcome.name.clone(), baseline));
+        }
+    }
+    let readiness = Readiness { signal, timeout };
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            by_uri.into_iter().map(|(uri, domains)| scope.spawn(move || wait_all(&uri, domains, readiness))).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    for (name, result) in results {
+        let Some(outcome) = outcomes.iter_mut().find(|o| o.name == name) else { continue };
+        match result {
+            Ok(ready) => outcome.ip = ready.ip.or(outcome.ip.take()),
+            Err(e) => outcome.error = Some(format!("{name} did not become ready: {e}")),
+        }
+    }
+}
