@@ -80,6 +80,17 @@ impl Hypervisor {
         Ok(Vm::new(domain, name))
     }
 
+    /// The daemon's libvirt version, as `major.minor.release`.
+    pub fn libvirt_version(&self) -> Result<String> {
+        let v = self.conn.lib_version().doing(|| format!("reading the libvirt version of {}", self.uri))?;
+        Ok(format!("{}.{}.{}", v / 1_000_000, v / 1000 % 1000, v % 1000))
+    }
+
+    /// The hypervisor's host name.
+    pub fn hostname(&self) -> Result<String> {
+        self.conn.hostname().doing(|| format!("reading the host name of {}", self.uri))
+    }
+
     /// The capabilities XML of the host.
     pub fn capabilities(&self) -> Result<String> {
         self.conn.capabilities().doing(|| format!("reading the capabilities of {}", self.uri))
