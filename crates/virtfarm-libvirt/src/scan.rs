@@ -122,7 +122,7 @@ const XML_READERS: usize = 4;
 
 /// Scans `hypervisor` once (see the module documentation for the calls made).
 pub fn scan(hypervisor: &Hypervisor, options: &ScanOptions) -> Result<Scan> {
-    let mut pass = Pass { hypervisor, options, now: crate::wait::unix_now(), leases: HashMap::new(), reservations: HashMap::new(), scan: Scan::default() };
+    let mut pass = Pass { hypervisor, options, now: crate::wait::unix_now(), leases: HashMap::new(), reservations: HashMap::new(), arp_unreadable: false, scan: Scan::default() };
     let listed = domains_with_state(hypervisor)?;
     pass.scan.calls += 1;
     let wanted: Vec<(Vm, PowerState)> = listed
@@ -149,6 +149,7 @@ struct Pass<'a> {
     now: i64,
     leases: HashMap<String, Vec<Lease>>,
     reservations: HashMap<String, HashMap<String, String>>,
+    arp_unreadable: bool,
     scan: Scan,
 }
 
@@ -171,7 +172,7 @@ impl Pass<'_> {
             if agent_connected {
                 self.fill_from_agent(vm, &mut interfaces);
             }
-            if still_unreachable(&interfaces, preferred) {
+            if still_unreachable(&interfaces, preferred) && !self.arp_unreadable {
                 self.fill_from_arp(vm, &mut interfaces);
             }
             agent_only = agent_connected && still_unreachable(&interfaces, preferred);
@@ -268,10 +269,13 @@ impl Pass<'_> {
                 });
                 fill_by_mac(interfaces, &seen.collect::<Vec<_>>(), IpSource::Arp, self.options.ipv6);
             }
-            Err(e) => self.scan.warnings.push(e.to_string()),
+            Err(e) => {
+                // The table is the host's: when it cannot be read for one domain it cannot for any.
+                self.arp_unreadable = true;
+                self.scan.warnings.push(e.to_string());
+            }
         }
     }
-
 }
 
 fn is_preferred(interface: &InterfaceAddress, preferred: &[String]) -> bool {

@@ -1,0 +1,182 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: libvirt_leases
+short_description: libvirt domains, with the address Ansible reaches each one at
+version_added: 0.1.0
+author:
+  - virtfarm contributors
+description:
+  - Lists the domains of one or more libvirt URIs, running or not, by running the C(libvirt_inventory)
+    executable bundled in the collection's C(libexec/) directory and reading its JSON.
+  - Every running domain gets C(ansible_host), taken in this order from its DHCP lease (matched by MAC,
+    newest unexpired), a static DHCP reservation of its network, its guest agent, the host's ARP table;
+    C(libvirt_ip_source) tells which.
+  - Few libvirt calls, whatever the number of domains; one domain listing per URI, one XML read per domain,
+    one lease read per network. URIs are read in parallel, each bounded by O(timeout); a URI that cannot be
+    read is reported as a warning and in C(libvirt_inventory_warnings), the others are still listed.
+  - Groups by state (C(running), C(shutoff), C(paused)), by network (C(network_NAME)), by URI (C(uri_URI)) and
+    from the metadata kvm_provision stores (C(platform_NAME), C(target_NAME), C(project_NAME), its groups).
+  - Host variables C(libvirt_uri), C(libvirt_uuid), C(libvirt_state), C(libvirt_vcpus), C(libvirt_memory_mb),
+    C(libvirt_interfaces) (mac, network, ip, source), C(libvirt_metadata), and C(ansible_user) plus the
+    metadata's own variables when kvm_provision recorded them.
+  - The config file name must end with C(libvirt_leases.yml) or C(libvirt_leases.yaml).
+extends_documentation_fragment:
+  - constructed
+  - inventory_cache
+options:
+  plugin:
+    description: Marks the file as a configuration of this plugin.
+    type: str
+    required: true
+    choices: [virtfarm.libvirt.libvirt_leases]
+  uris:
+    description:
+      - libvirt URIs to read, for example V(qemu:///system) or V(qemu+ssh://root@host1/system).
+      - When empty, the executable takes them from E(LIBVIRT_INVENTORY_URIS) (comma separated), then
+        E(LIBVIRT_DEFAULT_URI), then uses V(qemu:///system).
+    type: list
+    elements: str
+    default: []
+  networks:
+    description: libvirt networks whose NIC gives C(ansible_host) when a domain has several NICs.
+    type: list
+    elements: str
+    default: []
+  prefix:
+    description: Put in front of every group name the executable makes.
+    type: str
+    default: ""
+  exclude_shutoff:
+    description: Leave shut-off domains out.
+    type: bool
+    default: false
+  ipv6:
+    description: Use an IPv6 address when a NIC has no IPv4 one.
+    type: bool
+    default: false
+  agent_connection:
+    description:
+      - For a running domain that has no address but whose guest agent answers, set
+        C(ansible_connection=community.libvirt.libvirt_qemu) and C(ansible_host) to the domain name.
+    type: bool
+    default: false
+  timeout:
+    description: Seconds to wait for each URI before reporting it as failed.
+    type: float
+    default: 10
+  executable:
+    description: Path of the C(libvirt_inventory) executable; the one bundled in the collection by default.
+    type: path
+seealso:
+  - name: Script inventory
+    description: The same executable works directly as a script inventory with C(-i).
+    link: https://docs.ansible.com/ansible/latest/inventory_guide/intro_dynamic_inventory.html
+notes:
+  - The executable is a native binary built for the controller; it needs the libvirt client library.
+"""
+
+EXAMPLES = r"""
+# farm.libvirt_leases.yml
+plugin: virtfarm.libvirt.libvirt_leases
+uris:
+  - qemu:///system
+  - qemu+ssh://root@hv2/system
+networks: [provisioning]
+keyed_groups:
+  - key: libvirt_metadata.project
+    prefix: project
+compose:
+  ansible_ssh_common_args: "'-o StrictHostKeyChecking=no'"
+cache: true
+cache_plugin: ansible.builtin.jsonfile
+cache_connection: ~/.cache/virtfarm-inventory
+cache_timeout: 300
+"""
+
+import json
+import os
+import subprocess
+
+from ansible.errors import AnsibleParserError
+from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+
+# plugins/inventory/libvirt_leases.py -> the collection root -> libexec/libvirt_inventory
+BUNDLED_EXECUTABLE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "libexec", "libvirt_inventory"
+)
+
+
+class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
+    """Runs the bundled libvirt_inventory executable and adds what it lists."""
+
+    NAME = "virtfarm.libvirt.libvirt_leases"
+
+    def verify_file(self, path):
+        return super().verify_file(path) and path.endswith(("libvirt_leases.yml", "libvirt_leases.yaml"))
+
+    def parse(self, inventory, loader, path, cache=True):
+        super().parse(inventory, loader, path, cache)
+        self._read_config_data(path)
+        cache_key = self.get_cache_key(path)
+        use_cache = self.get_option("cache")
+        listed = None
+        if use_cache and cache:
+            listed = self._cache.get(cache_key)
+        if listed is None:
+            listed = self._run_executable()
+            if use_cache:
+                self._cache[cache_key] = listed
+        self._populate(listed)
+
+    def _command(self):
+        command = [self.get_option("executable") or BUNDLED_EXECUTABLE, "--list"]
+        for uri in self.get_option("uris"):
+            command += ["--uri", uri]
+        for network in self.get_option("networks"):
+            command += ["--network", network]
+        if self.get_option("prefix"):
+            command += ["--prefix", self.get_option("prefix")]
+        for flag in ("exclude_shutoff", "ipv6", "agent_connection"):
+            if self.get_option(flag):
+                command.append("--" + flag.replace("_", "-"))
+        return command + ["--timeout", str(self.get_option("timeout"))]
+
+    def _run_executable(self):
+        command = self._command()
+        try:
+            # The executable bounds each URI itself; this only guards against a stuck process.
+            done = subprocess.run(command, capture_output=True, text=True, timeout=self.get_option("timeout") + 30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise AnsibleParserError("running %s: %s" % (command[0], e))
+        for line in done.stderr.splitlines():
+            if done.returncode == 0 and line.strip():
+                self.display.warning(line)
+        if done.returncode != 0:
+            raise AnsibleParserError("%s failed: %s" % (command[0], done.stderr.strip() or "exit status %d" % done.returncode))
+        try:
+            return json.loads(done.stdout)
+        except ValueError as e:
+            raise AnsibleParserError("%s printed no JSON inventory: %s" % (command[0], e))
+
+    def _populate(self, listed):
+        for group, body in listed.items():
+            if group == "_meta":
+                continue
+            self.inventory.add_group(group)
+            for host in body.get("hosts", []):
+                self.inventory.add_host(host, group=group)
+            for name, value in body.get("vars", {}).items():
+                self.inventory.set_variable(group, name, value)
+        strict = self.get_option("strict")
+        for host, variables in listed.get("_meta", {}).get("hostvars", {}).items():
+            self.inventory.add_host(host)
+            for name, value in variables.items():
+                self.inventory.set_variable(host, name, value)
+            self._set_composite_vars(self.get_option("compose"), variables, host, strict=strict)
+            self._add_host_to_composed_groups(self.get_option("groups"), variables, host, strict=strict)
+            self._add_host_to_keyed_groups(self.get_option("keyed_groups"), variables, host, strict=strict)
