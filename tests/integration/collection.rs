@@ -64,3 +64,23 @@ fn ad_hoc_ping_coerces_strings_and_reports_panics_as_failures() {
     assert_eq!(unknown["failed"], true);
     assert!(unknown["msg"].as_str().unwrap_or_default().contains("colour"), "{unknown}");
 }
+
+/// `ansible-test sanity` on the collection as installed from its tarball, with only the
+/// validate-modules skips that binary modules need (tests/sanity/ignore-2.19.txt).
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn ansible_test_sanity_passes() {
+    let bed = Bed::get();
+    let installed = bed.collections_path.join("ansible_collections/virtfarm/libvirt");
+    let ignores = std::fs::read_to_string(installed.join("tests/sanity/ignore-2.19.txt")).expect("the ignore file ships");
+    assert!(ignores.lines().all(|l| l.ends_with(" validate-modules!skip")), "only binary-module skips: {ignores}");
+    let output = std::process::Command::new(bed.venv.join("bin/ansible-test"))
+        .args(["sanity", "--python", "3.11", "--requirements", "--color", "no"])
+        .current_dir(&installed)
+        .output()
+        .expect("run ansible-test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stdout.lines().chain(stderr.lines()).filter(|l| l.starts_with("ERROR")).collect();
+    assert!(output.status.success(), "ansible-test sanity failed:\n{}\n{stderr}", errors.join("\n"));
+}

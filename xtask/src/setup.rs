@@ -55,13 +55,36 @@ pub fn venv(root: &Path) -> Result<PathBuf> {
     let requirements = root.join("tests/requirements.txt");
     let key = crate::image::content_key(&[&requirements])?;
     let venv = cache_dir().join(format!("venv-{key}"));
-    if venv.join("bin/ansible-playbook").exists() {
-        return Ok(venv);
+    if !venv.join("bin/ansible-playbook").exists() {
+        std::fs::create_dir_all(cache_dir())?;
+        let venv_str = venv.to_string_lossy();
+        sh::run("python3", &["-m", "venv", &venv_str])?;
+        let pip = venv.join("bin/pip");
+        sh::run(&pip.to_string_lossy(), &["install", "-q", "-r", &requirements.to_string_lossy()])?;
     }
-    std::fs::create_dir_all(cache_dir())?;
-    let venv_str = venv.to_string_lossy();
-    sh::run("python3", &["-m", "venv", &venv_str])?;
-    let pip = venv.join("bin/pip");
-    sh::run(&pip.to_string_lossy(), &["install", "-q", "-r", &requirements.to_string_lossy()])?;
+    install_pip_bootstrap(root, &venv)?;
     Ok(venv)
+}
+
+/// Gives ansible-test the pip bootstrap script it would otherwise download from a host that
+/// only the package registries' mirrors stand in for here (see xtask/ansible-test/get_pip.py).
+fn install_pip_bootstrap(root: &Path, venv: &Path) -> Result<()> {
+    let pattern = "pip='";
+    let Some(requirements) = glob_one(&venv.join("lib"), "site-packages/ansible_test/_internal/python_requirements.py") else {
+        return Ok(());
+    };
+    let source = std::fs::read_to_string(&requirements)?;
+    let Some(version) = source.split_once(pattern).and_then(|(_, rest)| rest.split_once('\'')).map(|(v, _)| v) else {
+        return Ok(());
+    };
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    let cache = home.join(".ansible/test/cache");
+    std::fs::create_dir_all(&cache)?;
+    std::fs::copy(root.join("xtask/ansible-test/get_pip.py"), cache.join(format!("get_pip_{}.py", version.replace('.', "_"))))?;
+    Ok(())
+}
+
+/// The first `lib/python3.*/<suffix>` under `lib`.
+fn glob_one(lib: &Path, suffix: &str) -> Option<PathBuf> {
+    std::fs::read_dir(lib).ok()?.flatten().map(|e| e.path().join(suffix)).find(|p| p.exists())
 }
