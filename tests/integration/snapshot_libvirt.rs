@@ -1,0 +1,187 @@
+//! snapshot_libvirt on two booted guests, reused by every scenario: internal and external
+//! snapshots with revert and delete, a group snapshot, check mode, idempotency, bad input.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bed::{Bed, TestVm};
+use serde_json::{json, Value};
+
+const MODULE: &str = "snapshot_libvirt";
+
+/// Runs the module and returns its result, after checking it did not fail.
+fn ok(args: Value) -> Value {
+    let reply = Bed::get().run_module(MODULE, args.clone());
+    assert_ne!(reply["failed"], true, "{args} failed: {reply}");
+    reply
+}
+
+/// Runs the module expecting a failure whose message starts with `prefix`.
+fn fails(args: Value, prefix: &str) {
+    let reply = Bed::get().run_module(MODULE, args.clone());
+    assert_eq!(reply["failed"], true, "{args} should fail: {reply}");
+    let msg = reply["msg"].as_str().unwrap_or_default();
+    assert!(msg.starts_with(prefix), "{args}: message {msg:?} should start with {prefix:?}");
+}
+
+fn seconds(reply: &Value) -> f64 {
+    reply["vms"][0]["seconds"].as_f64().unwrap_or(f64::NAN)
+}
+
+/// True when `path` exists in the guest.
+fn exists(ip: &str, path: &str) -> bool {
+    Bed::get().ssh(ip, &format!("test -e {path}")).status.success()
+}
+
+/// Writes a file in the guest and flushes it to disk.
+fn write(ip: &str, path: &str) {
+    Bed::get().ssh_until_ok(ip, &format!("echo data > {path} && sync"), Duration::from_secs(60));
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// Removes what the external scenario may leave in the disks directory if it fails half-way.
+struct Overlays(Vec<String>);
+
+impl Drop for Overlays {
+    fn drop(&mut self) {
+        let bed = Bed::get();
+        for entry in std::fs::read_dir(&bed.disks_dir).into_iter().flatten().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if self.0.iter().any(|vm| file.starts_with(&format!("{vm}-vda."))) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let _ = Command::new("virsh").args(["-c", &bed.uri, "pool-refresh", &bed.disks_pool]).output();
+    }
+}
+
+/// Boots the two guests in parallel and returns them with their addresses.
+fn two_guests() -> ((TestVm, String), (TestVm, String)) {
+    let bed = Bed::get();
+    let boot = |prefix: &str| {
+        let vm = bed.boot_vm(&bed.unique_name(prefix));
+        let ip = vm.wait_ip(Duration::from_secs(400));
+        bed.ssh_until_ok(&ip, "true", Duration::from_secs(120));
+        (vm, ip)
+    };
+    std::thread::scope(|s| {
+        let a = s.spawn(|| boot("sn-a"));
+        let b = s.spawn(|| boot("sn-b"));
+        (a.join().unwrap(), b.join().unwrap())
+    })
+}
+
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn internal_external_group_check_mode_and_bad_input_on_two_guests() {
+    let bed = Bed::get();
+    let ((a, ip_a), (b, ip_b)) = two_guests();
+    let _overlays = Overlays(vec![a.name.clone(), b.name.clone()]);
+    let uri = bed.uri.as_str();
+    let base_before = sha256(&bed.base_image);
+
+    // Bad input: every message names the option at fault.
+    fails(json!({"uri": uri, "name": "sn-no-such-domain", "snapshot": "s"}), "name: ");
+    fails(json!({"uri": uri, "names": [a.name, "sn-no-such-domain"], "snapshot": "s"}), "names: ");
+    fails(json!({"uri": uri, "name": a.name, "snapshot": "../etc"}), "snapshot: ");
+    fails(json!({"uri": uri, "name": a.name, "snapshot": "a/b"}), "snapshot: ");
+    fails(json!({"uri": uri, "name": a.name, "snapshot": "tab\there"}), "snapshot: ");
+    fails(json!({"uri": uri, "name": a.name, "snapshot": "never-taken", "state": "reverted"}), "snapshot: ");
+    fails(json!({"uri": uri, "name": a.name, "snapshot": "x", "type": "external", "memory": true}), "memory: ");
+
+    // Internal, running guest: check mode, create, idempotent create.
+    let internal = json!({"uri": uri, "name": a.name, "snapshot": "clean"});
+    let check = ok(json!({"uri": uri, "name": a.name, "snapshot": "clean", "_ansible_check_mode": true, "_ansible_diff": true}));
+    assert_eq!(check["changed"], true, "{check}");
+    assert_eq!(check["diff"]["after"][&a.name], json!(["clean"]), "{check}");
+    assert!(ok(json!({"uri": uri, "name": a.name, "state": "list"}))["snapshots"].as_array().unwrap().is_empty(), "check mode created nothing");
+    let created = ok(internal.clone());
+    assert_eq!((created["changed"].clone(), created["vms"][0]["type"].clone()), (json!(true), json!("internal")), "{created}");
+    assert_eq!(created["vms"][0]["memory"], true, "{created}");
+    let internal_create = seconds(&created);
+    assert_eq!(ok(internal.clone())["changed"], false, "present twice");
+
+    // Change, revert, change gone, clock synced.
+    write(&ip_a, "/home/ansible/after-internal");
+    let revert = json!({"uri": uri, "name": a.name, "snapshot": "clean", "state": "reverted"});
+    assert_eq!(ok(json!({"uri": uri, "name": a.name, "snapshot": "clean", "state": "reverted", "_ansible_check_mode": true}))["changed"], true);
+    assert!(exists(&ip_a, "/home/ansible/after-internal"), "check mode reverted nothing");
+    let reverted = ok(revert.clone());
+    assert_eq!(reverted["vms"][0]["clock"], "synced", "{reverted}");
+    let internal_revert = seconds(&reverted);
+    assert!(!exists(&ip_a, "/home/ansible/after-internal"), "the file written after the snapshot is gone");
+    let guest_now: i64 = bed.ssh_until_ok(&ip_a, "date +%s", Duration::from_secs(30)).parse().unwrap();
+    assert!((guest_now - virtfarm_libvirt::wait::unix_now()).abs() <= 5, "guest clock is {guest_now}");
+    // libvirt cannot tell whether the disks changed since: a second revert reverts again.
+    assert_eq!(ok(revert)["changed"], true);
+    let listed = ok(json!({"uri": uri, "name": a.name, "state": "list"}));
+    assert_eq!(listed["snapshots"][0]["name"], "clean");
+    assert_eq!(listed["snapshots"][0]["current"], true);
+    assert_eq!(listed["snapshots"][0]["type"], "internal");
+    let absent = json!({"uri": uri, "name": a.name, "snapshot": "clean", "state": "absent"});
+    assert_eq!(ok(absent.clone())["changed"], true);
+    assert_eq!(ok(absent)["changed"], false, "absent twice");
+
+    // External, quiesced, disk-only, no shutdown: a chain e1 <- e2 <- e3 with a file after each.
+    let mut external_create = Vec::new();
+    for (step, snapshot) in ["e1", "e2", "e3"].into_iter().enumerate() {
+        let taken = ok(json!({"uri": uri, "name": a.name, "snapshot": snapshot, "type": "external", "quiesce": true}));
+        let vm = &taken["vms"][0];
+        assert_eq!((vm["type"].as_str(), vm["quiesce"].as_str()), (Some("external"), Some("fsfreeze")), "{taken}");
+        external_create.push(seconds(&taken));
+        write(&ip_a, &format!("/home/ansible/f{}", step + 1));
+    }
+    assert_eq!(ok(json!({"uri": uri, "name": a.name, "snapshot": "e3", "type": "external"}))["changed"], false);
+
+    // Delete the middle one, then the newest: the running guest keeps every file.
+    for snapshot in ["e2", "e3"] {
+        let deleted = ok(json!({"uri": uri, "name": a.name, "snapshot": snapshot, "state": "absent"}));
+        assert_eq!(deleted["changed"], true, "{deleted}");
+        eprintln!("snapshot_libvirt: external delete of {snapshot} took {:.2} s", seconds(&deleted));
+        for file in ["f1", "f2", "f3"] {
+            assert!(exists(&ip_a, &format!("/home/ansible/{file}")), "{file} kept after deleting {snapshot}");
+        }
+    }
+
+    // Revert to e1: a fresh overlay on e1's image, the old one removed, the files gone.
+    let reverted = ok(json!({"uri": uri, "name": a.name, "snapshot": "e1", "state": "reverted", "after_revert": {"wait": "lease", "timeout": 400}}));
+    let vm = &reverted["vms"][0];
+    assert_eq!((vm["type"].as_str(), vm["power_state"].as_str()), (Some("external"), Some("running")), "{reverted}");
+    let removed: Vec<&str> = vm["removed_files"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(!removed.is_empty() && removed.iter().all(|f| !Path::new(f).exists()), "{reverted}");
+    let external_revert = seconds(&reverted);
+    let ip_a = vm["ip"].as_str().map_or(ip_a, str::to_string);
+    bed.ssh_until_ok(&ip_a, "true", Duration::from_secs(120));
+    for file in ["f1", "f2", "f3"] {
+        assert!(!exists(&ip_a, &format!("/home/ansible/{file}")), "{file} gone after the revert to e1");
+    }
+    let listed = ok(json!({"uri": uri, "name": a.name, "state": "list"}));
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["snapshots"][0]["current"], true, "{listed}");
+    assert_eq!(ok(json!({"uri": uri, "name": a.name, "snapshot": "e1", "state": "absent"}))["changed"], true);
+    assert_eq!(sha256(&bed.base_image), base_before, "the shared base image never changes");
+
+    // A group: one snapshot of both guests, a file on each, revert both, files gone.
+    let group = json!({"uri": uri, "names": [a.name, b.name], "snapshot": "g1"});
+    let check = ok(json!({"uri": uri, "names": [a.name, b.name], "snapshot": "g1", "_ansible_check_mode": true}));
+    assert_eq!(check["vms"].as_array().unwrap().len(), 2, "{check}");
+    let taken = ok(group.clone());
+    assert_eq!(taken["vms"].as_array().unwrap().len(), 2, "{taken}");
+    assert_eq!(ok(group)["changed"], false);
+    write(&ip_a, "/home/ansible/g");
+    write(&ip_b, "/home/ansible/g");
+    let reverted = ok(json!({"uri": uri, "names": [a.name, b.name], "snapshot": "g1", "state": "reverted"}));
+    assert_eq!(reverted["vms"].as_array().unwrap().len(), 2, "{reverted}");
+    assert!(!exists(&ip_a, "/home/ansible/g") && !exists(&ip_b, "/home/ansible/g"), "group revert");
+    assert_eq!(ok(json!({"uri": uri, "names": [a.name, b.name], "snapshot": "g1", "state": "absent"}))["changed"], true);
+
+    eprintln!(
+        "snapshot_libvirt timings: internal create {internal_create:.2} s, revert {internal_revert:.2} s; \
+         external create {external_create:?} s, revert (with fresh boot) {external_revert:.2} s"
+    );
+}

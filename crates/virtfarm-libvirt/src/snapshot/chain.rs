@@ -156,7 +156,8 @@ pub(crate) fn prune_dangling(conn: &Connect, top: &str, keep: &HashSet<String>) 
     let mut deleted = Vec::new();
     let mut next = Some(top.to_string());
     while let Some(path) = next {
-        if keep.contains(&path) || !dependants(conn, &path)?.is_empty() {
+        // A file already gone (pruned by an earlier revert) ends the walk.
+        if keep.contains(&path) || volume_at(conn, &path).is_err() || !dependants(conn, &path)?.is_empty() {
             break;
         }
         next = image_at(conn, &path)?.backing;
