@@ -77,7 +77,7 @@ pub struct DiskDevice {
     pub format: String,
     /// Guest device name: `vda`, `sda`, ...
     pub target: String,
-    /// A read-only CD-ROM (on SATA) rather than a virtio disk.
+    /// A read-only CD-ROM (on virtio-scsi) rather than a virtio disk.
     pub cdrom: bool,
 }
 
@@ -233,6 +233,13 @@ impl DomainSpec {
         for disk in &self.disks {
             write_disk(w, disk)?;
         }
+        if self.disks.iter().any(|d| d.cdrom) {
+            // virtio-scsi rather than SATA: cloud kernels (Debian's among them) have no AHCI driver.
+            w.create_element("controller")
+                .with_attribute(("type", "scsi"))
+                .with_attribute(("model", "virtio-scsi"))
+                .write_empty()?;
+        }
         for fs in &self.filesystems {
             w.create_element("filesystem")
                 .with_attribute(("type", "mount"))
@@ -282,7 +289,7 @@ fn write_disk(w: &mut XmlWriter, disk: &DiskDevice) -> std::io::Result<()> {
                 .with_attribute(("type", disk.format.as_str()))
                 .write_empty()?;
             w.create_element("source").with_attribute(("file", disk.path.as_str())).write_empty()?;
-            let bus = if disk.cdrom { "sata" } else { "virtio" };
+            let bus = if disk.cdrom { "scsi" } else { "virtio" };
             w.create_element("target")
                 .with_attribute(("dev", disk.target.as_str()))
                 .with_attribute(("bus", bus))

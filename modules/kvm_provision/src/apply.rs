@@ -105,6 +105,8 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool) -> Result<Outcom
         remove(&hypervisor, existing, request.remove_storage, check, &mut outcome)?;
         return Ok(outcome);
     }
+    // Before anything is created: a refusal must leave nothing behind.
+    check_macs_are_free(&hypervisor, &vm.name, &wanted_macs(vm)?)?;
     for network in &vm.networks {
         if hypervisor.ensure_network(&network.name, network.create.as_ref(), check)? {
             outcome.did(format!("network {} created or started", network.name));
@@ -120,7 +122,6 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool) -> Result<Outcom
     let old_metadata = old_xml.as_deref().map(InstanceMetadata::from_domain_xml).transpose()?.unwrap_or_default();
     let uuid = existing.as_ref().map(Vm::uuid).transpose()?;
     let definition = definition_xml(&hypervisor, vm, uuid, &old_metadata, check, &mut outcome)?;
-    check_macs_are_free(&hypervisor, &vm.name, &DomainFacts::parse(&definition.xml)?)?;
     let unchanged = existing.is_some() && old_metadata.spec_hash.as_deref() == Some(definition.hash.as_str());
     if let Some((name, path, content)) = &definition.seed {
         if !unchanged || !hypervisor.volume_exists(path)? {
@@ -232,14 +233,25 @@ fn definition_xml(
     }
 }
 
+/// The MACs the VM's NICs will have.
+fn wanted_macs(vm: &VmDefinition) -> Result<Vec<String>> {
+    Ok(match &vm.domain {
+        DomainSource::Generated(spec) => spec.nics.iter().map(|n| n.mac.clone()).collect(),
+        DomainSource::Given { xml, .. } => DomainFacts::parse(xml).context("xml")?.nics.into_iter().map(|n| n.mac).collect(),
+    })
+}
+
 /// Refuses a MAC that another domain already has: two NICs with one MAC break DHCP for both.
-fn check_macs_are_free(hypervisor: &Hypervisor, name: &str, wanted: &DomainFacts) -> Result<()> {
+fn check_macs_are_free(hypervisor: &Hypervisor, name: &str, wanted: &[String]) -> Result<()> {
+    if wanted.iter().all(String::is_empty) {
+        return Ok(());
+    }
     for other in hypervisor.all_vms()? {
         if other.name() == name {
             continue;
         }
         let Ok(facts) = other.facts() else { continue };
-        if let Some(nic) = facts.nics.iter().find(|n| wanted.nics.iter().any(|w| w.mac == n.mac)) {
+        if let Some(nic) = facts.nics.iter().find(|n| wanted.contains(&n.mac)) {
             anyhow::bail!("networks: MAC {} is already used by domain {}", nic.mac, other.name());
         }
     }
