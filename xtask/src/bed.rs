@@ -46,6 +46,7 @@ fn bed_is_up() -> bool {
 pub fn up(image: &GuestImage, venv: &Path, collections: &Path) -> Result<PathBuf> {
     let bed_json = state_dir().join("bed.json");
     if bed_is_up() {
+        write_description(&bed_json, image, venv, collections)?;
         eprintln!("test bed: already up ({})", bed_json.display());
         return Ok(bed_json);
     }
@@ -77,7 +78,13 @@ pub fn up(image: &GuestImage, venv: &Path, collections: &Path) -> Result<PathBuf
     virsh(&["net-start", NETWORK])?;
     define_pool(IMAGES_POOL, &image.dir)?;
     define_pool(DISKS_POOL, &disks_dir())?;
+    write_description(&bed_json, image, venv, collections)?;
+    eprintln!("test bed: up in {:.1} s ({})", started.elapsed().as_secs_f64(), bed_json.display());
+    Ok(bed_json)
+}
 
+/// Writes `bed.json`, which tells the tests where everything is.
+fn write_description(bed_json: &Path, image: &GuestImage, venv: &Path, collections: &Path) -> Result<()> {
     let description = json!({
         "uri": URI,
         "netns": NETNS,
@@ -96,9 +103,8 @@ pub fn up(image: &GuestImage, venv: &Path, collections: &Path) -> Result<PathBuf
         "venv": venv,
         "collections_path": collections,
     });
-    std::fs::write(&bed_json, serde_json::to_string_pretty(&description)?)?;
-    eprintln!("test bed: up in {:.1} s ({})", started.elapsed().as_secs_f64(), bed_json.display());
-    Ok(bed_json)
+    std::fs::write(bed_json, serde_json::to_string_pretty(&description)?)?;
+    Ok(())
 }
 
 fn define_pool(name: &str, dir: &Path) -> Result<()> {
