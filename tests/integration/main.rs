@@ -13,3 +13,5 @@ mod kvm_provision;
 mod snapshot_libvirt;
 /// libvirt_inventory: the executable and the inventory plugin.
 mod inventory;
+/// guest_provision and the roles: the cached lifecycle through ansible-playbook.
+mod guest_provision;
