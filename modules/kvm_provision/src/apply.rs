@@ -191,7 +191,7 @@ fn definition_xml(
     match &vm.domain {
         DomainSource::Given { xml, metadata } => {
             let hash = fingerprint(&[vm.name.as_bytes(), xml.as_bytes()]);
-            let metadata = InstanceMetadata { spec_hash: Some(hash.clone()), volumes: volumes.clone(), ..metadata.clone() };
+            let metadata = InstanceMetadata { spec_hash: Some(hash.clone()), volumes: volumes.clone(), ..(**metadata).clone() };
             let xml = reconcile_identity(xml, &vm.name, uuid.as_deref(), &metadata).context("xml")?;
             Ok(Definition { xml, hash, seed: None, volumes })
         }

@@ -83,7 +83,7 @@ pub enum DomainSource {
         /// The XML as given.
         xml: String,
         /// Our metadata to put in it.
-        metadata: InstanceMetadata,
+        metadata: Box<InstanceMetadata>,
     },
 }
 
@@ -222,7 +222,7 @@ fn parse_vm(path: &str, item: Value, state: State) -> Result<VmDefinition> {
         }
         // The rest only describe a generated domain.
         let _ = fields.into_map();
-        let domain = DomainSource::Given { xml, metadata };
+        let domain = DomainSource::Given { xml, metadata: Box::new(metadata) };
         return Ok(VmDefinition { name, uri, domain, domain_type, root_disk: None, pool, cloud_init: None, networks: vec![] });
     }
     let memory_mib = fields.size("memory", 1 << 20)?.map(|bytes| bytes >> 20);
