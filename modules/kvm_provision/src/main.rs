@@ -14,6 +14,11 @@ use serde_json::{json, Map, Value};
 use crate::definition::Request;
 
 fn main() {
+    // Release builds abort on panic: say so in the one JSON object Ansible reads, then stop.
+    std::panic::set_hook(Box::new(|info| {
+        println!("{}", json!({ "failed": true, "changed": false, "msg": format!("kvm_provision failed unexpectedly: {info}") }));
+        std::process::exit(1);
+    }));
     let result = run().unwrap_or_else(|e| json!({ "failed": true, "changed": false, "msg": format!("{e:#}") }));
     println!("{result}");
 }
