@@ -29,6 +29,7 @@ impl NoLogValues {
                 if option.no_log {
                     self.add(value);
                 }
+                self.add_keyed(value, &option.secret_keys);
                 let Some(subspec) = &option.suboptions else {
                     continue;
                 };
@@ -44,6 +45,26 @@ impl NoLogValues {
         }
     }
 
+    /// Adds the values found under any of `keys` inside `value`, at any depth.
+    fn add_keyed(&mut self, value: &Value, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        match value {
+            Value::Object(map) => {
+                for (key, item) in map {
+                    if keys.contains(key) {
+                        self.add(item);
+                    } else {
+                        self.add_keyed(item, keys);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| self.add_keyed(item, keys)),
+            _ => {}
+        }
+    }
+
     /// Adds every scalar in `value`. Booleans and nulls are not secrets:
     /// masking them would hide every `changed: true`.
     fn add(&mut self, value: &Value) {
@@ -54,10 +75,12 @@ impl NoLogValues {
             Value::Object(map) => return map.values().for_each(|item| self.add(item)),
             _ => return,
         };
-        if !self.0.contains(&secret) {
-            self.0.push(secret);
-            self.0.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        for form in escaped_forms(secret) {
+            if !self.0.contains(&form) {
+                self.0.push(form);
+            }
         }
+        self.0.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
     }
 
     /// Masks the secrets in every string and number of `value`; keys stay.
@@ -88,6 +111,26 @@ impl NoLogValues {
                 text.replace(secret.as_str(), "********")
             })
     }
+}
+
+/// A secret as written, and as it reads once quoted inside JSON text or
+/// XML (a domain definition in a diff, a serialized value in a message).
+fn escaped_forms(secret: String) -> Vec<String> {
+    let json = serde_json::to_string(&secret).unwrap_or_default();
+    let json = json.trim_matches('"').to_string();
+    let xml = secret
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;");
+    let mut forms = vec![secret];
+    for form in [json, xml] {
+        if !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    forms
 }
 
 #[cfg(test)]
@@ -141,6 +184,35 @@ mod tests {
     }
 
     #[test]
+    fn collects_secret_keys_inside_free_form_values() {
+        let spec = ArgSpec::new([
+            Opt::dict("vm").secret_keys(&["password", "user_data"]),
+            Opt::list("vms").secret_keys(&["password_hash"]),
+            Opt::raw("notes"),
+        ]);
+        let values = secrets(
+            &spec,
+            json!({
+                "vm": {"metadata": {"name": "web", "auth": {"user": "ops", "password": "farm-pass"}},
+                       "user_data": "#cloud-config\nchpasswd: x"},
+                "vms": ["3", {"cloud_init": {"password_hash": "$6$salt$hash"}}, {"password": "not-a-key-here"}],
+                "notes": {"password": "raw-without-secret-keys"},
+            }),
+        );
+        let mut collected = values.0.clone();
+        collected.sort();
+        assert_eq!(
+            collected,
+            [
+                "#cloud-config\nchpasswd: x",
+                "#cloud-config\\nchpasswd: x",
+                "$6$salt$hash",
+                "farm-pass"
+            ]
+        );
+    }
+
+    #[test]
     fn masks_whole_values_and_scrubs_substrings() {
         let values = secrets(&spec(), json!({"password": "hunter22", "pin": 1234}));
         let mut result = json!({
@@ -160,6 +232,17 @@ mod tests {
                 "warnings": ["pin ******** rejected"],
                 "hunter22": MASK,
             })
+        );
+    }
+
+    #[test]
+    fn secrets_are_scrubbed_in_their_json_and_xml_escaped_forms() {
+        let values = secrets(&spec(), json!({"password": "a\"b<c>\nd"}));
+        let mut reply = json!({"msg": format!("sent {}", json!({"p": "a\"b<c>\nd"})), "xml": "<p>a&quot;b&lt;c&gt;\nd</p>"});
+        values.scrub(&mut reply);
+        assert_eq!(
+            reply,
+            json!({"msg": "sent {\"p\":\"********\"}", "xml": "<p>********</p>"})
         );
     }
 

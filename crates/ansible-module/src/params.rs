@@ -100,6 +100,30 @@ impl Params {
         self.typed(name, "dict", section)
     }
 
+    /// A `list` option of `dict`s (with suboptions), each with getters that
+    /// name its options `NAME[INDEX].OPTION`; empty if unset.
+    pub fn dicts(&self, name: &str) -> Result<Vec<Params>, Error> {
+        let path = qualified(&self.path, name);
+        let sections = |value: &Value| {
+            let items = value.as_array()?.iter().enumerate();
+            items
+                .map(|(index, item)| {
+                    let map = item.as_object()?.clone();
+                    Some(Params::new(map, format!("{path}[{index}]")))
+                })
+                .collect()
+        };
+        Ok(self
+            .typed(name, "list of dict", sections)?
+            .unwrap_or_default())
+    }
+
+    /// The full name of option `name` of these parameters, for messages:
+    /// `name` at the top, `vms[2].cloud_init.user` in nested ones.
+    pub fn name_of(&self, name: &str) -> String {
+        qualified(&self.path, name)
+    }
+
     /// All parameters as a serde type, for modules that parse in two steps:
     /// the spec checks what the user wrote, the type carries the meaning.
     /// Unset options are `null`, which suits `Option` fields.
@@ -171,6 +195,23 @@ mod tests {
         assert!(p.bool("autostart").unwrap());
         assert_eq!(p.list_of_str("tags").unwrap(), ["a", "b"]);
         assert_eq!(p.dict("cloud_init").unwrap().str("user").unwrap(), "ops");
+    }
+
+    #[test]
+    fn lists_of_dicts_name_their_items() {
+        let p = params(json!({"disks": [{"path": "/a"}, {"path": 3}], "tags": ["a"]}));
+        let disks = p.dicts("disks").unwrap();
+        assert_eq!(disks[0].str("path").unwrap(), "/a");
+        assert_eq!(disks[1].name_of("path"), "disks[1].path");
+        assert_eq!(
+            disks[1].str("path").unwrap_err().to_string(),
+            "parameter 'disks[1].path' is not of type str"
+        );
+        assert!(p.dicts("none").unwrap().is_empty());
+        assert_eq!(
+            p.dicts("tags").unwrap_err().to_string(),
+            "parameter 'tags' is not of type list of dict"
+        );
     }
 
     #[test]

@@ -431,4 +431,42 @@ mod tests {
         );
         assert_eq!(reply["invocation"]["module_args"]["token"], MASK);
     }
+
+    #[test]
+    fn secret_keys_in_free_form_values_are_masked_everywhere() {
+        let spec = ArgSpec::new([
+            Opt::str("name"),
+            Opt::list("vms").secret_keys(&["password_hash", "user_data"]),
+        ]);
+        let args = json!({"name": "web01", "vms": [
+            {"name": "a", "cloud_init": {"password_hash": "$6$rounds$abcdef", "user_data": "#cloud-config\nusers: []"}},
+        ]});
+        let reply = execute(&spec, args.clone(), |module: &Module| {
+            let vms = module.params().get("vms").cloned().unwrap_or_default();
+            module.warn(format!("saw {vms}"));
+            Ok::<_, Error>(Response::fail(format!(
+                "bad hash {}",
+                vms[0]["cloud_init"]["password_hash"]
+            )))
+        });
+        let sent = &reply["invocation"]["module_args"]["vms"][0]["cloud_init"];
+        assert_eq!(sent["password_hash"], MASK);
+        assert_eq!(sent["user_data"], MASK);
+        let text = reply.to_string();
+        assert!(
+            !text.contains("$6$rounds$abcdef") && !text.contains("users: []"),
+            "{text}"
+        );
+
+        let unknown = execute(&spec, with_unknown(args), echo);
+        assert!(
+            !unknown.to_string().contains("$6$rounds$abcdef"),
+            "{unknown}"
+        );
+    }
+
+    fn with_unknown(mut args: Value) -> Value {
+        args["colour"] = json!("blue");
+        args
+    }
 }

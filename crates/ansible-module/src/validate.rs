@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::coerce::{coerce, python_str, python_type, FALSE_WORDS, TRUE_WORDS};
 use crate::error::Error;
+use crate::params::Params;
 use crate::response::Deprecation;
 use crate::spec::{ArgSpec, Opt, Type};
 
@@ -27,8 +28,45 @@ pub(crate) fn validate(
     args: &Map<String, Value>,
     module: &str,
 ) -> Result<Validated, Error> {
+    validate_at(spec, args, "", module)
+}
+
+impl ArgSpec {
+    /// Validates `args` found at `path` (`vms[2]`) against this spec, as
+    /// the module's own arguments are: for free-form values (a `raw` list
+    /// item, a `dict` merged with defaults) whose shape is known only once
+    /// the module has looked at them. Errors name options by their full
+    /// path (`vms[2].memory`); `module` names the module in the message on
+    /// unknown options. Warnings and deprecations are not reported.
+    ///
+    /// ```
+    /// use ansible_module::{ArgSpec, Opt};
+    /// use serde_json::json;
+    ///
+    /// let spec = ArgSpec::new([Opt::int("memory")]);
+    /// let item = json!({"memory": "lots"});
+    /// let error = spec.validate_at(item.as_object().unwrap(), "vms[2]", "kvm_provision").unwrap_err();
+    /// assert!(error.to_string().starts_with("argument 'vms[2].memory' is of type <class 'str'>"));
+    /// ```
+    pub fn validate_at(
+        &self,
+        args: &Map<String, Value>,
+        path: &str,
+        module: &str,
+    ) -> Result<Params, Error> {
+        validate_at(self, args, path, module)
+            .map(|validated| Params::new(validated.params, path.to_string()))
+    }
+}
+
+fn validate_at(
+    spec: &ArgSpec,
+    args: &Map<String, Value>,
+    path: &str,
+    module: &str,
+) -> Result<Validated, Error> {
     let mut validator = Validator::default();
-    let params = validator.section(spec, args, "")?;
+    let params = validator.section(spec, args, path)?;
     // Ansible reports unknown names only when nothing else is wrong: a
     // misspelt required option reads "missing required arguments: name".
     if let Some((supported, aliases)) = validator.supported {
