@@ -11,12 +11,12 @@ use serde_json::json;
 use crate::image::GuestImage;
 use crate::sh;
 
-const NETNS: &str = "vfbed";
-const NETWORK: &str = "vfnet";
+pub const NETNS: &str = "vfbed";
+pub const NETWORK: &str = "vfnet";
 const BRIDGE: &str = "vfbr0";
 const GATEWAY: &str = "10.77.0.1";
-const IMAGES_POOL: &str = "vfimages";
-const DISKS_POOL: &str = "vfdisks";
+pub const IMAGES_POOL: &str = "vfimages";
+pub const DISKS_POOL: &str = "vfdisks";
 const URI: &str = "qemu:///system";
 
 /// Where the bed keeps its runtime files; `bed.json` there tells the tests about it.
@@ -38,7 +38,7 @@ fn libvirtd_running() -> bool {
     sh::succeeds("pgrep", &["-x", "libvirtd"])
 }
 
-fn bed_is_up() -> bool {
+pub fn bed_is_up() -> bool {
     state_dir().join("bed.json").exists() && libvirtd_running() && virsh(&["net-info", NETWORK]).is_ok()
 }
 
@@ -156,7 +156,7 @@ fn remove_leftovers() -> Result<()> {
     Ok(())
 }
 
-fn wait_until(bound: Duration, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_until(bound: Duration, what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + bound;
     while !ready() {
         if Instant::now() >= deadline {
@@ -167,6 +167,6 @@ fn wait_until(bound: Duration, what: &str, mut ready: impl FnMut() -> bool) -> R
     Ok(())
 }
 
-fn path_str(path: &Path) -> Result<&str> {
+pub(crate) fn path_str(path: &Path) -> Result<&str> {
     path.to_str().context("non-UTF-8 path")
 }

@@ -4,10 +4,12 @@
 //! - `cargo xtask image`: build (or find cached) the Debian guest image.
 //! - `cargo xtask collection`: release binaries into the Galaxy collection tarball, installed.
 //! - `cargo xtask bed up|down`: the libvirt test bed in its own network namespace.
+//! - `cargo xtask fleet up|down`: a second hypervisor next to the bed (see fleet.rs).
 //! - `cargo xtask test`: everything above, then every test, then the bed down.
 
 mod bed;
 mod collection;
+mod fleet;
 mod image;
 mod setup;
 mod sh;
@@ -26,8 +28,10 @@ fn main() -> Result<()> {
         ["collection"] => setup::packages().and_then(|()| collection::build_and_install(&root, &setup::venv(&root)?)).map(drop),
         ["bed", "up"] => bed_up(&root).map(drop),
         ["bed", "down"] => bed::down(),
+        ["fleet", "up"] => setup::packages().and_then(|()| fleet::up(&image::ensure(&root)?)).map(drop),
+        ["fleet", "down"] => fleet::down(),
         ["test", rest @ ..] => test(&root, rest),
-        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | test [cargo test filters]"),
+        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | fleet up | fleet down | test [cargo test filters]"),
     }
 }
 

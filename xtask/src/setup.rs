@@ -20,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "debootstrap",
     "openssh-client",
+    "openssh-server",
     "e2fsprogs",
     "xorriso",
 ];
