@@ -27,6 +27,7 @@ pub mod error;
 pub mod leases;
 pub mod naming;
 pub mod network;
+pub mod placement;
 pub mod power;
 pub mod scan;
 pub mod snapshot;
