@@ -50,6 +50,8 @@ pub struct Bed {
     pub venv: PathBuf,
     /// Where `cargo xtask collection` installed the built collection tarball.
     pub collections_path: PathBuf,
+    /// The assembled collection tree the tarball was built from (it has galaxy.yml).
+    pub collection_tree: PathBuf,
 }
 
 /// What an Ansible command did.
@@ -151,12 +153,26 @@ impl Bed {
     /// `ansible-doc`, ...) inside the namespace, with the installed collection, the guest key,
     /// and the `json` stdout callback; bounded to 15 minutes.
     pub fn ansible(&self, program: &str, args: &[&str]) -> AnsibleRun {
+        let output = self
+            .ansible_command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}"));
+        AnsibleRun {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The command [`Bed::ansible`] runs, for callers that add a working directory or env.
+    pub fn ansible_command(&self, program: &str) -> Command {
         let program = self.venv.join("bin").join(program);
         let path = format!("{}:{}", self.venv.join("bin").display(), std::env::var("PATH").unwrap_or_default());
-        let output = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.netns, "timeout", "900"])
             .arg(&program)
-            .args(args)
             .env("PATH", path)
             .env("ANSIBLE_COLLECTIONS_PATH", &self.collections_path)
             .env("ANSIBLE_PRIVATE_KEY_FILE", &self.ssh_key)
@@ -168,14 +184,8 @@ impl Bed {
             .env("ANSIBLE_RETRY_FILES_ENABLED", "False")
             .env("ANSIBLE_LOCALHOST_WARNING", "False")
             .env("ANSIBLE_INVENTORY_UNPARSED_WARNING", "False")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", program.display()));
-        AnsibleRun {
-            success: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+            .stdin(Stdio::null());
+        command
     }
 
     /// Runs `command` on the guest at `ip` over SSH as `ssh_user`, from inside the namespace.

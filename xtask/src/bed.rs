@@ -11,13 +11,14 @@ use serde_json::json;
 use crate::image::GuestImage;
 use crate::sh;
 
+/// The network namespace of the bed's libvirtd and guests.
 pub const NETNS: &str = "vfbed";
 pub const NETWORK: &str = "vfnet";
 const BRIDGE: &str = "vfbr0";
 const GATEWAY: &str = "10.77.0.1";
 pub const IMAGES_POOL: &str = "vfimages";
 pub const DISKS_POOL: &str = "vfdisks";
-const URI: &str = "qemu:///system";
+pub const URI: &str = "qemu:///system";
 
 /// Where the bed keeps its runtime files; `bed.json` there tells the tests about it.
 pub fn state_dir() -> PathBuf {
@@ -38,6 +39,7 @@ fn libvirtd_running() -> bool {
     sh::succeeds("pgrep", &["-x", "libvirtd"])
 }
 
+/// True when the bed described by `bed.json` answers.
 pub fn bed_is_up() -> bool {
     state_dir().join("bed.json").exists() && libvirtd_running() && virsh(&["net-info", NETWORK]).is_ok()
 }
@@ -54,8 +56,6 @@ pub fn up(image: &GuestImage, venv: &Path, collections: &Path) -> Result<PathBuf
         bail!("a libvirtd is running outside the test bed; stop it first (the bed runs its own, in namespace {NETNS})");
     }
     let started = Instant::now();
-    std::fs::create_dir_all(state_dir())?;
-    std::fs::create_dir_all(disks_dir())?;
     if !sh::succeeds("ip", &["netns", "exec", NETNS, "true"]) {
         sh::run("ip", &["netns", "add", NETNS])?;
     }
@@ -64,6 +64,31 @@ pub fn up(image: &GuestImage, venv: &Path, collections: &Path) -> Result<PathBuf
     sh::run("ip", &["netns", "exec", NETNS, "virtlogd", "-d"])?;
     sh::run("ip", &["netns", "exec", NETNS, "libvirtd", "-d"])?;
     wait_until(Duration::from_secs(30), "libvirtd to answer", || virsh(&["version"]).is_ok())?;
+    define_resources(image)?;
+    write_description(&bed_json, image, venv, collections)?;
+    eprintln!("test bed: up in {:.1} s ({})", started.elapsed().as_secs_f64(), bed_json.display());
+    Ok(bed_json)
+}
+
+/// Uses the host's own running libvirtd: defines the bed's network and pools on it.
+/// Guests then live in the host's network namespace, reachable from the host.
+pub fn adopt(image: &GuestImage, venv: &Path, collections: &Path) -> Result<PathBuf> {
+    eprintln!("libvirt: reusing the libvirtd running on this host");
+    define_resources(image)?;
+    let bed_json = state_dir().join("bed.json");
+    write_description(&bed_json, image, venv, collections)?;
+    Ok(bed_json)
+}
+
+/// True when a libvirtd runs that is not the bed's (outside its namespace).
+pub fn host_libvirtd_running() -> bool {
+    libvirtd_running() && !bed_is_up()
+}
+
+/// The bed's network and pools on the running daemon, after removing stale ones.
+fn define_resources(image: &GuestImage) -> Result<()> {
+    std::fs::create_dir_all(state_dir())?;
+    std::fs::create_dir_all(disks_dir())?;
     remove_leftovers()?;
 
     let net_xml = state_dir().join("network.xml");
@@ -77,10 +102,7 @@ pub fn up(image: &GuestImage, venv: &Path, collections: &Path) -> Result<PathBuf
     virsh(&["net-define", path_str(&net_xml)?])?;
     virsh(&["net-start", NETWORK])?;
     define_pool(IMAGES_POOL, &image.dir)?;
-    define_pool(DISKS_POOL, &disks_dir())?;
-    write_description(&bed_json, image, venv, collections)?;
-    eprintln!("test bed: up in {:.1} s ({})", started.elapsed().as_secs_f64(), bed_json.display());
-    Ok(bed_json)
+    define_pool(DISKS_POOL, &disks_dir())
 }
 
 /// Writes `bed.json`, which tells the tests where everything is.
@@ -92,7 +114,7 @@ fn write_description(bed_json: &Path, image: &GuestImage, venv: &Path, collectio
         "bridge": BRIDGE,
         "gateway": GATEWAY,
         "images_pool": IMAGES_POOL,
-        "base_volume": "base.qcow2",
+        "base_volume": crate::image::BASE_VOLUME,
         "base_image": image.base(),
         "disks_pool": DISKS_POOL,
         "disks_dir": disks_dir(),
@@ -102,6 +124,7 @@ fn write_description(bed_json: &Path, image: &GuestImage, venv: &Path, collectio
         "ssh_user": "ansible",
         "venv": venv,
         "collections_path": collections,
+        "collection_tree": crate::collection::tree(&crate::project_root()?),
     });
     std::fs::write(bed_json, serde_json::to_string_pretty(&description)?)?;
     Ok(())
@@ -110,6 +133,14 @@ fn write_description(bed_json: &Path, image: &GuestImage, venv: &Path, collectio
 fn define_pool(name: &str, dir: &Path) -> Result<()> {
     virsh(&["pool-define-as", name, "dir", "--target", path_str(dir)?])?;
     virsh(&["pool-start", name])?;
+    Ok(())
+}
+
+/// Removes what [`adopt`] defined on the host's libvirtd; the daemon keeps running.
+pub fn release() -> Result<()> {
+    remove_leftovers()?;
+    let _ = std::fs::remove_dir_all(state_dir());
+    let _ = std::fs::remove_dir_all(disks_dir());
     Ok(())
 }
 

@@ -23,7 +23,7 @@ pub fn build_and_install(root: &Path, venv: &Path) -> Result<PathBuf> {
     sh::run(&cargo, &build)?;
 
     let target = root.join("target");
-    let tree = target.join("collection/ansible_collections/virtfarm/libvirt");
+    let tree = tree(root);
     let _ = std::fs::remove_dir_all(&tree);
     std::fs::create_dir_all(&tree)?;
     copy_tree(&root.join("collection"), &tree)?;
@@ -51,6 +51,11 @@ pub fn build_and_install(root: &Path, venv: &Path) -> Result<PathBuf> {
     sh::run(galaxy, &["collection", "install", tarball_str, "-p", installed_str, "--force"])?;
     eprintln!("collection: {} ({} KiB), installed in {installed_str}", tarball.display(), std::fs::metadata(&tarball)?.len() / 1024);
     Ok(installed)
+}
+
+/// Where the collection is assembled before `ansible-galaxy collection build`.
+pub fn tree(root: &Path) -> PathBuf {
+    root.join("target/collection/ansible_collections/virtfarm/libvirt")
 }
 
 /// The collection version from galaxy.yml.

@@ -7,6 +7,11 @@ use anyhow::{Context, Result};
 
 use crate::{setup, sh};
 
+/// The base image's file (and volume) name in the image directory.
+pub const BASE_VOLUME: &str = "base.qcow2";
+/// The kernel command line the image boots with (direct kernel boot, no boot loader).
+pub const KERNEL_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0";
+
 /// A built guest image and what it takes to boot it.
 pub struct GuestImage {
     /// Its directory: base.qcow2, vmlinuz, initrd.img, id_ed25519(.pub).
@@ -16,7 +21,7 @@ pub struct GuestImage {
 impl GuestImage {
     /// The qcow2 base image.
     pub fn base(&self) -> PathBuf {
-        self.dir.join("base.qcow2")
+        self.dir.join(BASE_VOLUME)
     }
 }
 

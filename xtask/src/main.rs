@@ -6,9 +6,11 @@
 //! - `cargo xtask bed up|down`: the libvirt test bed in its own network namespace.
 //! - `cargo xtask fleet up|down`: a second hypervisor next to the bed (see fleet.rs).
 //! - `cargo xtask test`: everything above, then every test, then the bed down.
+//! - `cargo xtask demo`: the collection as a user meets it, on this host's libvirt.
 
 mod bed;
 mod collection;
+mod demo;
 mod fleet;
 mod image;
 mod setup;
@@ -31,11 +33,12 @@ fn main() -> Result<()> {
         ["fleet", "up"] => setup::packages().and_then(|()| fleet::up(&image::ensure(&root)?)).map(drop),
         ["fleet", "down"] => fleet::down(),
         ["test", rest @ ..] => test(&root, rest),
-        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | fleet up | fleet down | test [cargo test filters]"),
+        ["demo"] => demo::run(&root),
+        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | fleet up | fleet down | test [cargo test filters] | demo"),
     }
 }
 
-fn project_root() -> Result<PathBuf> {
+pub fn project_root() -> Result<PathBuf> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("run through cargo xtask")?;
     Ok(Path::new(&manifest_dir).parent().context("xtask has a parent")?.to_path_buf())
 }
