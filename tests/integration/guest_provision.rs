@@ -77,6 +77,17 @@ fn ran(doc: &Value, host: &str, task: &str) -> bool {
     results(doc, host, task).iter().any(|r| r["skipped"] != true)
 }
 
+/// One line per task of `host`: its outcome and name, for assertion messages.
+fn outline(doc: &Value, host: &str) -> String {
+    let tasks = doc["plays"].as_array().into_iter().flatten().flat_map(|play| play["tasks"].as_array().into_iter().flatten());
+    let lines = tasks.filter_map(|t| {
+        let result = t["hosts"].get(host)?;
+        let outcome = ["failed", "unreachable", "skipped"].into_iter().find(|o| result[*o] == true).unwrap_or("ok");
+        Some(format!("{outcome:>11} {} {}", t["task"]["name"].as_str().unwrap_or("?"), result["msg"].as_str().unwrap_or("")))
+    });
+    lines.collect::<Vec<_>>().join("\n")
+}
+
 /// The single result of a task that must have run.
 fn result<'a>(doc: &'a Value, host: &str, task: &str) -> &'a Value {
     let found = results(doc, host, task);
@@ -88,6 +99,13 @@ fn result<'a>(doc: &'a Value, host: &str, task: &str) -> &'a Value {
 fn snapshots(vm: &str) -> Vec<String> {
     let hypervisor = Hypervisor::open(&Bed::get().uri).unwrap();
     let mut names: Vec<String> = hypervisor.vm(vm).unwrap().snapshots().unwrap().into_iter().map(|s| s.name).collect();
+    names.sort();
+    names
+}
+
+/// The project's clean snapshot and `init`, in the order [`snapshots`] lists them.
+fn clean_and(init: &str) -> Vec<String> {
+    let mut names = vec![format!("{PROJECT}.clean"), init.to_string()];
     names.sort();
     names
 }
@@ -130,7 +148,7 @@ fn cached_lifecycle_through_the_role() {
     assert_eq!(result(&doc, &name, MAIN)["stdout"], "1");
     let init = result(&doc, &name, SAVE)["snapshot"].as_str().unwrap().to_string();
     assert!(init.starts_with(&format!("{PROJECT}.")) && init.ends_with(".init"), "{init}");
-    assert_eq!(snapshots(&name), vec![format!("{PROJECT}.clean"), init.clone()]);
+    assert_eq!(snapshots(&name), clean_and(&init));
     assert_eq!(power_state(&name), PowerState::ShutOff);
 
     // 2. Cached run: init restored, dependencies and init skipped, the marker is run 1's.
@@ -157,16 +175,17 @@ fn cached_lifecycle_through_the_role() {
     assert_eq!(result(&doc, &name, MAIN)["stdout"], "3");
     let new_init = result(&doc, &name, SAVE)["snapshot"].as_str().unwrap().to_string();
     assert_ne!(new_init, init);
-    assert_eq!(snapshots(&name), vec![format!("{PROJECT}.clean"), new_init.clone()]);
+    assert_eq!(snapshots(&name), clean_and(&new_init));
     eprintln!("guest_provision: rebuild after an edit {rebuild_seconds:.1} s");
 
     // 4. A failing main phase: the run fails, terminate and the shutdown still run.
     let (failing, _) = project.run(json!({ "run_id": 4, "fail_main": true }));
     assert!(!failing.success, "a failing main must fail the run");
     let doc = failing.json();
-    assert!(ran(&doc, &name, "phase main failing on request"));
-    assert!(ran(&doc, &name, TERMINATE), "terminate must run after a failure");
-    assert!(ran(&doc, &name, SHUTDOWN), "shutdown must run after a failure");
+    let tasks = outline(&doc, &name);
+    assert!(ran(&doc, &name, "phase main failing on request"), "{tasks}");
+    assert!(ran(&doc, &name, TERMINATE), "terminate must run after a failure:\n{tasks}");
+    assert!(ran(&doc, &name, SHUTDOWN), "shutdown must run after a failure:\n{tasks}");
     assert_eq!(power_state(&name), PowerState::ShutOff);
 
     // 5. allowed_phases: no init restore, no dependencies, no init snapshot, no terminate.
@@ -179,7 +198,7 @@ fn cached_lifecycle_through_the_role() {
         assert!(!ran(&doc, &name, task), "restricted run: {task} ran");
     }
     assert_eq!(result(&doc, &name, MAIN)["stdout"], "5");
-    assert_eq!(snapshots(&name), vec![format!("{PROJECT}.clean"), new_init.clone()]);
+    assert_eq!(snapshots(&name), clean_and(&new_init));
     assert_eq!(power_state(&name), PowerState::ShutOff);
 
     // 6. The module on the same VM: check mode changes nothing; repeated steps change nothing.
