@@ -29,7 +29,8 @@ fn main() -> Result<()> {
         ["image"] => setup::packages().and(image::ensure(&root).map(drop)),
         ["collection"] => setup::packages().and_then(|()| collection::build_and_install(&root, &setup::venv(&root)?)).map(drop),
         ["bed", "up"] => bed_up(&root).map(drop),
-        ["bed", "down"] => bed::down(),
+        // The fleet's daemon would keep the next `bed up` from starting: it goes first.
+        ["bed", "down"] => fleet::down().and(bed::down()),
         ["fleet", "up"] => setup::packages().and_then(|()| fleet::up(&image::ensure(&root)?)).map(drop),
         ["fleet", "down"] => fleet::down(),
         ["test", rest @ ..] => test(&root, rest),
@@ -55,6 +56,8 @@ fn bed_up(root: &Path) -> Result<PathBuf> {
 fn test(root: &Path, filters: &[&str]) -> Result<()> {
     let started = std::time::Instant::now();
     let bed_json = bed_up(root)?;
+    // The second hypervisor costs about 11 s: the fleet tests always get it.
+    fleet::up(&image::ensure(root)?)?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     // The integration tests run the module binaries as Ansible would: build them first.
     let result = sh::run(&cargo, &["build", "--workspace", "--bins"]).and_then(|()| {
@@ -63,7 +66,7 @@ fn test(root: &Path, filters: &[&str]) -> Result<()> {
         args.extend_from_slice(filters);
         sh::run(&cargo, &args)
     });
-    let teardown = if std::env::var_os("VIRTFARM_KEEP_BED").is_some() { Ok(()) } else { bed::down() };
+    let teardown = if std::env::var_os("VIRTFARM_KEEP_BED").is_some() { Ok(()) } else { fleet::down().and(bed::down()) };
     eprintln!("xtask test: {:.0} s in all", started.elapsed().as_secs_f64());
     result.and(teardown)
 }
