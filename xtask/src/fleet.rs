@@ -126,6 +126,8 @@ fn prepare_dirs() -> Result<()> {
         std::fs::create_dir_all(private_dir(private))?;
     }
     std::fs::create_dir_all(disks_dir())?;
+    // Where domains' console logs go; the host's has it from the package, the copy must too.
+    std::fs::create_dir_all(private_dir("log").join("qemu"))?;
     // Only the top-level *.conf files: the subdirectories hold the bed daemon's networks and pools.
     for entry in std::fs::read_dir("/etc/libvirt")?.flatten() {
         let path = entry.path();
