@@ -29,9 +29,9 @@ fn seconds(reply: &Value) -> f64 {
     reply["vms"][0]["seconds"].as_f64().unwrap_or(f64::NAN)
 }
 
-/// True when `path` exists in the guest.
+/// True when `path` exists in the guest (which must answer SSH within a minute).
 fn exists(ip: &str, path: &str) -> bool {
-    Bed::get().ssh(ip, &format!("test -e {path}")).status.success()
+    Bed::get().ssh_until_ok(ip, &format!("test -e {path} && echo yes || echo no"), Duration::from_secs(60)) == "yes"
 }
 
 /// Writes a file in the guest and flushes it to disk.
@@ -44,7 +44,7 @@ fn sha256(path: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
 }
 
-/// Removes what the external scenario may leave in the disks directory if it fails half-way.
+/// Removes what the external and backing-file scenarios may leave in the disks directory if they fail half-way.
 struct Overlays(Vec<String>);
 
 impl Drop for Overlays {
@@ -52,7 +52,7 @@ impl Drop for Overlays {
         let bed = Bed::get();
         for entry in std::fs::read_dir(&bed.disks_dir).into_iter().flatten().flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            if self.0.iter().any(|vm| file.starts_with(&format!("{vm}-vda."))) {
+            if self.0.iter().any(|vm| file.starts_with(&format!("{vm}-vda.")) || file.starts_with(&format!("{vm}.qcow2."))) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -180,8 +180,79 @@ fn internal_external_group_check_mode_and_bad_input_on_two_guests() {
     assert!(!exists(&ip_a, "/home/ansible/g") && !exists(&ip_b, "/home/ansible/g"), "group revert");
     assert_eq!(ok(json!({"uri": uri, "names": [a.name, b.name], "snapshot": "g1", "state": "absent"}))["changed"], true);
 
+    backing_file_levels(&b, &ip_b, &a.name);
+
     eprintln!(
         "snapshot_libvirt timings: internal create {internal_create:.2} s, revert {internal_revert:.2} s; \
          external create {external_create:?} s, revert (with fresh boot) {external_revert:.2} s"
     );
+}
+
+/// A group where the second domain fails rolls the first one's new snapshot back: `off` is
+/// shut off (an internal snapshot without RAM works), the other runs (libvirt refuses one).
+fn group_roll_back(off: &TestVm, running: &str) {
+    let bed = Bed::get();
+    let args = json!({"uri": bed.uri, "names": [off.name, running], "snapshot": "half", "type": "internal", "memory": false});
+    let reply = bed.run_module(MODULE, args);
+    assert_eq!(reply["failed"], true, "{reply}");
+    assert!(reply["msg"].as_str().unwrap().contains(&format!("rolled back on {}", off.name)), "{reply}");
+    let listed = ok(json!({"uri": bed.uri, "name": off.name, "state": "list"}));
+    assert!(listed["snapshots"].as_array().unwrap().is_empty(), "{listed}");
+}
+
+/// The backing-file mode on a running guest (with the group roll-back on the way, `running` being the other guest): save (copy into `.bak`), commit, restore, a named
+/// level on top, listing, a refused removal, and removing both levels back into the disk.
+fn backing_file_levels(vm: &TestVm, ip: &str, running: &str) {
+    let bed = Bed::get();
+    let args = |state: &str, level: Option<&str>| {
+        let mut args = json!({"uri": bed.uri, "names": [vm.name], "mode": "backing_file", "volume_path": bed.disks_dir, "state": state});
+        if let Some(level) = level {
+            args["snapshot"] = json!(level);
+        }
+        args
+    };
+    let disk = vm.disk.to_str().unwrap().to_string();
+    write(ip, "/home/ansible/kept");
+    let saved = ok(args("present", None));
+    assert_eq!(saved["vms"][0]["action"], "created", "{saved}");
+    eprintln!("snapshot_libvirt: backing_file create (with shutdown and start) {:.2} s", seconds(&saved));
+    assert!(Path::new(&format!("{disk}.bak")).exists());
+    // Each call shut the guest down and started it again: wait for it to boot.
+    let booted = || bed.ssh_until_ok(ip, "true", Duration::from_secs(300));
+    booted();
+    write(ip, "/home/ansible/committed");
+    let committed = ok(args("present", None));
+    assert_eq!(committed["vms"][0]["action"], "committed", "{committed}");
+    booted();
+    write(ip, "/home/ansible/dropped");
+    let restored = ok(args("reverted", None));
+    assert_eq!(restored["vms"][0]["action"], "restored", "{restored}");
+    booted();
+    assert!(exists(ip, "/home/ansible/committed") && !exists(ip, "/home/ansible/dropped"), "restore keeps the committed state only");
+
+    // Offline from here: the module leaves a shut-off domain shut off.
+    virtfarm_libvirt::power::stop(
+        &virtfarm_libvirt::Hypervisor::open(&bed.uri).unwrap().vm(&vm.name).unwrap(),
+        &virtfarm_libvirt::power::StopPolicy::default(),
+    )
+    .unwrap();
+    group_roll_back(vm, running);
+    assert_eq!(ok(args("present", Some("l2")))["vms"][0]["action"], "created");
+    let listed = ok(args("list", None));
+    let levels = listed["vms"][0]["levels"].as_array().unwrap().clone();
+    assert_eq!(levels.len(), 2, "{listed}");
+    assert!(levels.iter().any(|l| l["name"] == "l2" && l["current"] == true), "{listed}");
+    fails(args("absent", None), &format!("{}: {disk}.bak is the base of", vm.name));
+    ok(args("reverted", None));
+    assert_eq!(ok(args("absent", Some("l2")))["changed"], true);
+    assert_eq!(ok(args("absent", None))["changed"], true);
+    assert_eq!(ok(args("absent", None))["changed"], false, "absent twice");
+    assert!(ok(args("list", None))["vms"][0]["levels"].as_array().unwrap().is_empty());
+
+    // Merged back: the guest boots from its own image with the committed data.
+    let hv = virtfarm_libvirt::Hypervisor::open(&bed.uri).unwrap();
+    hv.vm(&vm.name).unwrap().start().unwrap();
+    let _slot = bed.boot_slot();
+    bed.ssh_until_ok(ip, "true", Duration::from_secs(300));
+    assert!(exists(ip, "/home/ansible/kept") && exists(ip, "/home/ansible/committed"));
 }

@@ -18,6 +18,8 @@
 //! # Ok::<(), virtfarm_libvirt::Error>(())
 //! ```
 
+pub mod backing_file;
+mod blockjob;
 mod chain;
 mod domain_disks;
 mod group;

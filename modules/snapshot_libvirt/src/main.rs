@@ -1,6 +1,7 @@
 //! `virtfarm.libvirt.snapshot_libvirt`: internal and external snapshots of one domain or a
 //! group: create, list, revert, delete. Documentation: `collection/plugins/modules/snapshot_libvirt.yml`.
 
+mod backing;
 mod request;
 mod run;
 
@@ -16,6 +17,8 @@ fn spec() -> ArgSpec {
         Opt::list("names").elements(Type::Str),
         Opt::str("uri").default("qemu:///system"),
         Opt::str("snapshot"),
+        Opt::str("mode").choices(&["snapshot", "backing_file"]).default("snapshot"),
+        Opt::path("volume_path"),
         Opt::str("state").choices(&["present", "absent", "reverted", "list"]).default("present"),
         Opt::str("type").choices(&["auto", "internal", "external"]).default("auto"),
         Opt::bool("memory"),
@@ -53,14 +56,17 @@ fn to_request(params: &Params) -> Result<Result<Request, BadOption>, Error> {
     let memory = params.opt_bool("memory")?;
     let quiesce = params.bool("quiesce")?;
     let sync_clock = after.bool("sync_clock")?;
+    let mode = request::parse_mode(params.str("mode")?, params.opt_str("volume_path")?);
     let build = move || -> Result<Request, BadOption> {
         let state = state?;
         request::check_domains(domains_option, &domains)?;
-        request::check_snapshot(state, snapshot.as_deref())?;
+        let mode = mode?;
+        request::check_snapshot(state, &mode, snapshot.as_deref())?;
         Ok(Request {
             uri,
             domains,
             domains_option,
+            mode,
             snapshot,
             state,
             create: CreateOptions { requested: requested?, memory, quiesce },
@@ -111,6 +117,7 @@ mod tests {
             (json!({"name": "web1", "snapshot": ".."}), "snapshot: "),
             (json!({"name": "web1", "snapshot": "bell\u{7}"}), "snapshot: "),
             (json!({"name": "web1"}), "snapshot: is required"),
+            (json!({"name": "web1", "mode": "backing_file"}), "volume_path: "),
             (json!({"names": ["a", "a"], "snapshot": "s"}), "names: "),
             (json!({"name": "web1", "snapshot": "s", "shutdown_first": true, "shutdown_timeout": -1}), "shutdown_timeout: "),
         ];

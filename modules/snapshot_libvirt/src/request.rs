@@ -29,6 +29,18 @@ pub struct AfterRevert {
     pub timeout: Duration,
 }
 
+/// Which kind of snapshot the module manages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// libvirt snapshots, internal or external.
+    Snapshot,
+    /// The TripleO role's `.bak` backing files, in this directory (`<domain>.qcow2` each).
+    BackingFile {
+        /// The directory holding the domains' images.
+        volume_path: String,
+    },
+}
+
 /// One validated call of the module.
 #[derive(Clone, Debug)]
 pub struct Request {
@@ -38,7 +50,9 @@ pub struct Request {
     pub domains: Vec<String>,
     /// The option the domains came from (`name` or `names`), for error messages.
     pub domains_option: &'static str,
-    /// The snapshot name; `None` only with `state: list`.
+    /// libvirt snapshots or backing files.
+    pub mode: Mode,
+    /// The snapshot name; `None` only with `state: list` or in the backing-file mode's default level.
     pub snapshot: Option<String>,
     /// The wanted state.
     pub state: State,
@@ -112,6 +126,10 @@ pub fn check_domains(option: &'static str, domains: &[String]) -> Result<(), Bad
         if name.trim().is_empty() {
             return Err(bad(option, "contains an empty domain name"));
         }
+        // libvirt refuses these only after a round trip, with a message that names no option.
+        if name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
+            return Err(bad(option, "contains a domain name longer than 255 bytes, with '/' or control characters"));
+        }
         if domains[..index].contains(name) {
             return Err(bad(option, format!("names domain '{name}' twice")));
         }
@@ -119,11 +137,25 @@ pub fn check_domains(option: &'static str, domains: &[String]) -> Result<(), Bad
     Ok(())
 }
 
-/// Checks the snapshot name against the state: required except for `list`, and safe.
-pub fn check_snapshot(state: State, snapshot: Option<&str>) -> Result<(), BadOption> {
+/// Reads `mode` and `volume_path` together: the backing-file mode needs the directory.
+pub fn parse_mode(mode: &str, volume_path: Option<&str>) -> Result<Mode, BadOption> {
+    match (mode, volume_path) {
+        ("snapshot", _) => Ok(Mode::Snapshot),
+        ("backing_file", Some(dir)) if dir.starts_with('/') && !dir.split('/').any(|part| part == "..") => Ok(Mode::BackingFile { volume_path: dir.trim_end_matches('/').to_string() }),
+        ("backing_file", Some(dir)) => Err(bad("volume_path", format!("must be an absolute directory without '..', got '{dir}'"))),
+        ("backing_file", None) => Err(bad("volume_path", "is required when mode is backing_file")),
+        (other, _) => Err(bad("mode", format!("'{other}' is not one of snapshot, backing_file"))),
+    }
+}
+
+/// Checks the snapshot name against the state and mode: required except for `list` and
+/// the backing-file mode (whose default level has no name), and safe.
+pub fn check_snapshot(state: State, mode: &Mode, snapshot: Option<&str>) -> Result<(), BadOption> {
+    let optional = state == State::List || *mode != Mode::Snapshot;
     match snapshot {
-        None if state != State::List => Err(bad("snapshot", "is required unless state is list")),
+        None if !optional => Err(bad("snapshot", "is required unless state is list or mode is backing_file")),
         None => Ok(()),
+        Some(name) if name.trim().is_empty() => Err(bad("snapshot", "must not be blank")),
         Some(name) => check_name(name).map_err(|e| bad("snapshot", e.to_string())),
     }
 }
@@ -139,10 +171,16 @@ mod tests {
 
     #[test]
     fn every_rejection_names_its_option() {
-        assert_eq!(check_snapshot(State::Present, None).unwrap_err().option, "snapshot");
-        assert!(check_snapshot(State::List, None).is_ok());
+        let snapshots = Mode::Snapshot;
+        assert_eq!(check_snapshot(State::Present, &snapshots, None).unwrap_err().option, "snapshot");
+        assert!(check_snapshot(State::List, &snapshots, None).is_ok());
+        let backing = parse_mode("backing_file", Some("/opt/vm_images/")).unwrap();
+        assert_eq!(backing, Mode::BackingFile { volume_path: "/opt/vm_images".into() });
+        assert!(check_snapshot(State::Present, &backing, None).is_ok());
+        assert_eq!(parse_mode("backing_file", None).unwrap_err().option, "volume_path");
+        assert_eq!(parse_mode("backing_file", Some("images")).unwrap_err().option, "volume_path");
         for bad_name in ["a/b", "..", "", "x\u{7}"] {
-            let err = check_snapshot(State::Present, Some(bad_name)).unwrap_err();
+            let err = check_snapshot(State::Present, &backing, Some(bad_name)).unwrap_err();
             assert!(err.to_string().starts_with("snapshot: "), "{err}");
         }
         assert_eq!(check_domains("names", &[]).unwrap_err().option, "names");

@@ -8,7 +8,7 @@ use virtfarm_libvirt::snapshot::{self, ClockSync, RevertOptions, SnapshotInfo};
 use virtfarm_libvirt::wait::{self, LeaseBaseline, Readiness};
 use virtfarm_libvirt::{Hypervisor, PowerState, Vm};
 
-use crate::request::{Request, State};
+use crate::request::{Mode, Request, State};
 
 /// What the module reports on success.
 pub struct Report {
@@ -22,16 +22,10 @@ pub struct Report {
 
 /// Runs the request; a failure is the message for `msg`.
 pub fn run(request: &Request, check_mode: bool) -> Result<Report, String> {
-    let hv = Hypervisor::open(&request.uri).map_err(|e| format!("uri: {e}"))?;
-    let vms = request
-        .domains
-        .iter()
-        .map(|name| match hv.find_vm(name) {
-            Ok(Some(vm)) => Ok(vm),
-            Ok(None) => Err(format!("{}: domain '{name}' not found on {}", request.domains_option, request.uri)),
-            Err(e) => Err(e.to_string()),
-        })
-        .collect::<Result<Vec<Vm>, String>>()?;
+    let (hv, vms) = connect(request)?;
+    if let Mode::BackingFile { volume_path } = &request.mode {
+        return crate::backing::run(&hv, &vms, volume_path, request, check_mode);
+    }
     let before = snapshot_names(&vms)?;
     let (changed, results) = match (request.state, request.snapshot.as_deref()) {
         (State::List, _) | (_, None) => (false, list(&vms)?),
@@ -48,6 +42,21 @@ pub fn run(request: &Request, check_mode: bool) -> Result<Report, String> {
     }
     fields.insert("vms".to_string(), Value::Array(results));
     Ok(Report { changed, fields, diff: (before, after) })
+}
+
+/// Opens the URI and finds every domain, failing on the first unknown one.
+fn connect(request: &Request) -> Result<(Hypervisor, Vec<Vm>), String> {
+    let hv = Hypervisor::open(&request.uri).map_err(|e| format!("uri: {e}"))?;
+    let vms = request
+        .domains
+        .iter()
+        .map(|name| match hv.find_vm(name) {
+            Ok(Some(vm)) => Ok(vm),
+            Ok(None) => Err(format!("{}: domain '{name}' not found on {}", request.domains_option, request.uri)),
+            Err(e) => Err(e.to_string()),
+        })
+        .collect::<Result<Vec<Vm>, String>>()?;
+    Ok((hv, vms))
 }
 
 /// `{domain: [snapshot names]}`.
@@ -150,7 +159,7 @@ fn present(hv: &Hypervisor, vms: &[Vm], name: &str, request: &Request, check_mod
 }
 
 /// Stops the running domains; returns (domain, how it stopped) for those that were running.
-fn shut_down(vms: &[Vm], timeout: Duration) -> Result<Vec<(String, &'static str)>, String> {
+pub fn shut_down(vms: &[Vm], timeout: Duration) -> Result<Vec<(String, &'static str)>, String> {
     let policy = StopPolicy { timeout, ..StopPolicy::default() };
     let mut stopped = Vec::new();
     for vm in vms {
@@ -163,7 +172,7 @@ fn shut_down(vms: &[Vm], timeout: Duration) -> Result<Vec<(String, &'static str)
 }
 
 /// Starts again the domains that [`shut_down`] stopped: the previous power state comes back.
-fn restart(vms: &[Vm], stopped: &[(String, &'static str)]) -> Result<(), String> {
+pub fn restart(vms: &[Vm], stopped: &[(String, &'static str)]) -> Result<(), String> {
     for vm in vms.iter().filter(|vm| stopped.iter().any(|(n, _)| n == vm.name())) {
         vm.start().map_err(|e| e.to_string())?;
     }
@@ -236,6 +245,6 @@ fn clock_word(clock: &ClockSync) -> &'static str {
 }
 
 /// Seconds to the millisecond: enough for timings, short in results.
-fn round(seconds: f64) -> f64 {
+pub fn round(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0
 }

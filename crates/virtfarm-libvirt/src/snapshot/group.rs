@@ -1,7 +1,9 @@
 //! Taking the same snapshot of several domains as close together as possible.
 //!
 //! File systems are frozen first (they must be: a paused guest cannot answer its agent),
-//! then every running domain is paused, each snapshot taken, all resumed and thawed. If one
+//! then every running domain is paused, each snapshot taken, all resumed and thawed. A
+//! domain whose snapshot keeps its RAM is resumed just before its own snapshot, because the
+//! snapshot records the power state (libvirt pauses it during the save anyway). If one
 //! domain fails, the snapshots already taken of the others are deleted again.
 
 use std::time::{Duration, Instant};
@@ -74,6 +76,14 @@ pub fn create_group(hv: &Hypervisor, vms: &[Vm], name: &str, options: &CreateOpt
     let mut created = Vec::new();
     let mut failure = None;
     for (plan, quiesce) in plans.iter().zip(&quiesced) {
+        // A snapshot with RAM records the power state: taken paused, it would revert paused.
+        // libvirt pauses the guest itself while it saves the RAM.
+        if plan.memory && paused.iter().any(|vm| vm.name() == plan.vm.name()) {
+            if let Err(e) = plan.vm.resume() {
+                failure = Some(e);
+                break;
+            }
+        }
         let started = Instant::now();
         match take(plan.vm, &plan.facts, name, plan.kind, plan.memory) {
             Ok(()) => created.push(Created {
@@ -91,6 +101,9 @@ pub fn create_group(hv: &Hypervisor, vms: &[Vm], name: &str, options: &CreateOpt
     }
     let mut problems: Vec<String> = Vec::new();
     for vm in paused {
+        if !matches!(vm.power_state(), Ok(PowerState::Paused)) {
+            continue;
+        }
         if let Err(e) = vm.resume() {
             problems.push(e.to_string());
         }
