@@ -1,0 +1,48 @@
+//! kvm_provision's two parsing stages (its argument spec through `ansible_module::execute`,
+//! then `Request::from_params`, compiled from the module's own source files) on any JSON,
+//! then the XML of every VM it accepts.
+//!
+//! Invariants: no panic; the reply is one JSON object and a refusal says why; every
+//! generated definition is written and reads back with the same name, NICs and disks.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../../modules/kvm_provision/src/definition.rs"]
+mod definition;
+#[allow(dead_code)]
+#[path = "../../modules/kvm_provision/src/fields.rs"]
+mod fields;
+
+use ansible_module::Response;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use virtfarm_fuzz::Json;
+use virtfarm_libvirt::domain_facts::DomainFacts;
+
+use definition::{DomainSource, Request};
+
+fuzz_target!(|args: Json| {
+    let reply = ansible_module::execute(&definition::spec(), args.value(), |module| {
+        let request = Request::from_params(module.params(), "kvm_provision")?;
+        check_definitions(&request);
+        anyhow::Ok(Response::new())
+    });
+    let Value::Object(reply) = reply else { panic!("the reply is not a JSON object: {reply}") };
+    if reply.get("failed") == Some(&Value::Bool(true)) {
+        assert!(reply.get("msg").and_then(Value::as_str).is_some_and(|m| !m.is_empty()), "a refusal without a message: {reply:?}");
+    }
+});
+
+fn check_definitions(request: &Request) {
+    for vm in &request.vms {
+        if let Some(init) = &vm.cloud_init {
+            init.seed_iso();
+        }
+        let DomainSource::Generated(spec) = &vm.domain else { continue };
+        let xml = spec.to_xml().expect("an accepted VM has a writable definition");
+        let facts = DomainFacts::parse(&xml).unwrap_or_else(|e| panic!("{e}: {xml}"));
+        assert_eq!(facts.name, spec.name, "{xml}");
+        assert_eq!(facts.nics.len(), spec.nics.len(), "{xml}");
+        assert_eq!(facts.disks.len(), spec.disks.len(), "{xml}");
+    }
+}
