@@ -381,6 +381,11 @@ impl ArgSpec {
         self
     }
 
+    /// The canonical names of the options, in the order declared.
+    pub fn option_names(&self) -> impl Iterator<Item = &str> {
+        self.options.iter().map(|option| option.name.as_str())
+    }
+
     /// The option given as `name`, which may be one of its aliases.
     pub(crate) fn option_named(&self, name: &str) -> Option<&Opt> {
         self.options

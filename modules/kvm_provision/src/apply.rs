@@ -98,7 +98,7 @@ pub fn apply_all(request: &Request, check: bool) -> Vec<Outcome> {
 }
 
 fn apply_one(vm: &VmDefinition, request: &Request, check: bool) -> Result<Outcome> {
-    let hypervisor = Hypervisor::open(&vm.uri)?;
+    let hypervisor = Hypervisor::open(&vm.uri).with_context(|| format!("uri {}", vm.uri))?;
     let existing = hypervisor.find_vm(&vm.name)?;
     let mut outcome = Outcome::new(vm);
     if request.state == State::Absent {

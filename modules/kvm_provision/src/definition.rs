@@ -6,7 +6,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use ansible_module::{ArgSpec, Opt, Params, Type};
+use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Map, Value};
 use virtfarm_libvirt::cloud_init::CloudInit;
 use virtfarm_libvirt::domain_xml::{DirectKernel, DiskDevice, DomainSpec, InstanceMetadata, NicDevice, NicSource, Share};
@@ -16,14 +17,7 @@ use virtfarm_libvirt::network::{NewNetwork, Reservation, Subnet};
 use virtfarm_libvirt::storage::CloneMode;
 use virtfarm_libvirt::wait::Signal;
 
-use crate::fields::Fields;
-
-/// The keys that describe one VM (as opposed to what to do with it).
-const VM_KEYS: &[&str] = &[
-    "name", "uri", "memory", "vcpus", "image", "image_pool", "pool", "disk_size", "clone", "disks", "networks",
-    "cloud_init", "filesystems", "arch", "machine", "emulator", "domain_type", "cpu", "firmware", "kernel",
-    "metadata", "xml", "vm",
-];
+use crate::fields::{size, Loose};
 
 /// What the module was asked to do.
 pub struct Request {
@@ -109,50 +103,130 @@ pub struct NetworkWant {
     pub reservation: Option<Reservation>,
 }
 
+/// Keys whose values are secrets wherever they appear inside the free-form VM descriptions
+/// (`vm`, `vms`, `metadata`): ansible_farm's `auth`, cloud-init's, and inventory variables.
+const SECRET_KEYS: &[&str] = &[
+    "password", "passwd", "password_hash", "become_pass", "become_password", "user_data", "ansible_password",
+    "ansible_ssh_pass", "ansible_become_pass", "ansible_become_password", "ansible_ssh_private_key_file", "private_key",
+];
+
+/// The module's argument spec: what to do, then the VM options, which at the top level are
+/// defaults for every item of `vms`. VM options have no defaults here (an unset one must
+/// stay unset so that an item can tell "not given" apart); [`parse_vm`] applies them.
+pub fn spec() -> ArgSpec {
+    let mut options = vec![
+        Opt::str("state").choices(&["present", "running", "stopped", "absent"]).default("running"),
+        Opt::str("wait").choices(&["none", "lease", "agent", "ssh"]).default("none"),
+        Opt::int("wait_timeout").default(300),
+        Opt::int("stop_timeout").default(60),
+        Opt::bool("remove_storage").default(false),
+        Opt::list("vms").elements(Type::Raw).secret_keys(SECRET_KEYS),
+        Opt::str("stem"),
+        Opt::dict("images"),
+        Opt::dict("vm").secret_keys(SECRET_KEYS),
+    ];
+    options.extend(vm_options(Opt::str("name")));
+    ArgSpec::new(options).supports_check_mode()
+}
+
+/// The spec one VM is checked against once the defaults are merged in.
+fn vm_spec() -> ArgSpec {
+    ArgSpec::new(vm_options(Opt::str("name").required()))
+}
+
+/// The options that describe one VM, with `name` as given.
+fn vm_options(name: Opt) -> Vec<Opt> {
+    vec![
+        name,
+        Opt::str("uri"),
+        Opt::raw("memory"),
+        Opt::int("vcpus"),
+        Opt::str("image"),
+        Opt::str("image_pool"),
+        Opt::str("pool"),
+        Opt::raw("disk_size"),
+        Opt::str("clone").choices(&["linked", "full"]),
+        Opt::list("disks").elements(Type::Dict).suboptions(ArgSpec::new([
+            Opt::str("path").required(),
+            Opt::str("format").default("qcow2"),
+            Opt::str("target").required(),
+        ])),
+        // Strings name a network; they are turned into dictionaries before an item is checked.
+        Opt::list("networks").elements(Type::Raw).suboptions(ArgSpec::new([
+            Opt::str("network"),
+            Opt::str("bridge"),
+            Opt::str("type").choices(&["network", "bridge", "user"]),
+            Opt::str("mac"),
+            Opt::str("ip"),
+            Opt::str("hostname"),
+            Opt::str("subnet"),
+            Opt::str("bridge_name"),
+        ])),
+        Opt::dict("cloud_init").suboptions(ArgSpec::new([
+            Opt::str("hostname"),
+            Opt::str("user"),
+            Opt::list("ssh_authorized_keys").elements(Type::Str),
+            Opt::str("password_hash").no_log(),
+            Opt::list("packages").elements(Type::Str),
+            Opt::list("runcmd").elements(Type::Str),
+            Opt::dict("network_config"),
+            Opt::str("user_data").no_log(),
+            Opt::str("meta_data"),
+        ])),
+        Opt::list("filesystems")
+            .elements(Type::Dict)
+            .suboptions(ArgSpec::new([Opt::str("source").required(), Opt::str("target").required()])),
+        Opt::str("arch"),
+        Opt::str("machine"),
+        Opt::str("emulator"),
+        Opt::str("domain_type").choices(&["kvm", "qemu"]),
+        Opt::str("cpu"),
+        Opt::str("firmware"),
+        Opt::dict("kernel").suboptions(ArgSpec::new([
+            Opt::str("path").required(),
+            Opt::str("initrd"),
+            Opt::str("cmdline"),
+        ])),
+        Opt::dict("metadata").secret_keys(SECRET_KEYS),
+        Opt::str("xml"),
+    ]
+}
+
 impl Request {
-    /// Reads and checks every parameter; the first problem is returned naming its parameter.
-    pub fn parse(args: Value) -> Result<Request> {
-        let mut top = Fields::new("", args)?;
-        let state = match top.choice("state", &["present", "running", "stopped", "absent"])?.as_deref() {
-            Some("present") => State::Present,
-            Some("stopped") => State::Stopped,
-            Some("absent") => State::Absent,
+    /// Turns the validated parameters into VM definitions; the first problem is returned
+    /// naming its parameter. `module` names the module in messages about unknown options.
+    pub fn from_params(params: &Params, module: &str) -> Result<Request> {
+        let state = match params.str("state")? {
+            "present" => State::Present,
+            "stopped" => State::Stopped,
+            "absent" => State::Absent,
             _ => State::Running,
         };
-        let wait = match top.choice("wait", &["none", "lease", "agent", "ssh"])?.as_deref() {
-            None | Some("none") => None,
-            Some(signal) => Signal::parse(signal),
-        };
-        let wait_timeout = Duration::from_secs(top.integer("wait_timeout")?.unwrap_or(300));
-        let stop_timeout = Duration::from_secs(top.integer("stop_timeout")?.unwrap_or(60));
-        let remove_storage = top.boolean("remove_storage")?.unwrap_or(false);
-        let stem = top.string("stem")?;
-        let images = top.object("images")?.map(Fields::into_map).unwrap_or_default();
-        let items = top.list("vms")?;
-        let has_vms = top.has("vms") || !items.is_empty();
+        let wait = Signal::parse(params.str("wait")?);
+        let wait_timeout = seconds(params, "wait_timeout")?;
+        let stop_timeout = seconds(params, "stop_timeout")?;
+        let remove_storage = params.bool("remove_storage")?;
+        let stem = params.opt_str("stem")?;
+        let no_images = Map::new();
+        let images = params.get("images").and_then(Value::as_object).unwrap_or(&no_images);
         let mut defaults = Map::new();
-        for key in VM_KEYS {
-            if let Some(value) = top.take(key) {
-                defaults.insert((*key).to_string(), value);
+        for option in vm_spec().option_names().chain(["vm"]) {
+            if let Some(value) = params.get(option) {
+                defaults.insert(option.to_string(), value.clone());
             }
         }
-        top.finish()?;
-        let items: Vec<(String, Value)> = if has_vms {
-            items.into_iter().enumerate().map(|(i, item)| (format!("vms[{i}]"), item)).collect()
-        } else if !defaults.is_empty() {
-            vec![(String::new(), Value::Object(Map::new()))]
-        } else {
-            bail!("name: required (or vm, xml, or a list in vms)")
+        let items: Vec<(String, Value)> = match params.get("vms").and_then(Value::as_array) {
+            Some(items) if items.is_empty() => bail!("vms: the list is empty"),
+            Some(items) => items.iter().enumerate().map(|(i, item)| (format!("vms[{i}]"), item.clone())).collect(),
+            None if defaults.is_empty() => bail!("name: required (or vm, xml, or a list in vms)"),
+            None => vec![(String::new(), Value::Object(Map::new()))],
         };
-        if has_vms && items.is_empty() {
-            bail!("vms: the list is empty");
-        }
         let mut vms = Vec::with_capacity(items.len());
         for (path, item) in items {
-            let item = pool_item(&path, item, stem.as_deref(), &images)?;
+            let item = pool_item(&path, item, stem, images)?;
             let mut merged = defaults.clone();
             merged.extend(item);
-            vms.push(parse_vm(&path, Value::Object(merged), state)?);
+            vms.push(parse_vm(&path, merged, state, module)?);
         }
         let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
         names.sort_unstable();
@@ -160,6 +234,14 @@ impl Request {
             bail!("vms: the name {} is given twice", pair[0]);
         }
         Ok(Request { state, wait, wait_timeout, stop_timeout, remove_storage, vms })
+    }
+}
+
+fn seconds(params: &Params, name: &str) -> Result<Duration> {
+    let value = params.int(name)?;
+    match u64::try_from(value) {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => bail!("{name}: must be 0 or more seconds, got {value}"),
     }
 }
 
@@ -171,9 +253,9 @@ fn pool_item(path: &str, item: Value, stem: Option<&str>, images: &Map<String, V
         Value::Number(n) => n.to_string(),
         _ => bail!("{path}: expected a dictionary or a node spec such as \"3\" or \"18:bookworm\""),
     };
-    let Some(stem) = stem else { bail!("{path}: a node spec such as '{spec}' needs the parameter stem") };
+    let Some(stem) = stem else { bail!("{path}: a node spec such as {spec:?} needs the parameter stem") };
     let Some((name, alias)) = pool_node(stem, &spec) else {
-        bail!("{path}: '{spec}' is not a node spec for stem '{stem}' (examples: 3, {stem}4, 18:bookworm)")
+        bail!("{path}: {spec:?} is not a node spec for stem {stem:?} (examples: 3, {stem}4, 18:bookworm)")
     };
     let mut map = Map::new();
     map.insert("name".into(), json!(name));
@@ -195,65 +277,129 @@ fn check_name(field: &str, name: &str) -> Result<()> {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !name.starts_with('.');
     if !ok {
-        bail!("{field}: '{name}' is not a usable VM name (letters, digits, '-', '_', '.'; at most 64)");
+        bail!("{field}: {name:?} is not a usable VM name (letters, digits, '-', '_', '.'; at most 64)");
     }
     Ok(())
 }
 
-fn parse_vm(path: &str, item: Value, state: State) -> Result<VmDefinition> {
-    let mut fields = Fields::new(path, item)?;
-    if let Some(legacy) = fields.object("vm")? {
-        // ansible_farm's form underneath, native keys on top.
-        let mut native = legacy_to_native(legacy)?;
-        native.extend(fields.into_map());
-        fields = Fields::new(path, Value::Object(native))?;
+/// Checks the name of a libvirt object (pool, network, volume, bridge): a single name,
+/// never a path, printable.
+fn check_object_name(field: &str, name: &str) -> Result<()> {
+    let ok = !name.trim().is_empty()
+        && name.len() <= 255
+        && !matches!(name, "." | "..")
+        && !name.contains('/')
+        && !name.chars().any(char::is_control);
+    if !ok {
+        bail!("{field}: {name:?} is not a usable name (one printable name, no '/')");
     }
-    let name = fields.required_string("name")?;
-    check_name(&fields.name("name"), &name)?;
-    let uri = fields.string("uri")?.unwrap_or_else(|| "qemu:///system".to_string());
-    let pool = fields.string("pool")?.unwrap_or_else(|| "default".to_string());
-    let domain_type = fields.choice("domain_type", &["kvm", "qemu"])?;
-    let metadata = parse_metadata(&mut fields)?;
-    if let Some(xml) = fields.string("xml")? {
+    Ok(())
+}
+
+/// Checks a file path on the hypervisor: absolute, no `..`, printable.
+fn check_path(field: &str, path: &str) -> Result<()> {
+    let ok = path.starts_with('/')
+        && !path.split('/').any(|part| part == "..")
+        && !path.chars().any(char::is_control);
+    if !ok {
+        bail!("{field}: {path:?} is not an absolute path without '..'");
+    }
+    Ok(())
+}
+
+/// Checks free text that ends up in the domain XML or the seed: no control characters
+/// other than tab and newline (XML 1.0 cannot carry them).
+fn check_text(field: &str, text: &str) -> Result<()> {
+    if text.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+        bail!("{field}: contains control characters");
+    }
+    Ok(())
+}
+
+/// Checks every string of an item that the other checks do not look at.
+fn check_texts(path: &str, value: &Value) -> Result<()> {
+    match value {
+        Value::String(text) => check_text(path, text),
+        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| check_texts(&format!("{path}[{i}]"), item)),
+        Value::Object(map) => map.iter().try_for_each(|(key, item)| {
+            let name = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            check_text(&name, key)?;
+            check_texts(&name, item)
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn parse_vm(path: &str, mut merged: Map<String, Value>, state: State, module: &str) -> Result<VmDefinition> {
+    if let Some(legacy) = merged.remove("vm") {
+        // ansible_farm's form underneath, native keys on top.
+        let vm_path = if path.is_empty() { "vm".to_string() } else { format!("{path}.vm") };
+        let mut native = legacy_to_native(Loose::new(vm_path, &legacy)?)?;
+        native.extend(merged);
+        merged = native;
+    }
+    if let Some(Value::Array(networks)) = merged.get_mut("networks") {
+        for network in networks.iter_mut().filter(|n| n.is_string()) {
+            *network = json!({ "network": network.take() });
+        }
+    }
+    let fields = vm_spec().validate_at(&merged, path, module)?;
+    check_texts(path, fields.as_value())?;
+    let name = fields.str("name")?.to_string();
+    check_name(&fields.name_of("name"), &name)?;
+    let uri = fields.opt_str("uri")?.unwrap_or("qemu:///system").to_string();
+    check_uri(&fields.name_of("uri"), &uri)?;
+    let pool = fields.opt_str("pool")?.unwrap_or("default").to_string();
+    check_object_name(&fields.name_of("pool"), &pool)?;
+    let domain_type = fields.opt_str("domain_type")?.map(str::to_string);
+    let metadata = parse_metadata(&fields)?;
+    if let Some(xml) = fields.opt_str("xml")? {
         for conflicting in ["image", "cloud_init", "networks", "disks", "kernel", "memory", "vcpus"] {
-            if fields.has(conflicting) {
-                bail!("{}: cannot be combined with {}", fields.name("xml"), fields.name(conflicting));
+            if fields.is_set(conflicting) {
+                bail!("{}: cannot be combined with {}", fields.name_of("xml"), fields.name_of(conflicting));
             }
         }
-        // The rest only describe a generated domain.
-        let _ = fields.into_map();
-        let domain = DomainSource::Given { xml, metadata: Box::new(metadata) };
+        let domain = DomainSource::Given { xml: xml.to_string(), metadata: Box::new(metadata) };
         return Ok(VmDefinition { name, uri, domain, domain_type, root_disk: None, pool, cloud_init: None, networks: vec![] });
     }
-    let memory_mib = fields.size("memory", 1 << 20)?.map(|bytes| bytes >> 20);
-    if memory_mib == Some(0) {
-        bail!("{}: at least 1 MiB", fields.name("memory"));
-    }
-    let vcpus = match fields.integer("vcpus")? {
-        Some(0) => bail!("{}: at least 1", fields.name("vcpus")),
-        Some(n) => u32::try_from(n).map_err(|_| anyhow::anyhow!("{}: too many", fields.name("vcpus")))?,
-        None => 1,
+    let memory_mib = match fields.get("memory") {
+        Some(memory) => size(&fields.name_of("memory"), memory, 1 << 20)? >> 20,
+        None => 1024,
     };
-    let root_disk = parse_root_disk(&mut fields)?;
-    if root_disk.is_none() && !fields.has("disks") && !fields.has("xml") && state != State::Absent {
-        bail!("{}: required (a base volume name or path), unless disks or xml are given", fields.name("image"));
+    if memory_mib == 0 {
+        bail!("{}: at least 1 MiB", fields.name_of("memory"));
     }
-    let disks = parse_disks(&mut fields)?;
-    let (nics, networks) = parse_networks(&mut fields, &name)?;
-    let cloud_init = fields.object("cloud_init")?.map(|c| parse_cloud_init(c, &name)).transpose()?;
-    let filesystems = parse_filesystems(&mut fields)?;
-    let kernel = fields.object("kernel")?.map(parse_kernel).transpose()?;
+    let vcpus = match fields.opt_int("vcpus")? {
+        None => 1,
+        Some(n) => match u32::try_from(n) {
+            Ok(n) if (1..=4096).contains(&n) => n,
+            _ => bail!("{}: {n} is not a number of CPUs (1 to 4096)", fields.name_of("vcpus")),
+        },
+    };
+    let root_disk = parse_root_disk(&fields)?;
+    if root_disk.is_none() && !fields.is_set("disks") && state != State::Absent {
+        bail!("{}: required (a base volume name or path), unless disks or xml are given", fields.name_of("image"));
+    }
+    let disks = parse_disks(&fields)?;
+    let (nics, networks) = parse_networks(&fields, &name)?;
+    let cloud_init = fields.opt_dict("cloud_init")?.map(|c| parse_cloud_init(&c, &name)).transpose()?;
+    let filesystems = parse_filesystems(&fields)?;
+    let kernel = fields.opt_dict("kernel")?.map(|k| parse_kernel(&k)).transpose()?;
+    let optional_path = |option: &str| -> Result<Option<String>> {
+        let path = fields.opt_str(option)?;
+        path.map(|p| check_path(&fields.name_of(option), p).map(|()| p.to_string())).transpose()
+    };
     let spec = DomainSpec {
         name: name.clone(),
         uuid: None,
         domain_type: String::new(),
-        arch: fields.string("arch")?.unwrap_or_else(|| "x86_64".to_string()),
-        machine: Some(fields.string("machine")?.unwrap_or_else(|| "q35".to_string())),
-        emulator: fields.string("emulator")?,
-        memory_mib: memory_mib.unwrap_or(1024),
+        arch: fields.opt_str("arch")?.unwrap_or("x86_64").to_string(),
+        machine: Some(fields.opt_str("machine")?.unwrap_or("q35").to_string()),
+        emulator: optional_path("emulator")?,
+        memory_mib,
         vcpus,
-        cpu_model: fields.string("cpu")?.filter(|c| !c.is_empty()),
-        firmware: fields.string("firmware")?,
+        cpu_model: fields.opt_str("cpu")?.filter(|c| !c.is_empty()).map(str::to_string),
+        firmware: optional_path("firmware")?,
         kernel,
         disks,
         nics,
@@ -261,212 +407,233 @@ fn parse_vm(path: &str, item: Value, state: State) -> Result<VmDefinition> {
         console_log: Some(format!("/var/log/libvirt/qemu/{name}-console.log")),
         metadata,
     };
-    fields.finish()?;
     let domain = DomainSource::Generated(Box::new(spec));
     Ok(VmDefinition { name, uri, domain, domain_type, root_disk, pool, cloud_init, networks })
 }
 
-fn parse_metadata(fields: &mut Fields) -> Result<InstanceMetadata> {
+/// Checks a libvirt URI's shape (`driver[+transport]://[host]/path`); whether it answers
+/// is for the connection to say.
+fn check_uri(field: &str, uri: &str) -> Result<()> {
+    let scheme = uri.split_once("://").map(|(scheme, _)| scheme);
+    let ok = scheme.is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+'))
+        && !uri.chars().any(|c| c.is_control() || c.is_whitespace());
+    if !ok {
+        bail!("{field}: {uri:?} is not a libvirt URI (such as qemu:///system or qemu+ssh://host/system)");
+    }
+    Ok(())
+}
+
+fn parse_metadata(fields: &Params) -> Result<InstanceMetadata> {
     let mut metadata = InstanceMetadata::default();
-    let Some(mut given) = fields.object("metadata")? else { return Ok(metadata) };
-    metadata.platform = given.string("platform")?;
-    metadata.target = given.string("target")?;
-    metadata.project = given.string("project")?;
-    metadata.user = given.string("ansible_user")?;
-    metadata.groups = given.strings("groups")?;
-    let name = given.name("");
-    for (key, value) in given.into_map() {
-        let value = match value {
-            Value::String(s) => s,
-            Value::Null => continue,
-            Value::Number(_) | Value::Bool(_) => value.to_string(),
-            _ => bail!("{name}{key}: expected a string"),
-        };
-        metadata.vars.push((key, value));
+    let Some(given) = fields.get("metadata").and_then(Value::as_object) else { return Ok(metadata) };
+    let name = fields.name_of("metadata");
+    let text = |key: &str, value: &Value| -> Result<String> {
+        match value {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(_) | Value::Bool(_) => Ok(value.to_string()),
+            _ => bail!("{name}.{key}: expected a string"),
+        }
+    };
+    for (key, value) in given.iter().filter(|(_, value)| !value.is_null()) {
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("{name}: {key:?} is not a usable key (letters, digits, '_')");
+        }
+        match key.as_str() {
+            "platform" => metadata.platform = Some(text(key, value)?),
+            "target" => metadata.target = Some(text(key, value)?),
+            "project" => metadata.project = Some(text(key, value)?),
+            "ansible_user" => metadata.user = Some(text(key, value)?),
+            "groups" => {
+                let groups = value.as_array().map(|items| items.iter().map(|group| text("groups", group)).collect());
+                metadata.groups = groups.unwrap_or_else(|| Ok(vec![text(key, value)?]))?;
+            }
+            _ => metadata.vars.push((key.clone(), text(key, value)?)),
+        }
     }
     Ok(metadata)
 }
 
-fn parse_root_disk(fields: &mut Fields) -> Result<Option<RootDisk>> {
-    let Some(image) = fields.string("image")? else {
+fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
+    let Some(image) = fields.opt_str("image")? else {
         for orphan in ["disk_size", "clone", "image_pool"] {
-            if fields.has(orphan) {
-                bail!("{}: needs image", fields.name(orphan));
+            if fields.is_set(orphan) {
+                bail!("{}: needs image", fields.name_of(orphan));
             }
         }
         return Ok(None);
     };
-    let mode = match fields.choice("clone", &["linked", "full"])?.as_deref() {
+    if image.starts_with('/') {
+        check_path(&fields.name_of("image"), image)?;
+    } else {
+        check_object_name(&fields.name_of("image"), image)?;
+    }
+    let image_pool = fields.opt_str("image_pool")?.map(str::to_string);
+    if let Some(pool) = &image_pool {
+        check_object_name(&fields.name_of("image_pool"), pool)?;
+    }
+    let mode = match fields.opt_str("clone")? {
         Some("full") => CloneMode::Full,
         _ => CloneMode::Linked,
     };
-    Ok(Some(RootDisk { image, image_pool: fields.string("image_pool")?, size: fields.size("disk_size", 1 << 30)?, mode }))
+    let size = fields.get("disk_size").map(|s| size(&fields.name_of("disk_size"), s, 1 << 30)).transpose()?;
+    Ok(Some(RootDisk { image: image.to_string(), image_pool, size, mode }))
 }
 
 /// Disks attached as they are (ansible_farm's `vm.disks`, or `disks` in the native form).
-fn parse_disks(fields: &mut Fields) -> Result<Vec<DiskDevice>> {
-    let name = fields.name("disks");
+fn parse_disks(fields: &Params) -> Result<Vec<DiskDevice>> {
     let mut disks = Vec::new();
-    for (i, item) in fields.list("disks")?.into_iter().enumerate() {
-        let mut disk = Fields::new(&format!("{name}[{i}]"), item)?;
-        let path = disk.required_string("path")?;
-        if !path.starts_with('/') {
-            bail!("{}: '{path}' is not an absolute path", disk.name("path"));
-        }
-        let format = disk.string("format")?.unwrap_or_else(|| "qcow2".to_string());
-        let target = disk.required_string("target")?;
-        disk.finish()?;
-        disks.push(DiskDevice { path, format, target, cdrom: false });
+    for disk in fields.dicts("disks")? {
+        let path = disk.str("path")?.to_string();
+        check_path(&disk.name_of("path"), &path)?;
+        let target = disk.str("target")?.to_string();
+        check_object_name(&disk.name_of("target"), &target)?;
+        disks.push(DiskDevice { path, format: disk.str("format")?.to_string(), target, cdrom: false });
     }
     Ok(disks)
 }
 
-fn parse_networks(fields: &mut Fields, vm_name: &str) -> Result<(Vec<NicDevice>, Vec<NetworkWant>)> {
-    let list_name = fields.name("networks");
+fn parse_networks(fields: &Params, vm_name: &str) -> Result<(Vec<NicDevice>, Vec<NetworkWant>)> {
     let mut nics = Vec::new();
     let mut wants = Vec::new();
-    for (i, item) in fields.list("networks")?.into_iter().enumerate() {
-        let item = match item {
-            Value::String(network) => json!({ "network": network }),
-            other => other,
-        };
-        let mut nic = Fields::new(&format!("{list_name}[{i}]"), item)?;
-        let mac = match nic.string("mac")? {
+    for (i, nic) in fields.dicts("networks")?.into_iter().enumerate() {
+        let mac = match nic.opt_str("mac")? {
             Some(mac) => {
-                check_mac(&mac).map_err(|e| anyhow::anyhow!("{}: {e}", nic.name("mac")))?;
+                check_mac(mac).map_err(|e| anyhow!("{}: {e}", nic.name_of("mac")))?;
+                if u8::from_str_radix(&mac[..2], 16).is_ok_and(|octet| octet & 1 == 1) {
+                    bail!("{}: {mac} is a multicast address; a NIC needs a unicast one", nic.name_of("mac"));
+                }
                 mac.to_ascii_lowercase()
             }
             None => derived_mac(vm_name, i),
         };
-        let kind = nic.choice("type", &["network", "bridge", "user"])?;
-        let source = match (kind.as_deref(), nic.string("network")?, nic.string("bridge")?) {
+        let name_checked = |option: &str| -> Result<Option<String>> {
+            let value = nic.opt_str(option)?;
+            value.map(|v| check_object_name(&nic.name_of(option), v).map(|()| v.to_string())).transpose()
+        };
+        let source = match (nic.opt_str("type")?, name_checked("network")?, name_checked("bridge")?) {
             (Some("user"), None, None) => NicSource::User,
             (None | Some("network"), Some(network), None) => NicSource::Network(network),
             (None | Some("bridge"), None, Some(bridge)) => NicSource::Bridge(bridge),
-            _ => bail!("{}: give exactly one of network, bridge, or type: user", nic.name("")),
+            _ => bail!("{}: give exactly one of network, bridge, or type: user", fields.name_of(&format!("networks[{i}]"))),
         };
         let ip = nic
-            .string("ip")?
-            .map(|ip| ip.parse::<Ipv4Addr>().map_err(|_| anyhow::anyhow!("{}: '{ip}' is not an IPv4 address", nic.name("ip"))))
+            .opt_str("ip")?
+            .map(|ip| ip.parse::<Ipv4Addr>().map_err(|_| anyhow!("{}: {ip:?} is not an IPv4 address", nic.name_of("ip"))))
             .transpose()?;
-        let hostname = nic.string("hostname")?;
+        let hostname = nic.opt_str("hostname")?.map(str::to_string);
+        if let Some(hostname) = &hostname {
+            check_object_name(&nic.name_of("hostname"), hostname)?;
+        }
         let subnet = nic
-            .string("subnet")?
-            .map(|s| Subnet::parse(&s).ok_or_else(|| anyhow::anyhow!("{}: '{s}' is not a subnet such as 10.88.0.0/24", nic.name("subnet"))))
+            .opt_str("subnet")?
+            .map(|s| Subnet::parse(s).ok_or_else(|| anyhow!("{}: {s:?} is not a subnet such as 10.88.0.0/24", nic.name_of("subnet"))))
             .transpose()?;
-        let bridge_name = nic.string("bridge_name")?;
+        let bridge_name = name_checked("bridge_name")?;
         if let NicSource::Network(network) = &source {
             let create = subnet.map(|subnet| NewNetwork { name: network.clone(), subnet, bridge: bridge_name });
             let reservation = ip.map(|ip| Reservation { mac: mac.clone(), ip, hostname: hostname.or(Some(vm_name.to_string())) });
             wants.push(NetworkWant { name: network.clone(), create, reservation });
         } else if ip.is_some() || subnet.is_some() {
-            bail!("{}: ip and subnet need a libvirt network (network: NAME)", nic.name(""));
+            bail!("{}: ip and subnet need a libvirt network (network: NAME)", fields.name_of(&format!("networks[{i}]")));
         }
-        nic.finish()?;
         nics.push(NicDevice { source, mac });
     }
     Ok((nics, wants))
 }
 
-fn parse_cloud_init(mut given: Fields, vm_name: &str) -> Result<CloudInit> {
-    let hostname = given.string("hostname")?.or_else(|| Some(vm_name.to_string()));
-    let network_config = given.take("network_config");
-    if let Some(config) = &network_config {
-        if !config.is_object() {
-            bail!("{}: expected a dictionary (network config version 1 or 2)", given.name("network_config"));
-        }
-    }
-    let init = CloudInit {
+fn parse_cloud_init(given: &Params, vm_name: &str) -> Result<CloudInit> {
+    let text = |key: &str| -> Result<Option<String>> { Ok(given.opt_str(key)?.map(str::to_string)) };
+    let texts = |key: &str| -> Result<Vec<String>> { Ok(given.list_of_str(key)?.into_iter().map(str::to_string).collect()) };
+    let hostname = text("hostname")?.unwrap_or_else(|| vm_name.to_string());
+    check_object_name(&given.name_of("hostname"), &hostname)?;
+    Ok(CloudInit {
         instance_id: vm_name.to_string(),
-        hostname,
-        user: given.string("user")?,
-        ssh_authorized_keys: given.strings("ssh_authorized_keys")?,
-        password_hash: given.string("password_hash")?,
-        packages: given.strings("packages")?,
-        runcmd: given.strings("runcmd")?,
-        network_config,
-        user_data: given.string("user_data")?,
-        meta_data: given.string("meta_data")?,
-    };
-    given.finish()?;
-    Ok(init)
+        hostname: Some(hostname),
+        user: text("user")?,
+        ssh_authorized_keys: texts("ssh_authorized_keys")?,
+        password_hash: text("password_hash")?,
+        packages: texts("packages")?,
+        runcmd: texts("runcmd")?,
+        network_config: given.get("network_config").cloned(),
+        user_data: text("user_data")?,
+        meta_data: text("meta_data")?,
+    })
 }
 
-fn parse_filesystems(fields: &mut Fields) -> Result<Vec<Share>> {
-    let name = fields.name("filesystems");
+fn parse_filesystems(fields: &Params) -> Result<Vec<Share>> {
     let mut shares = Vec::new();
-    for (i, item) in fields.list("filesystems")?.into_iter().enumerate() {
-        let mut share = Fields::new(&format!("{name}[{i}]"), item)?;
-        let source = share.required_string("source")?;
-        let tag = share.required_string("target")?;
-        share.finish()?;
+    for share in fields.dicts("filesystems")? {
+        let source = share.str("source")?.to_string();
+        check_path(&share.name_of("source"), &source)?;
+        let tag = share.str("target")?.to_string();
+        check_object_name(&share.name_of("target"), &tag)?;
         shares.push(Share { source, tag });
     }
     Ok(shares)
 }
 
-fn parse_kernel(mut kernel: Fields) -> Result<DirectKernel> {
-    let direct = DirectKernel { kernel: kernel.required_string("path")?, initrd: kernel.string("initrd")?, cmdline: kernel.string("cmdline")? };
-    kernel.finish()?;
-    Ok(direct)
+fn parse_kernel(kernel: &Params) -> Result<DirectKernel> {
+    let path = |option: &str| -> Result<Option<String>> {
+        let value = kernel.opt_str(option)?;
+        value.map(|p| check_path(&kernel.name_of(option), p).map(|()| p.to_string())).transpose()
+    };
+    Ok(DirectKernel {
+        kernel: path("path")?.unwrap_or_default(),
+        initrd: path("initrd")?,
+        cmdline: kernel.opt_str("cmdline")?.map(str::to_string),
+    })
 }
 
 /// ansible_farm's `vm` (a target merged with a platform) as native keys. Keys it does not
 /// describe a domain with (sources, template, passwords, ...) are left alone.
-fn legacy_to_native(mut vm: Fields) -> Result<Map<String, Value>> {
+fn legacy_to_native(vm: Loose) -> Result<Map<String, Value>> {
     let mut native = Map::new();
-    let mut meta = vm.object("metadata")?.ok_or_else(|| anyhow::anyhow!("{}: required", vm.name("metadata")))?;
-    native.insert("name".into(), json!(meta.required_string("name")?));
-    let pool_dir = meta.string("libvirt_pool_dir")?.unwrap_or_default();
+    let Some(meta) = vm.dict("metadata")? else { bail!("{}: required", vm.name("metadata")) };
+    native.insert("name".into(), json!(meta.required_text("name")?));
+    let pool_dir = meta.text("libvirt_pool_dir")?.unwrap_or_default();
     let mut metadata = Map::new();
     for (from, to) in [("platform_name", "platform"), ("target_name", "target"), ("hostname", "hostname"), ("connection", "ansible_connection")] {
-        if let Some(value) = meta.string(from)? {
+        if let Some(value) = meta.text(from)? {
             metadata.insert(to.into(), json!(value));
         }
     }
-    if let Some(mut auth) = meta.object("auth")? {
-        if let Some(user) = auth.string("user")? {
-            metadata.insert("ansible_user".into(), json!(user));
-        }
+    if let Some(user) = meta.dict("auth")?.map(|auth| auth.text("user")).transpose()?.flatten() {
+        metadata.insert("ansible_user".into(), json!(user));
     }
     native.insert("metadata".into(), Value::Object(metadata));
     for (from, to) in [("ram", "memory"), ("vcpus", "vcpus"), ("arch", "arch"), ("machine", "machine"), ("emulator", "emulator"), ("virt_domain", "domain_type"), ("cpu", "cpu"), ("firmware", "firmware")] {
-        if let Some(value) = vm.take(from) {
-            native.insert(to.into(), value);
+        if let Some(value) = vm.get(from) {
+            native.insert(to.into(), value.clone());
         }
     }
-    if let Some(mut kernel) = vm.object("kernel")? {
-        let src = kernel.required_string("src")?;
-        let mut direct = json!({ "path": format!("{pool_dir}{src}") });
-        if let Some(params) = kernel.string("params")? {
+    if let Some(kernel) = vm.dict("kernel")? {
+        let mut direct = json!({ "path": format!("{pool_dir}{}", kernel.required_text("src")?) });
+        if let Some(params) = kernel.text("params")? {
             direct["cmdline"] = json!(params);
         }
         native.insert("kernel".into(), direct);
     }
-    let disks_name = vm.name("disks");
     let mut disks = Vec::new();
-    for (i, item) in vm.list("disks")?.into_iter().enumerate() {
-        let mut disk = Fields::new(&format!("{disks_name}[{i}]"), item)?;
-        let src = disk.required_string("src")?;
+    for (i, disk) in vm.dicts("disks")?.into_iter().enumerate() {
+        let default_target = || format!("vd{}", char::from(b'a' + (i % 26) as u8));
         disks.push(json!({
-            "path": format!("{pool_dir}{src}"),
-            "format": disk.string("type")?.unwrap_or_else(|| "qcow2".into()),
-            "target": disk.string("devname")?.unwrap_or_else(|| format!("vd{}", char::from(b'a' + (i as u8 % 26)))),
+            "path": format!("{pool_dir}{}", disk.required_text("src")?),
+            "format": disk.text("type")?.unwrap_or_else(|| "qcow2".into()),
+            "target": disk.text("devname")?.unwrap_or_else(default_target),
         }));
     }
     if !disks.is_empty() {
         native.insert("disks".into(), json!(disks));
     }
-    if let Some(mut net) = vm.object("net")? {
-        let kind = net.string("type")?.unwrap_or_else(|| "network".into());
-        let mut nic = match kind.as_str() {
+    if let Some(net) = vm.dict("net")? {
+        let mut nic = match net.text("type")?.as_deref().unwrap_or("network") {
             "user" => json!({ "type": "user" }),
-            "bridge" => json!({ "bridge": net.required_string("source")? }),
-            "network" => json!({ "network": net.required_string("source")? }),
-            other => bail!("{}: '{other}' is not supported (network, bridge or user)", net.name("type")),
+            "bridge" => json!({ "bridge": net.required_text("source")? }),
+            "network" => json!({ "network": net.required_text("source")? }),
+            other => bail!("{}: {other:?} is not supported (network, bridge or user)", net.name("type")),
         };
         for key in ["mac", "ip"] {
-            if let Some(value) = net.string(key)? {
+            if let Some(value) = net.text(key)? {
                 nic[key] = json!(value);
             }
         }
@@ -479,6 +646,12 @@ fn legacy_to_native(mut vm: Fields) -> Result<Map<String, Value>> {
 mod tests {
     use super::*;
 
+    /// The module's two stages, as `ansible_module::run` drives them.
+    fn parse(args: Value) -> Result<Request> {
+        let params = spec().validate_at(args.as_object().expect("an object"), "", "kvm_provision")?;
+        Request::from_params(&params, "kvm_provision")
+    }
+
     fn generated(vm: &VmDefinition) -> &DomainSpec {
         match &vm.domain {
             DomainSource::Generated(spec) => spec,
@@ -488,7 +661,7 @@ mod tests {
 
     #[test]
     fn pool_naming_with_defaults_and_image_aliases() {
-        let request = Request::parse(json!({
+        let request = parse(json!({
             "stem": "vnode", "image": "base.qcow2", "images": {"bookworm": "bookworm.qcow2"},
             "memory": "512M", "networks": ["vfnet"],
             "vms": ["3", "vnode4", "18:bookworm", {"name": "db1", "memory": 2048}],
@@ -508,7 +681,7 @@ mod tests {
 
     #[test]
     fn ansible_farm_vm_definitions_are_accepted_as_they_are() {
-        let request = Request::parse(json!({"state": "present", "vm": {
+        let request = parse(json!({"state": "present", "vm": {
             "metadata": {"name": "debian12-amd64", "hostname": "deb", "connection": "ssh", "libvirt_pool_dir": "/pool/",
                          "platform_name": "debian_12", "target_name": "amd64", "template": "default.xml.j2",
                          "auth": {"user": "user", "password": "secret", "become_user": "root"},
@@ -536,25 +709,25 @@ mod tests {
     #[test]
     fn bad_arguments_name_their_parameter() {
         let cases = [
-            (json!({"name": "a", "image": "b", "memory": "lots"}), "memory:"),
-            (json!({"name": "a b", "image": "b"}), "name:"),
-            (json!({"name": "a"}), "image:"),
-            (json!({"name": "a", "image": "b", "state": "on"}), "state:"),
-            (json!({"name": "a", "image": "b", "wait": "forever"}), "wait:"),
-            (json!({"name": "a", "image": "b", "networks": [{"network": "n", "mac": "zz"}]}), "networks[0].mac:"),
-            (json!({"name": "a", "image": "b", "networks": [{"network": "n", "ip": "10.1"}]}), "networks[0].ip:"),
+            (json!({"name": "a", "image": "b", "memory": "lots"}), "memory"),
+            (json!({"name": "a b", "image": "b"}), "name"),
+            (json!({"name": "a"}), "image"),
+            (json!({"name": "a", "image": "b", "state": "on"}), "state"),
+            (json!({"name": "a", "image": "b", "wait": "forever"}), "wait"),
+            (json!({"name": "a", "image": "b", "networks": [{"network": "n", "mac": "zz"}]}), "networks[0].mac"),
+            (json!({"name": "a", "image": "b", "networks": [{"network": "n", "ip": "10.1"}]}), "networks[0].ip"),
             (json!({"name": "a", "image": "b", "networks": [{"network": "n", "bridge": "b"}]}), "networks[0]"),
             (json!({"name": "a", "image": "b", "cloud_init": {"usr": "x"}}), "cloud_init.usr"),
             (json!({"name": "a", "image": "b", "colour": "red"}), "colour"),
             (json!({"vms": ["3"]}), "stem"),
             (json!({"stem": "vnode", "vms": ["x"], "image": "b"}), "vms[0]"),
-            (json!({"vms": [{"name": "a", "image": "b"}, {"name": "a", "image": "b"}]}), "vms:"),
-            (json!({"name": "a", "xml": "<domain/>", "memory": 3}), "xml:"),
+            (json!({"vms": [{"name": "a", "image": "b"}, {"name": "a", "image": "b"}]}), "vms"),
+            (json!({"name": "a", "xml": "<domain/>", "memory": 3}), "xml"),
             (json!({"vm": {"ram": 3}}), "vm.metadata"),
             (json!({"name": "a", "disk_size": "3G", "disks": []}), "disk_size"),
         ];
         for (args, expected) in cases {
-            let err = Request::parse(args.clone()).err().unwrap_or_else(|| panic!("accepted {args}")).to_string();
+            let err = parse(args.clone()).err().unwrap_or_else(|| panic!("accepted {args}")).to_string();
             assert!(err.contains(expected), "{args} gave '{err}', expected it to name {expected}");
         }
     }

@@ -3,6 +3,7 @@
 //! a panic reaches Ansible as a failed JSON result.
 
 use ansible_module::{ArgSpec, Module, Opt, Response};
+use anyhow::Context;
 use serde_json::json;
 use virtfarm_libvirt::Hypervisor;
 
@@ -17,7 +18,7 @@ fn ping(module: &Module) -> anyhow::Result<Response> {
     }
     let mut response = Response::new().changed(false).with("ping", data);
     if let Some(uri) = module.params().opt_str("uri")? {
-        let hypervisor = Hypervisor::open(uri)?;
+        let hypervisor = Hypervisor::open(uri).context("uri")?;
         let libvirt = json!({
             "version": hypervisor.libvirt_version()?,
             "hostname": hypervisor.hostname()?,
