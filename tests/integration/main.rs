@@ -17,3 +17,5 @@ mod snapshot_libvirt;
 mod inventory;
 /// guest_provision and the roles: the cached lifecycle through ansible-playbook.
 mod guest_provision;
+/// Hostile input against every module binary: failed JSON naming the parameter, nothing changed.
+mod hostile;
