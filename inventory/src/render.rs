@@ -54,7 +54,7 @@ pub fn inventory(scans: &[(String, Scan)], warnings: &[String], options: &Render
 /// The groups of one domain before prefixing and sanitising: its state, networks, URI, and
 /// what the metadata says.
 fn group_names(uri: &str, domain: &ScannedDomain) -> Vec<String> {
-    let mut names = vec![domain.state.as_str().to_string(), format!("uri_{}", slug(uri))];
+    let mut names = vec![domain.state.as_str().to_string(), format!("uri_{}", slug(uri)), format!("hypervisor_{}", hypervisor(uri))];
     names.extend(domain.interfaces.iter().filter_map(|i| i.network.as_ref()).map(|n| format!("network_{n}")));
     if let Some(meta) = &domain.metadata {
         let labelled = [("platform", &meta.platform), ("target", &meta.target), ("project", &meta.project)];
@@ -87,6 +87,7 @@ fn host_vars(uri: &str, domain: &ScannedDomain, options: &RenderOptions) -> Map<
         .map(|i| json!({ "mac": i.mac, "network": i.network, "ip": i.ip, "source": i.source.map(|s| s.as_str()) }))
         .collect();
     vars.insert("libvirt_uri".into(), json!(uri));
+    vars.insert("libvirt_hypervisor".into(), json!(hypervisor(uri)));
     vars.insert("libvirt_uuid".into(), json!(domain.uuid));
     vars.insert("libvirt_state".into(), json!(domain.state.as_str()));
     vars.insert("libvirt_vcpus".into(), json!(domain.vcpus));
@@ -116,6 +117,15 @@ pub fn group_name(prefix: &str, name: &str) -> String {
     } else {
         safe
     }
+}
+
+/// The host a URI reaches, without user and port: `qemu+ssh://root@h1:22/system` → `h1`;
+/// `localhost` for a local URI. URIs of one host share its `hypervisor_` group.
+fn hypervisor(uri: &str) -> String {
+    let authority = uri.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = if host.starts_with('[') { host.split_inclusive(']').next().unwrap_or(host) } else { host.split(':').next().unwrap_or(host) };
+    if host.is_empty() { "localhost".to_string() } else { host.to_string() }
 }
 
 /// A URI as a short identifier: `qemu+ssh://root@h1/system` → `qemu_ssh_root_h1_system`.
@@ -208,6 +218,14 @@ mod tests {
         assert_eq!(vars["ansible_libvirt_uri"], "qemu+ssh://h2/system");
         let plain = inventory(&[("qemu:///system".into(), Scan { domains: vec![domain("a1", PowerState::Running, None)], ..Default::default() })], &[], &RenderOptions::default());
         assert!(plain["_meta"]["hostvars"]["a1"].get("ansible_connection").is_none());
+    }
+
+    #[test]
+    fn hypervisor_is_the_host_of_the_uri() {
+        assert_eq!(hypervisor("qemu+ssh://root@h1.example.com:2222/system?keyfile=/k"), "h1.example.com");
+        assert_eq!(hypervisor("qemu+tls://[fd00::2]:16514/system"), "[fd00::2]");
+        assert_eq!(hypervisor("qemu:///system"), "localhost");
+        assert_eq!(hypervisor("qemu+unix:///system?socket=/run/x/libvirt-sock"), "localhost");
     }
 
     #[test]
