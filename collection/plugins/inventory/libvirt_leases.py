@@ -19,9 +19,11 @@ description:
   - Few libvirt calls, whatever the number of domains; one domain listing per URI, one XML read per domain,
     one lease read per network. URIs are read in parallel, each bounded by O(timeout); a URI that cannot be
     read is reported as a warning and in C(libvirt_inventory_warnings), the others are still listed.
-  - Groups by state (C(running), C(shutoff), C(paused)), by network (C(network_NAME)), by URI (C(uri_URI)) and
+  - Groups by state (C(running), C(shutoff), C(paused)), by network (C(network_NAME)), by URI (C(uri_URI)),
+    by the host a URI reaches (C(hypervisor_HOST), C(localhost) for a local URI) and
     from the metadata kvm_provision stores (C(platform_NAME), C(target_NAME), C(project_NAME), its groups).
-  - Host variables C(libvirt_uri), C(libvirt_uuid), C(libvirt_state), C(libvirt_vcpus), C(libvirt_memory_mb),
+  - Host variables C(libvirt_uri), C(libvirt_hypervisor) (the host of the URI),
+    C(libvirt_uuid), C(libvirt_state), C(libvirt_vcpus), C(libvirt_memory_mb),
     C(libvirt_interfaces) (mac, network, ip, source), C(libvirt_metadata), and C(ansible_user) plus the
     metadata's own variables when kvm_provision recorded them.
   - The config file name must end with C(libvirt_leases.yml) or C(libvirt_leases.yaml).
