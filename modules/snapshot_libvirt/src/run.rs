@@ -215,7 +215,6 @@ fn reverted(hv: &Hypervisor, vms: &[Vm], name: &str, request: &Request, check_mo
     let options = RevertOptions { sync_clock: request.after_revert.sync_clock, agent_timeout: request.after_revert.timeout };
     let mut results = Vec::new();
     for vm in vms {
-        let baseline = LeaseBaseline::capture(hv, vm).unwrap_or_else(|_| LeaseBaseline::any());
         let done = snapshot::revert(hv, vm, name, &options).map_err(|e| e.to_string())?;
         let mut result = json!({
             "name": vm.name(), "snapshot": name, "changed": true, "type": done.kind.as_str(),
@@ -227,7 +226,9 @@ fn reverted(hv: &Hypervisor, vms: &[Vm], name: &str, request: &Request, check_mo
         }
         if let (Some(signal), PowerState::Running) = (request.after_revert.wait, done.power_state) {
             let readiness = Readiness { signal, timeout: request.after_revert.timeout };
-            let ready = wait::wait_ready(hv, vm, &baseline, readiness).map_err(|e| format!("after_revert.wait: {e}"))?;
+            // A guest resumed from a snapshot with RAM keeps the lease it held then and asks
+            // for none: any current lease of its MAC is its address.
+            let ready = wait::wait_ready(hv, vm, &LeaseBaseline::any(), readiness).map_err(|e| format!("after_revert.wait: {e}"))?;
             result["ip"] = json!(ready.ip);
             result["ready_seconds"] = json!(round(ready.seconds));
         }
