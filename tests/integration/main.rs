@@ -19,3 +19,5 @@ mod inventory;
 mod guest_provision;
 /// Hostile input against every module binary: failed JSON naming the parameter, nothing changed.
 mod hostile;
+/// Faults on the bed: daemon restarts, silent guests, killed operations, full pools, concurrent runs.
+mod faults;

@@ -25,6 +25,7 @@ pub mod domain_facts;
 pub mod domain_xml;
 pub mod error;
 pub mod leases;
+pub mod lock;
 pub mod naming;
 pub mod network;
 pub mod placement;

@@ -63,7 +63,7 @@ struct RawFormat {
 }
 
 impl Hypervisor {
-    fn pool(&self, name: &str) -> Result<StoragePool> {
+    pub(crate) fn pool(&self, name: &str) -> Result<StoragePool> {
         match self.raw().lookup_storage_pool_by_name(name) {
             Ok(pool) => Ok(pool),
             Err(e) if e.code().is(virt::error::ErrorNumber::NoStoragePool) => {
@@ -73,7 +73,7 @@ impl Hypervisor {
         }
     }
 
-    fn volume_in(&self, pool: &StoragePool, pool_name: &str, name: &str) -> Result<Option<StorageVol>> {
+    pub(crate) fn volume_in(&self, pool: &StoragePool, pool_name: &str, name: &str) -> Result<Option<StorageVol>> {
         match pool.lookup_storage_vol_by_name(name) {
             Ok(volume) => Ok(Some(volume)),
             Err(e) if e.code().is(virt::error::ErrorNumber::NoStorageVolume) => Ok(None),
@@ -186,6 +186,12 @@ impl Hypervisor {
         }
         let xml = volume_xml(name, content.len() as u64, "raw", None)?;
         let volume = StorageVol::create_xml(&pool, &xml, 0).doing(|| format!("creating volume {name}"))?;
+        self.upload(&volume, name, content)?;
+        volume.path().doing(|| format!("reading the path of volume {name}"))
+    }
+
+    /// Writes `content` into the new raw volume `volume` (named `name` in messages).
+    pub(crate) fn upload(&self, volume: &StorageVol, name: &str, content: &[u8]) -> Result<()> {
         let stream = Stream::new(self.raw(), 0).doing(|| format!("opening a stream for volume {name}"))?;
         volume.upload(&stream, 0, content.len() as u64, 0).doing(|| format!("starting the upload of {name}"))?;
         let mut sent = 0;
@@ -199,8 +205,7 @@ impl Hypervisor {
                 }
             }
         }
-        stream.finish().doing(|| format!("finishing the upload of {name}"))?;
-        volume.path().doing(|| format!("reading the path of volume {name}"))
+        stream.finish().doing(|| format!("finishing the upload of {name}"))
     }
 
     /// Deletes the volume at `path`; true when it existed.
@@ -234,7 +239,7 @@ fn describe_volume(volume: &StorageVol, asked: &str) -> Result<BaseImage> {
 }
 
 /// A volume definition; with `backing`, a qcow2 overlay on it.
-fn volume_xml(name: &str, capacity: u64, format: &str, backing: Option<&BaseImage>) -> Result<String> {
+pub(crate) fn volume_xml(name: &str, capacity: u64, format: &str, backing: Option<&BaseImage>) -> Result<String> {
     let mut writer = Writer::new(Cursor::new(Vec::new()));
     writer
         .create_element("volume")

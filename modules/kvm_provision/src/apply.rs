@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use virtfarm_libvirt::domain_facts::DomainFacts;
 use virtfarm_libvirt::domain_xml::{reconcile_identity, DiskDevice, DomainSpec, InstanceMetadata};
+use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
 use virtfarm_libvirt::naming::fingerprint;
 use virtfarm_libvirt::power::{stop, StopOutcome, StopPolicy};
 use virtfarm_libvirt::wait::{wait_all, LeaseBaseline, Readiness, Signal};
@@ -99,6 +100,7 @@ pub fn apply_all(request: &Request, check: bool) -> Vec<Outcome> {
 
 fn apply_one(vm: &VmDefinition, request: &Request, check: bool) -> Result<Outcome> {
     let hypervisor = Hypervisor::open(&vm.uri).with_context(|| format!("uri {}", vm.uri))?;
+    let _lock = if check { None } else { lock(&hypervisor, vm)? };
     let existing = hypervisor.find_vm(&vm.name)?;
     let mut outcome = Outcome::new(vm);
     if request.state == State::Absent {
@@ -164,6 +166,15 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool) -> Result<Outcom
         }
     }
     Ok(outcome)
+}
+
+/// One run at a time changes a domain, from whichever controller it runs; a VM whose pool
+/// does not exist has none of our volumes to guard (its definition is replaced atomically).
+fn lock(hypervisor: &Hypervisor, vm: &VmDefinition) -> Result<Option<DomainLock>> {
+    match hypervisor.lock_domain(&vm.pool, &vm.name, &LockPolicy::default()) {
+        Err(virtfarm_libvirt::Error::NotFound { kind: "storage pool", .. }) => Ok(None),
+        taken => Ok(Some(taken?)),
+    }
 }
 
 /// The XML to define, its fingerprint, the seed to upload, and the volumes we own.

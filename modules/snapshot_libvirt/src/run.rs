@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
+use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
 use virtfarm_libvirt::power::{self, StopPolicy};
 use virtfarm_libvirt::snapshot::{self, ClockSync, RevertOptions, SnapshotInfo};
 use virtfarm_libvirt::wait::{self, LeaseBaseline, Readiness};
@@ -23,6 +24,7 @@ pub struct Report {
 /// Runs the request; a failure is the message for `msg`.
 pub fn run(request: &Request, check_mode: bool) -> Result<Report, String> {
     let (hv, vms) = connect(request)?;
+    let _locks = if check_mode || matches!(request.state, State::List) { Vec::new() } else { lock_all(&hv, &vms)? };
     if let Mode::BackingFile { volume_path } = &request.mode {
         return crate::backing::run(&hv, &vms, volume_path, request, check_mode);
     }
@@ -57,6 +59,12 @@ fn connect(request: &Request) -> Result<(Hypervisor, Vec<Vm>), String> {
         })
         .collect::<Result<Vec<Vm>, String>>()?;
     Ok((hv, vms))
+}
+
+/// Locks every domain before any is changed: a concurrent run on one of them fails here,
+/// naming its holder. The locks are released when the run ends.
+fn lock_all(hv: &Hypervisor, vms: &[Vm]) -> Result<Vec<DomainLock>, String> {
+    vms.iter().filter_map(|vm| hv.lock_vm(vm, &LockPolicy::default()).transpose()).collect::<Result<_, _>>().map_err(|e| e.to_string())
 }
 
 /// `{domain: [snapshot names]}`.

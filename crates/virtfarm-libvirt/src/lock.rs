@@ -1,0 +1,302 @@
+//! Per-domain locks that hold on any URI, local or remote: two runs must never change one
+//! domain at the same time, and they may run on different controllers.
+//!
+//! The lock is a small volume `<domain>.virtfarm-lock` in a storage pool of the domain's
+//! hypervisor. Creating a volume that exists fails inside libvirt under the pool's lock (and
+//! `O_EXCL` on the file for directory pools), so exactly one creator wins, wherever it runs.
+//! The volume holds its owner (`host pid since`) for the message the losers get; it is
+//! deleted when the [`DomainLock`] is dropped. A run killed while holding it leaves it behind:
+//! the next run on the same host sees that the owner process is gone and takes it over;
+//! from other hosts a lock is taken over once older than [`LockPolicy::stale_after`].
+//!
+//! ```no_run
+//! use virtfarm_libvirt::{Hypervisor, lock::LockPolicy};
+//!
+//! let hypervisor = Hypervisor::open("qemu+ssh://root@host1/system")?;
+//! let lock = hypervisor.lock_domain("default", "web1", &LockPolicy::default())?;
+//! // ... change web1 ...
+//! lock.release()?;
+//! # Ok::<(), virtfarm_libvirt::Error>(())
+//! ```
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
+
+use crate::connection::Hypervisor;
+use crate::error::{Doing, Error, Result};
+use crate::storage::volume_xml;
+use crate::vm::Vm;
+use crate::wait::unix_now;
+
+/// What the lock volume of a domain is called: `<domain>` followed by this.
+pub const LOCK_SUFFIX: &str = ".virtfarm-lock";
+
+/// An owner record is a host name, a pid and a time: never more than this.
+const MAX_OWNER_BYTES: usize = 512;
+
+/// How to take a lock that another run holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockPolicy {
+    /// How long to wait for the other run to finish before failing; zero fails at once.
+    pub wait: Duration,
+    /// A lock older than this is taken over even when its owner may still run elsewhere.
+    pub stale_after: Duration,
+}
+
+impl Default for LockPolicy {
+    /// Fail at once (the caller reports which run holds the domain); take over after an hour.
+    fn default() -> Self {
+        LockPolicy { wait: Duration::ZERO, stale_after: Duration::from_secs(3600) }
+    }
+}
+
+/// Who holds a lock, as written in its volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockOwner {
+    /// Host name of the controller that took it.
+    pub host: String,
+    /// Process id of the run there.
+    pub pid: u32,
+    /// When it was taken (Unix seconds).
+    pub since: i64,
+}
+
+impl LockOwner {
+    fn me() -> LockOwner {
+        LockOwner { host: local_hostname(), pid: std::process::id(), since: unix_now() }
+    }
+
+    fn to_text(&self) -> String {
+        format!("{} {} {}\n", self.host, self.pid, self.since)
+    }
+
+    fn parse(text: &str) -> Option<LockOwner> {
+        let mut words = text.split_whitespace();
+        let owner = LockOwner { host: words.next()?.to_string(), pid: words.next()?.parse().ok()?, since: words.next()?.parse().ok()? };
+        words.next().is_none().then_some(owner)
+    }
+
+    /// True when the owner is a process of this host that no longer exists.
+    fn is_gone(&self) -> bool {
+        self.host == local_hostname() && self.pid != std::process::id() && !Path::new(&format!("/proc/{}", self.pid)).exists()
+    }
+}
+
+/// A held lock on one domain; dropping it releases it.
+#[derive(Debug)]
+pub struct DomainLock {
+    volume: StorageVol,
+    path: String,
+    released: bool,
+}
+
+impl DomainLock {
+    /// The lock volume's path on the hypervisor.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Releases the lock now, reporting a failure (dropping releases it silently).
+    pub fn release(mut self) -> Result<()> {
+        self.released = true;
+        delete_lock_volume(&self.volume, &self.path)
+    }
+}
+
+impl Drop for DomainLock {
+    fn drop(&mut self) {
+        if !self.released {
+            // A lock left behind is taken over later (see the module docs): nothing else to do here.
+            let _ = delete_lock_volume(&self.volume, &self.path);
+        }
+    }
+}
+
+fn delete_lock_volume(volume: &StorageVol, path: &str) -> Result<()> {
+    match volume.delete(0) {
+        Ok(()) => Ok(()),
+        Err(e) if e.code().is(virt::error::ErrorNumber::NoStorageVolume) => Ok(()),
+        Err(e) => Err(e).doing(|| format!("releasing the lock volume {path}")),
+    }
+}
+
+/// What an attempt to create the lock volume found.
+enum Attempt {
+    Taken(DomainLock),
+    /// Held by someone else: its volume, path and owner (when readable).
+    Held(StorageVol, String, Option<LockOwner>),
+}
+
+impl Hypervisor {
+    /// Takes the lock on domain `domain`, in storage pool `pool_name`.
+    ///
+    /// Fails with [`Error::Refused`] naming the owner when another run holds it for longer
+    /// than `policy.wait`, and with [`Error::NotFound`] when the pool does not exist.
+    pub fn lock_domain(&self, pool_name: &str, domain: &str, policy: &LockPolicy) -> Result<DomainLock> {
+        let pool = self.pool(pool_name)?;
+        let name = format!("{domain}{LOCK_SUFFIX}");
+        let deadline = Instant::now() + policy.wait;
+        loop {
+            let (volume, path, owner) = match self.try_lock(&pool, pool_name, &name)? {
+                Attempt::Taken(lock) => return Ok(lock),
+                Attempt::Held(volume, path, owner) => (volume, path, owner),
+            };
+            let age = owner.as_ref().map(|o| unix_now().saturating_sub(o.since));
+            let stale = age.is_some_and(|age| age >= policy.stale_after.as_secs() as i64);
+            if owner.as_ref().is_some_and(LockOwner::is_gone) || stale {
+                delete_lock_volume(&volume, &path)?;
+                continue;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Refused(held_message(domain, pool_name, &name, owner.as_ref(), policy)));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Takes the lock on `vm` in the pool that holds its first disk; `None` when none of its
+    /// disks is in a storage pool (there is then no volume of ours to protect).
+    pub fn lock_vm(&self, vm: &Vm, policy: &LockPolicy) -> Result<Option<DomainLock>> {
+        let files: Vec<String> = vm.facts()?.disks.into_iter().filter_map(|d| d.file).collect();
+        let pools = self.raw().list_all_storage_pools(virt::sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE).doing(|| "listing storage pools".to_string())?;
+        let mut dirs = Vec::new();
+        for pool in &pools {
+            let name = pool.name().doing(|| "reading a storage pool name".to_string())?;
+            dirs.push((self.pool_path(&name)?, name));
+        }
+        // The pool of the first disk, found by directory: overlays the pool has not listed yet count too.
+        let pool = files.iter().find_map(|file| {
+            let parent = Path::new(file).parent()?;
+            dirs.iter().find(|(dir, _)| Path::new(dir) == parent).map(|(_, name)| name.clone())
+        });
+        pool.map(|pool| self.lock_domain(&pool, &vm.name(), policy)).transpose()
+    }
+
+    fn try_lock(&self, pool: &StoragePool, pool_name: &str, name: &str) -> Result<Attempt> {
+        let owner = LockOwner::me().to_text();
+        let xml = volume_xml(name, owner.len() as u64, "raw", None)?;
+        match StorageVol::create_xml(pool, &xml, 0) {
+            Ok(volume) => {
+                let path = volume.path().doing(|| format!("reading the path of the lock volume {name}"))?;
+                let lock = DomainLock { volume, path, released: false };
+                self.upload(&lock.volume, name, owner.as_bytes())?;
+                Ok(Attempt::Taken(lock))
+            }
+            Err(create_error) => {
+                // A file the pool has not listed yet also refuses the create: look again after a refresh.
+                let _ = pool.refresh(0);
+                let Some(volume) = self.volume_in(pool, pool_name, name)? else {
+                    return Err(create_error).doing(|| format!("creating the lock volume {name} in pool {pool_name}"));
+                };
+                let path = volume.path().doing(|| format!("reading the path of the lock volume {name}"))?;
+                let owner = self.read_owner(&volume, &path);
+                Ok(Attempt::Held(volume, path, owner))
+            }
+        }
+    }
+
+    /// The owner written in a lock volume; from the file's time when the text is unreadable
+    /// (a run killed between creating and writing it).
+    fn read_owner(&self, volume: &StorageVol, path: &str) -> Option<LockOwner> {
+        let text = self.download(volume, path).ok();
+        text.as_deref().and_then(LockOwner::parse).or_else(|| {
+            let since = modified_time(volume)?;
+            Some(LockOwner { host: "unknown".to_string(), pid: 0, since })
+        })
+    }
+
+    fn download(&self, volume: &StorageVol, path: &str) -> Result<String> {
+        let stream = Stream::new(self.raw(), 0).doing(|| format!("opening a stream for {path}"))?;
+        volume.download(&stream, 0, MAX_OWNER_BYTES as u64, 0).doing(|| format!("reading {path}"))?;
+        let mut text = Vec::new();
+        let mut buffer = [0u8; MAX_OWNER_BYTES];
+        while text.len() < MAX_OWNER_BYTES {
+            match stream.recv(&mut buffer) {
+                Ok(n) if n > 0 => text.extend_from_slice(&buffer[..n as usize]),
+                Ok(_) => break,
+                Err(e) => {
+                    let _ = stream.abort();
+                    return Err(e).doing(|| format!("reading {path}"));
+                }
+            }
+        }
+        stream.finish().doing(|| format!("reading {path}"))?;
+        Ok(String::from_utf8_lossy(&text).into_owned())
+    }
+}
+
+fn held_message(domain: &str, pool: &str, name: &str, owner: Option<&LockOwner>, policy: &LockPolicy) -> String {
+    let holder = match owner {
+        Some(o) => format!("process {} on {} since {} s", o.pid, o.host, unix_now().saturating_sub(o.since)),
+        None => "a run that could not be identified".to_string(),
+    };
+    format!(
+        "domain {domain} is being changed by another run ({holder}): it holds the lock volume {name} in pool {pool}; \
+         retry when that run ends (a lock older than {} s is taken over; `virsh vol-delete --pool {pool} {name}` removes it by hand)",
+        policy.stale_after.as_secs()
+    )
+}
+
+#[derive(Deserialize)]
+struct RawVolume {
+    target: RawTarget,
+}
+
+#[derive(Deserialize)]
+struct RawTarget {
+    timestamps: Option<RawTimestamps>,
+}
+
+#[derive(Deserialize)]
+struct RawTimestamps {
+    mtime: Option<String>,
+}
+
+/// The volume file's modification time, when the pool reports one.
+fn modified_time(volume: &StorageVol) -> Option<i64> {
+    mtime_seconds(&volume.xml_desc(0).ok()?)
+}
+
+fn mtime_seconds(volume_xml: &str) -> Option<i64> {
+    let raw: RawVolume = quick_xml::de::from_str(volume_xml).ok()?;
+    let mtime = raw.target.timestamps?.mtime?;
+    mtime.split('.').next()?.parse().ok()
+}
+
+fn local_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_text_round_trips_and_rejects_garbage() {
+        let owner = LockOwner { host: "ctl1".into(), pid: 42, since: 1_700_000_000 };
+        assert_eq!(LockOwner::parse(&owner.to_text()), Some(owner));
+        assert_eq!(LockOwner::parse(""), None);
+        assert_eq!(LockOwner::parse("ctl1 notapid 5"), None);
+        assert_eq!(LockOwner::parse("ctl1 1 2 extra"), None);
+    }
+
+    #[test]
+    fn an_owner_process_that_is_gone_is_seen_only_on_this_host() {
+        let gone = LockOwner { host: local_hostname(), pid: u32::MAX - 1, since: 0 };
+        assert!(gone.is_gone());
+        assert!(!LockOwner { host: "elsewhere.invalid".into(), ..gone.clone() }.is_gone());
+        assert!(!LockOwner { pid: std::process::id(), ..gone }.is_gone());
+    }
+
+    #[test]
+    fn volume_times_are_read_to_the_second() {
+        let xml = "<volume><target><path>/p</path><timestamps><atime>1.5</atime><mtime>1700000000.123456</mtime></timestamps></target></volume>";
+        assert_eq!(mtime_seconds(xml), Some(1_700_000_000));
+        assert_eq!(mtime_seconds("<volume><target><path>/dev/vg/lv</path></target></volume>"), None);
+    }
+}
