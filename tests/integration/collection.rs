@@ -84,3 +84,24 @@ fn ansible_test_sanity_passes() {
     let errors: Vec<&str> = stdout.lines().chain(stderr.lines()).filter(|l| l.starts_with("ERROR")).collect();
     assert!(output.status.success(), "ansible-test sanity failed:\n{}\n{stderr}", errors.join("\n"));
 }
+
+/// The EXAMPLES of every module are tasks Ansible accepts: each module's examples, as the
+/// task list of a play, pass `ansible-playbook --syntax-check` against the installed collection.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn every_modules_examples_are_valid_tasks() {
+    let bed = Bed::get();
+    let dir = bed::tempdir();
+    for module in MODULES {
+        let fqcn = format!("virtfarm.libvirt.{module}");
+        let doc = bed.ansible("ansible-doc", &["-t", "module", "--json", &fqcn]).json();
+        let examples = doc[&fqcn]["examples"].as_str().unwrap_or_default();
+        assert!(examples.contains(&fqcn), "{fqcn}: the examples use the module by its FQCN");
+        let indented: String = examples.lines().map(|l| format!("    {l}\n")).collect();
+        let playbook = dir.join(format!("{module}.yml"));
+        std::fs::write(&playbook, format!("- hosts: localhost\n  gather_facts: false\n  tasks:\n{indented}")).expect("write");
+        let check = bed.ansible("ansible-playbook", &["--syntax-check", "-i", "localhost,", playbook.to_str().expect("UTF-8")]);
+        assert!(check.success, "{fqcn} examples:\n{}\n{}", check.stdout, check.stderr);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
