@@ -54,6 +54,11 @@ impl Outcome {
         Outcome { name: vm.name.clone(), uri: vm.uri.clone(), ..Default::default() }
     }
 
+    /// A VM that failed before it reached a hypervisor (it could not be placed).
+    pub fn refused(name: &str, error: String) -> Self {
+        Outcome { name: name.to_string(), error: Some(error), ..Default::default() }
+    }
+
     fn did(&mut self, action: String) {
         self.changed = true;
         self.actions.push(action);

@@ -126,6 +126,7 @@ pub fn spec() -> ArgSpec {
         Opt::dict("vm").secret_keys(SECRET_KEYS),
     ];
     options.extend(vm_options(Opt::str("name")));
+    options.extend(crate::placing::options());
     ArgSpec::new(options).supports_check_mode()
 }
 

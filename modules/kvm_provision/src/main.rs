@@ -8,6 +8,7 @@
 mod apply;
 mod definition;
 mod fields;
+mod placing;
 
 use ansible_module::{Module, Response};
 use serde_json::json;
@@ -20,8 +21,13 @@ fn main() {
 
 fn provision(module: &Module) -> anyhow::Result<Response> {
     let context = module.context();
-    let request = Request::from_params(module.params(), &context.module_name)?;
-    let outcomes = apply::apply_all(&request, context.check_mode);
+    let mut request = Request::from_params(module.params(), &context.module_name)?;
+    let unplaced = placing::assign(module.params(), &mut request)?;
+    let mut outcomes = apply::apply_all(&request, context.check_mode);
+    // Back in input order: the others were applied in order without them.
+    for (index, outcome) in unplaced {
+        outcomes.insert(index, outcome);
+    }
     for warning in outcomes.iter().flat_map(|o| &o.warnings) {
         module.warn(warning.clone());
     }
@@ -34,7 +40,8 @@ fn report(outcomes: &[apply::Outcome], with_diff: bool) -> Response {
     let mut response = if failures.is_empty() { Response::new() } else { Response::fail(failures.join("; ")) };
     response = response
         .changed(outcomes.iter().any(|o| o.changed))
-        .with("vms", outcomes.iter().map(apply::Outcome::to_json).collect::<Vec<_>>());
+        .with("vms", outcomes.iter().map(apply::Outcome::to_json).collect::<Vec<_>>())
+        .with("placement", outcomes.iter().map(|o| (o.name.clone(), json!(o.uri))).collect::<serde_json::Map<_, _>>());
     if with_diff {
         // One entry per VM even when there is one, so that `diff[0]` always names a VM.
         let diffs: Vec<_> = outcomes

@@ -1,0 +1,107 @@
+//! `hypervisors` + `placement`: each VM without its own `uri` is given one of the hypervisors
+//! before anything is applied (see `virtfarm_libvirt::placement`). A VM that cannot be placed
+//! fails on its own; the others go ahead.
+
+use ansible_module::Params;
+use anyhow::{bail, Result};
+use serde_json::{Map, Value};
+use virtfarm_libvirt::placement::{place, survey, Demand, Strategy};
+
+use crate::apply::Outcome;
+use crate::definition::{DomainSource, Request, State};
+
+/// The module options this file reads, for the argument spec.
+pub fn options() -> [ansible_module::Opt; 2] {
+    use ansible_module::{Opt, Type};
+    [
+        Opt::list("hypervisors").elements(Type::Str),
+        Opt::str("placement").choices(Strategy::NAMES).default("round_robin"),
+    ]
+}
+
+/// Sets `uri` on every VM of `request` that did not give one and removes the VMs that cannot
+/// be placed, returned as failed outcomes with their position in `vms`, in ascending order.
+/// Nothing happens without `hypervisors`.
+pub fn assign(params: &Params, request: &mut Request) -> Result<Vec<(usize, Outcome)>> {
+    let Some(hypervisors) = params.get("hypervisors").and_then(Value::as_array) else { return Ok(Vec::new()) };
+    let uris: Vec<String> = hypervisors.iter().filter_map(Value::as_str).map(str::to_string).collect();
+    if uris.is_empty() {
+        bail!("hypervisors: give at least one libvirt URI");
+    }
+    if params.get("uri").is_some() {
+        bail!("uri: cannot be combined with hypervisors (give uri in a vms item to pin that VM)");
+    }
+    let strategy = Strategy::parse(params.str("placement")?).unwrap_or(Strategy::RoundRobin);
+    let pinned = pinned_uris(params, request.vms.len());
+    if strategy == Strategy::Pinned {
+        if let Some(index) = pinned.iter().position(Option::is_none) {
+            bail!("vms[{index}].uri: required with placement: pinned");
+        }
+    }
+    let demands: Vec<Demand> =
+        request.vms.iter().zip(pinned).map(|(vm, pinned)| demand(vm, request.state, pinned)).collect();
+    let placed = place(&demands, &survey(&uris), strategy);
+    let mut refused = Vec::new();
+    let mut kept = Vec::new();
+    for (index, (mut vm, placed)) in std::mem::take(&mut request.vms).into_iter().zip(placed).enumerate() {
+        match placed {
+            Ok(placed) => {
+                vm.uri = placed.uri;
+                kept.push(vm);
+            }
+            Err(e) => refused.push((index, Outcome::refused(&vm.name, e.to_string()))),
+        }
+    }
+    request.vms = kept;
+    Ok(refused)
+}
+
+/// The `uri` each `vms` item gave itself, by position (items are parsed in order).
+fn pinned_uris(params: &Params, count: usize) -> Vec<Option<String>> {
+    let items = params.get("vms").and_then(Value::as_array);
+    (0..count)
+        .map(|i| items.and_then(|items| items.get(i)).and_then(Value::as_object).and_then(item_uri))
+        .collect()
+}
+
+fn item_uri(item: &Map<String, Value>) -> Option<String> {
+    item.get("uri").and_then(Value::as_str).map(str::to_string)
+}
+
+/// What the VM needs; a VM to remove needs nothing but to be found.
+fn demand(vm: &crate::definition::VmDefinition, state: State, pinned: Option<String>) -> Demand {
+    let spec = match &vm.domain {
+        DomainSource::Generated(spec) if state != State::Absent => Some(spec),
+        _ => None,
+    };
+    Demand {
+        name: vm.name.clone(),
+        memory_mib: spec.map_or(0, |s| s.memory_mib),
+        arch: spec.map(|s| s.arch.clone()),
+        domain_type: if state == State::Absent { None } else { vm.domain_type.clone() },
+        pinned,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn conflicting_or_missing_uris_are_refused_before_any_connection() {
+        let cases = [
+            (json!({"hypervisors": ["test:///default"], "uri": "test:///default", "name": "a", "image": "b"}), "uri: cannot be combined"),
+            (
+                json!({"hypervisors": ["test:///default"], "placement": "pinned", "vms": [{"name": "a", "uri": "test:///default"}, {"name": "b"}], "image": "b"}),
+                "vms[1].uri: required with placement: pinned",
+            ),
+            (json!({"hypervisors": [], "name": "a", "image": "b"}), "hypervisors: give at least one"),
+            (json!({"hypervisors": ["test:///default"], "placement": "anywhere", "name": "a", "image": "b"}), "placement"),
+        ];
+        for (args, says) in cases {
+            let reply = ansible_module::execute(&crate::definition::spec(), args, crate::provision);
+            assert_eq!(reply["failed"], true, "{reply}");
+            assert!(reply["msg"].as_str().unwrap_or_default().contains(says), "{says}: {reply}");
+        }
+    }
+}
