@@ -149,20 +149,26 @@ pub fn down() -> Result<()> {
     if libvirtd_running() && virsh(&["version"]).is_ok() {
         remove_leftovers()?;
     }
-    // Everything left in the namespace is ours: the daemons, dnsmasq, any qemu.
-    let pids = sh::output("ip", &["netns", "pids", NETNS]).unwrap_or_default();
-    for pid in pids.split_whitespace() {
-        let _ = sh::output("kill", &[pid]);
-    }
-    let _ = wait_until(Duration::from_secs(15), "the bed's processes to exit", || {
-        sh::output("ip", &["netns", "pids", NETNS]).map_or(true, |p| p.trim().is_empty())
-    });
-    if sh::succeeds("ip", &["netns", "exec", NETNS, "true"]) {
-        sh::run("ip", &["netns", "del", NETNS])?;
-    }
+    remove_netns(NETNS)?;
     let _ = std::fs::remove_dir_all(state_dir());
     let _ = std::fs::remove_dir_all(disks_dir());
     eprintln!("test bed: down");
+    Ok(())
+}
+
+/// Stops every process in `netns` (all of them ours: daemons, dnsmasq, qemu, sshd), then
+/// deletes the namespace.
+pub(crate) fn remove_netns(netns: &str) -> Result<()> {
+    let pids = sh::output("ip", &["netns", "pids", netns]).unwrap_or_default();
+    for pid in pids.split_whitespace() {
+        let _ = sh::output("kill", &[pid]);
+    }
+    let _ = wait_until(Duration::from_secs(15), &format!("the processes in {netns} to exit"), || {
+        sh::output("ip", &["netns", "pids", netns]).map_or(true, |p| p.trim().is_empty())
+    });
+    if sh::succeeds("ip", &["netns", "exec", netns, "true"]) {
+        sh::run("ip", &["netns", "del", netns])?;
+    }
     Ok(())
 }
 

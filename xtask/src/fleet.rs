@@ -234,16 +234,7 @@ fn ensure_keys() -> Result<Keys> {
 /// Stops the second hypervisor: every process in its namespace, the namespace (and so the
 /// veth pair and the route), and its private state with its guests' disks. The bed is untouched.
 pub fn down() -> Result<()> {
-    let pids = sh::output("ip", &["netns", "pids", NETNS]).unwrap_or_default();
-    for pid in pids.split_whitespace() {
-        let _ = sh::output("kill", &[pid]);
-    }
-    let _ = wait_until(Duration::from_secs(15), "the fleet's processes to exit", || {
-        sh::output("ip", &["netns", "pids", NETNS]).map_or(true, |p| p.trim().is_empty())
-    });
-    if sh::succeeds("ip", &["netns", "exec", NETNS, "true"]) {
-        sh::run("ip", &["netns", "del", NETNS])?;
-    }
+    bed::remove_netns(NETNS)?;
     let _ = std::fs::remove_dir_all(run_dir());
     let _ = std::fs::remove_dir_all(state_dir());
     eprintln!("fleet: down");
