@@ -274,18 +274,26 @@ fn sync_clock(vm: &Vm, timeout: Duration) -> ClockSync {
 /// current, power state restored, the old overlays removed when nothing needs them.
 fn revert_external(hv: &Hypervisor, vm: &Vm, handle: &DomainSnapshot, info: &SnapshotInfo) -> Result<Vec<String>> {
     let conn = hv.raw();
+    let definition = vm.xml(true)?;
+    let old_tops: Vec<String> = DomainFacts::parse(&definition)?.disks.into_iter().filter_map(|d| d.file).collect();
+    // The overlays come first: if one cannot be made, the domain has not been touched.
+    let label = format!("{}-r{}", info.name, crate::wait::unix_now());
+    let mut new_tops = HashMap::new();
+    for (target, frozen, _) in info.external_disks() {
+        match chain::create_overlay(conn, frozen, &overlay_name(vm.name(), target, &label)) {
+            Ok(overlay) => new_tops.insert(target.to_string(), overlay),
+            Err(e) => {
+                for made in new_tops.values() {
+                    let _ = chain::delete_image(conn, made);
+                }
+                return Err(e);
+            }
+        };
+    }
     let before = vm.power_state()?;
     if before != PowerState::ShutOff {
         // The snapshot is disk-only: the running state is being thrown away, not saved.
         vm.destroy()?;
-    }
-    let definition = vm.xml(true)?;
-    let old_tops: Vec<String> = DomainFacts::parse(&definition)?.disks.into_iter().filter_map(|d| d.file).collect();
-    let label = format!("{}-r{}", info.name, crate::wait::unix_now());
-    let mut new_tops = HashMap::new();
-    for (target, frozen, _) in info.external_disks() {
-        let overlay = chain::create_overlay(conn, frozen, &overlay_name(vm.name(), target, &label))?;
-        new_tops.insert(target.to_string(), overlay);
     }
     hv.define_vm(&domain_disks::repoint_disks(&definition, &new_tops)?)?;
     let snapshot_xml = handle.xml_desc(0).doing(|| format!("reading snapshot {}", info.name))?;
