@@ -7,11 +7,13 @@
 //! - `cargo xtask fleet up|down`: a second hypervisor next to the bed (see fleet.rs).
 //! - `cargo xtask test`: everything above, then every test, then the bed down.
 //! - `cargo xtask demo`: the collection as a user meets it, on this host's libvirt.
+//! - `cargo xtask fuzz [seconds]`: every fuzz target for `seconds` each (see fuzz.rs).
 
 mod bed;
 mod collection;
 mod demo;
 mod fleet;
+mod fuzz;
 mod image;
 mod setup;
 mod sh;
@@ -35,7 +37,8 @@ fn main() -> Result<()> {
         ["fleet", "down"] => fleet::down(),
         ["test", rest @ ..] => test(&root, rest),
         ["demo"] => demo::run(&root),
-        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | fleet up | fleet down | test [cargo test filters] | demo"),
+        ["fuzz", rest @ ..] if rest.len() <= 1 => fuzz::run(&root, fuzz::seconds(rest.first().copied())?),
+        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | fleet up | fleet down | test [cargo test filters] | demo | fuzz [seconds]"),
     }
 }
 
