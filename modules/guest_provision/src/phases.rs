@@ -105,15 +105,15 @@ fn find_phase_file(dirs: &[PathBuf], phase: &str) -> Option<PathBuf> {
 /// Resolves every phase and computes the revision.
 pub fn plan(query: &PhaseQuery) -> Result<PhasePlan, PhaseError> {
     let searched = query.search_dirs()?;
-    let files: Vec<_> = PHASES
-        .iter()
-        .map(|&phase| (phase, query.allows(phase).then(|| find_phase_file(&searched, phase)).flatten()))
-        .collect();
-    let revision = if query.revision == "auto" { auto_revision(&files, &query.revision_vars)? } else { query.revision.clone() };
+    let found: Vec<_> = PHASES.iter().map(|&phase| (phase, find_phase_file(&searched, phase))).collect();
+    // The key covers the files found, allowed or not: a run restricted by allowed_phases must
+    // neither miss nor prune the cache that full runs use.
+    let revision = if query.revision == "auto" { auto_revision(&found, &query.revision_vars)? } else { query.revision.clone() };
+    let files = found.into_iter().map(|(phase, file)| (phase, file.filter(|_| query.allows(phase)))).collect();
     Ok(PhasePlan { searched, files, revision })
 }
 
-/// A digest of the cached phases that will run (name and content) and of `revision_vars`.
+/// A digest of the cached phases' files (name and content) and of `revision_vars`.
 fn auto_revision(files: &[(&'static str, Option<PathBuf>)], revision_vars: &Value) -> Result<String, PhaseError> {
     let mut digest = Fnv1a::default();
     for (phase, file) in files.iter().filter(|(phase, _)| CACHED_PHASES.contains(phase)) {
@@ -223,9 +223,11 @@ mod tests {
     #[test]
     fn phases_not_allowed_resolve_to_nothing() {
         let root = tree("allowed", &[("main.yaml", "m"), ("init.yaml", "i")]);
-        let plan = plan(&query(&root, &["main"])).unwrap();
-        assert_eq!(file_of(&plan, "init"), None);
-        assert!(file_of(&plan, "main").is_some());
+        let restricted = plan(&query(&root, &["main"])).unwrap();
+        assert_eq!(file_of(&restricted, "init"), None);
+        assert!(file_of(&restricted, "main").is_some());
+        let full = plan(&query(&root, &PHASES)).unwrap();
+        assert_eq!(restricted.revision, full.revision, "a restricted run keeps the cache key");
     }
 
     #[test]
