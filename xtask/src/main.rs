@@ -8,8 +8,10 @@
 //! - `cargo xtask test`: everything above, then every test, then the bed down.
 //! - `cargo xtask demo`: the collection as a user meets it, on this host's libvirt.
 //! - `cargo xtask fuzz [seconds]`: every fuzz target for `seconds` each (see fuzz.rs).
+//! - `cargo xtask bench [--quick] [section…]`: figures against the peers, into bench/results/.
 
 mod bed;
+mod bench;
 mod collection;
 mod demo;
 mod fleet;
@@ -38,7 +40,8 @@ fn main() -> Result<()> {
         ["test", rest @ ..] => test(&root, rest),
         ["demo"] => demo::run(&root),
         ["fuzz", rest @ ..] if rest.len() <= 1 => fuzz::run(&root, fuzz::seconds(rest.first().copied())?),
-        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | fleet up | fleet down | test [cargo test filters] | demo | fuzz [seconds]"),
+        ["bench", rest @ ..] => bench(&root, rest),
+        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | fleet up | fleet down | test [cargo test filters] | demo | fuzz [seconds] | bench [--quick] [section…]"),
     }
 }
 
@@ -53,6 +56,15 @@ fn bed_up(root: &Path) -> Result<PathBuf> {
     let image = image::ensure(root)?;
     let collections = collection::build_and_install(root, &venv)?;
     bed::up(&image, &venv, &collections)
+}
+
+/// The benchmarks on the bed and the second hypervisor, both left up for the next run.
+fn bench(root: &Path, args: &[&str]) -> Result<()> {
+    let quick = args.contains(&"--quick");
+    let sections: Vec<&str> = args.iter().copied().filter(|a| *a != "--quick").collect();
+    let bed_json = bed_up(root)?;
+    let fleet_json = fleet::up(&image::ensure(root)?)?;
+    bench::run(root, &bed_json, &fleet_json, quick, &sections)
 }
 
 /// Every test: unit tests, then the integration tests on the bed, which is torn down after.

@@ -1,0 +1,172 @@
+//! Provisioning and snapshots on booted guests of the bed.
+//!
+//! - N = 1, 2, 4 guests to ready (`wait: ssh`, checked from the bed's namespace) in one
+//!   kvm_provision call against N calls one after the other, as a loop over the module would.
+//! - Linked clone against `clone: full`: time of the call (defined, not started) and the blocks
+//!   the new disk takes.
+//! - Snapshots on the four guests of the last one-call run: internal with memory and external
+//!   quiesced on one running guest, and the group snapshot of all four; `virsh` (what people
+//!   script today) as the reference for the internal and group ones.
+
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+use super::measure::{seconds, Row, Samples};
+use super::Bench;
+
+const PROVISION: &str = "Provisioning (kvm_provision, wait: ssh, 1 vCPU, 384 MiB, TCG)";
+const CLONES: &str = "Disks (kvm_provision state=present, the guest image as base)";
+const SNAPSHOTS: &str = "Snapshots (snapshot_libvirt on running guests)";
+const COUNTS: [usize; 3] = [1, 2, 4];
+
+pub fn run(bench: &Bench) -> Result<Vec<Row>> {
+    let mut rows = clones(bench)?;
+    let mut one_call = vec![Samples::default(); COUNTS.len()];
+    let mut separate = vec![Samples::default(); COUNTS.len()];
+    let reps = bench.reps(2);
+    let mut group = Vec::new();
+    for rep in 0..reps {
+        for (index, count) in COUNTS.into_iter().enumerate() {
+            let names: Vec<String> = (1..=count).map(|i| format!("bn-p{count}-{i}")).collect();
+            eprintln!("bench: {count} guest(s) to ready in one call");
+            one_call[index].push(timed_provision(bench, &names, |names| provision(bench, names))?);
+            // The last one-call group is kept for the snapshot figures.
+            if rep + 1 == reps && count == 4 {
+                group = names;
+            } else {
+                remove(bench, &names);
+            }
+            let names: Vec<String> = (1..=count).map(|i| format!("bn-s{count}-{i}")).collect();
+            eprintln!("bench: {count} guest(s) to ready in {count} calls");
+            separate[index].push(timed_provision(bench, &names, |names| names.iter().try_for_each(|n| provision(bench, std::slice::from_ref(n))))?);
+            remove(bench, &names);
+        }
+    }
+    for ((count, ours), peer) in COUNTS.into_iter().zip(one_call).zip(separate) {
+        rows.push(Row::ours(PROVISION, format!("{count} guest(s) to ready in one call"), "s", ours).against(format!("{count} separate calls"), peer));
+    }
+    let snapshots = snapshots(bench, &group);
+    remove(bench, &group);
+    rows.extend(snapshots?);
+    Ok(rows)
+}
+
+/// Arguments every guest of the bed needs: the base image, direct kernel boot, the bed network.
+fn base_args(bench: &Bench) -> Result<Value> {
+    Ok(json!({
+        "uri": bench.bed("uri")?, "image": bench.bed("base_volume")?, "image_pool": bench.bed("images_pool")?,
+        "pool": bench.bed("disks_pool")?, "memory": 384, "vcpus": 1, "networks": [bench.bed("network")?],
+        "domain_type": "qemu",
+        "kernel": { "path": bench.bed("kernel")?, "initrd": bench.bed("initrd")?, "cmdline": "root=/dev/vda rw console=ttyS0 net.ifnames=0" },
+    }))
+}
+
+fn with(mut args: Value, extra: Value) -> Value {
+    if let (Some(args), Some(extra)) = (args.as_object_mut(), extra.as_object()) {
+        args.extend(extra.clone());
+    }
+    args
+}
+
+/// Guests `names` running and answering ssh, in one call.
+fn provision(bench: &Bench, names: &[String]) -> Result<()> {
+    let args = with(base_args(bench)?, json!({ "vms": names, "state": "running", "wait": "ssh", "wait_timeout": 900 }));
+    bench.module("kvm_provision", &args).map(drop)
+}
+
+/// Wall time of `work` on guests that did not exist before (leftovers of a broken run removed).
+fn timed_provision(bench: &Bench, names: &[String], work: impl FnOnce(&[String]) -> Result<()>) -> Result<f64> {
+    remove(bench, names);
+    seconds(|| work(names))
+}
+
+/// Removes the guests and the volumes kvm_provision made for them; best effort.
+fn remove(bench: &Bench, names: &[String]) {
+    if names.is_empty() {
+        return;
+    }
+    let removed = base_args(bench)
+        .and_then(|base| bench.module("kvm_provision", &with(base, json!({ "vms": names, "state": "absent", "remove_storage": true, "stop_timeout": 5 }))));
+    if let Err(error) = removed {
+        eprintln!("bench: removing {names:?}: {error:#}");
+        for name in names {
+            bench.remove_domain(bench.bed("uri").unwrap_or("qemu:///system"), name);
+        }
+    }
+}
+
+/// Time and allocated size of a linked clone against a full copy of the base image.
+fn clones(bench: &Bench) -> Result<Vec<Row>> {
+    let mut times = [Samples::default(), Samples::default()];
+    let mut sizes = [Samples::default(), Samples::default()];
+    for _ in 0..bench.reps(3) {
+        for (index, clone) in ["linked", "full"].into_iter().enumerate() {
+            let name = vec![format!("bn-clone-{clone}")];
+            remove(bench, &name);
+            let mut result = Value::Null;
+            let args = with(base_args(bench)?, json!({ "vms": name, "state": "present", "clone": clone }));
+            times[index].push(seconds(|| {
+                result = bench.module("kvm_provision", &args)?;
+                Ok(())
+            })?);
+            let disk = result["vms"][0]["disks"][0].as_str().with_context(|| format!("no disk in {result}"))?;
+            sizes[index].push(std::fs::metadata(disk)?.blocks() as f64 * 512.0 / 1048576.0);
+            remove(bench, &name);
+        }
+    }
+    let [linked_time, full_time] = times;
+    let [linked_size, full_size] = sizes;
+    Ok(vec![
+        Row::ours(CLONES, "define with a linked clone: time", "s", linked_time).against("clone: full", full_time),
+        Row::ours(CLONES, "define with a linked clone: disk space allocated", "MiB", linked_size).against("clone: full", full_size),
+    ])
+}
+
+/// Create and revert times of each snapshot kind, ours next to virsh where virsh can do it.
+fn snapshots(bench: &Bench, group: &[String]) -> Result<Vec<Row>> {
+    let first = group.first().context("no guests for the snapshot figures")?;
+    let uri = bench.bed("uri")?;
+    let snapshot = |names: &[String], name: &str, state: &str, extra: Value| -> Result<()> {
+        let target = if names.len() == 1 { json!({ "name": names[0] }) } else { json!({ "names": names }) };
+        let args = with(with(json!({ "uri": uri, "snapshot": name, "state": state }), target), extra);
+        bench.module("snapshot_libvirt", &args).map(drop)
+    };
+    let virsh_each = |names: &[String], args: &[&str]| -> Result<()> {
+        names.iter().try_for_each(|n| {
+            let mut all = vec![args[0], n.as_str()];
+            all.extend_from_slice(&args[1..]);
+            bench.virsh(uri, &all).map(drop)
+        })
+    };
+    let one = std::slice::from_ref(first);
+    let kinds: [(&str, &[String], Value, bool); 3] = [
+        ("internal with memory, 1 guest", one, json!({ "type": "internal", "memory": true }), true),
+        ("external disk-only, quiesced, 1 guest", one, json!({ "type": "external", "quiesce": true }), false),
+        ("group of 4 guests, internal with memory", group, json!({ "type": "internal", "memory": true }), true),
+    ];
+    let mut rows = Vec::new();
+    for (kind, names, extra, virsh_peer) in kinds {
+        let [mut create, mut revert, mut virsh_create, mut virsh_revert] = [(); 4].map(|()| Samples::default());
+        for rep in 0..bench.reps(3) {
+            eprintln!("bench: snapshots, {kind}, repetition {}", rep + 1);
+            create.push(seconds(|| snapshot(names, "bn-snap", "present", extra.clone()))?);
+            revert.push(seconds(|| snapshot(names, "bn-snap", "reverted", json!({})))?);
+            snapshot(names, "bn-snap", "absent", json!({}))?;
+            if virsh_peer {
+                virsh_create.push(seconds(|| virsh_each(names, &["snapshot-create-as", "bn-virsh"]))?);
+                virsh_revert.push(seconds(|| virsh_each(names, &["snapshot-revert", "bn-virsh"]))?);
+                virsh_each(names, &["snapshot-delete", "bn-virsh"])?;
+            }
+        }
+        let (create_row, revert_row) = (Row::ours(SNAPSHOTS, format!("{kind}: create"), "s", create), Row::ours(SNAPSHOTS, format!("{kind}: revert"), "s", revert));
+        if virsh_peer {
+            rows.push(create_row.against("virsh snapshot-create-as (one by one)", virsh_create));
+            rows.push(revert_row.against("virsh snapshot-revert (one by one, no clock sync)", virsh_revert));
+        } else {
+            rows.extend([create_row, revert_row]);
+        }
+    }
+    Ok(rows)
+}
