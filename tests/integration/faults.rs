@@ -296,14 +296,14 @@ impl GuestFiles {
     /// Writes 1 MiB of random data to `path`, flushed, and remembers its checksum.
     fn write(&mut self, path: &str) {
         let command = format!("head -c 1048576 /dev/urandom > {path} && sync && sha256sum {path}");
-        let out = Bed::get().ssh_until_ok(&self.ip, &command, Duration::from_secs(90));
+        let out = Bed::get().ssh_until_ok(&self.ip, &command, Duration::from_secs(240));
         self.sums.push((path.to_string(), out));
     }
 
     /// The first `count` files written read back with their checksums.
     fn check(&self, count: usize, when: &str) {
         for (path, sum) in &self.sums[..count] {
-            let now = Bed::get().ssh_until_ok(&self.ip, &format!("sha256sum {path}"), Duration::from_secs(90));
+            let now = Bed::get().ssh_until_ok(&self.ip, &format!("sha256sum {path}"), Duration::from_secs(240));
             assert_eq!(&now, sum, "{when}: {path} changed");
         }
     }

@@ -167,7 +167,10 @@ impl Hypervisor {
         let mut dirs = Vec::new();
         for pool in &pools {
             let name = pool.name().doing(|| "reading a storage pool name".to_string())?;
-            dirs.push((self.pool_path(&name)?, name));
+            // A pool without a target path (rbd, iscsi-direct...) holds no file of ours.
+            if let Ok(path) = self.pool_path(&name) {
+                dirs.push((path, name));
+            }
         }
         // The pool of the first disk, found by directory: overlays the pool has not listed yet count too.
         let pool = files.iter().find_map(|file| {

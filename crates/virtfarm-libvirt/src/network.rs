@@ -55,7 +55,8 @@ fn mask(prefix: u8) -> u32 {
     if prefix == 0 {
         0
     } else {
-        u32::MAX << (32 - u32::from(prefix))
+        // A prefix over 32 in a daemon's XML must not overflow the shift.
+        u32::MAX << (32 - u32::from(prefix.min(32)))
     }
 }
 
