@@ -21,3 +21,5 @@ mod guest_provision;
 mod hostile;
 /// Faults on the bed: daemon restarts, silent guests, killed operations, full pools, concurrent runs.
 mod faults;
+/// Fleets: placement, provisioning, snapshots and inventory across two hypervisors.
+mod fleet;
