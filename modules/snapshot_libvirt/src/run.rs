@@ -257,3 +257,32 @@ fn clock_word(clock: &ClockSync) -> &'static str {
 pub fn round(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{AfterRevert, Mode};
+
+    fn request(state: State) -> Request {
+        Request {
+            uri: "test:///default".into(),
+            domains: vec!["a".into(), "b".into()],
+            domains_option: "names",
+            mode: Mode::Snapshot,
+            snapshot: Some("s2".into()),
+            state,
+            create: Default::default(),
+            shutdown_first: None,
+            after_revert: AfterRevert { sync_clock: true, wait: None, timeout: Duration::from_secs(1) },
+        }
+    }
+
+    #[test]
+    fn check_mode_predicts_the_snapshot_lists() {
+        let before = json!({"a": ["s1"], "b": ["s1", "s2"]});
+        assert_eq!(predicted(&before, &request(State::Present), true), json!({"a": ["s1", "s2"], "b": ["s1", "s2"]}));
+        assert_eq!(predicted(&before, &request(State::Absent), true), json!({"a": ["s1"], "b": ["s1"]}));
+        assert_eq!(predicted(&before, &request(State::Reverted), true), before);
+        assert_eq!(predicted(&before, &request(State::Present), false), before);
+    }
+}
