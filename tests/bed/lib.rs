@@ -298,6 +298,20 @@ impl Drop for TestVm {
     }
 }
 
+/// Copies the directory tree `from` to `to` (files and directories; permissions kept).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display())) {
+        let entry = entry.expect("a directory entry");
+        let dest = to.join(entry.file_name());
+        if entry.file_type().expect("a file type").is_dir() {
+            copy_tree(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
+}
+
 /// A fresh private directory under the system temp dir.
 pub fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("virtfarm-test-{}-{}", std::process::id(), NAMES.fetch_add(1, Ordering::Relaxed)));

@@ -19,7 +19,7 @@ struct Project {
 impl Project {
     fn new(vm: &str) -> Self {
         let dir = bed::tempdir();
-        copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible/guest_provision"), &dir);
+        bed::copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("ansible/guest_provision"), &dir);
         let inventory = json!({ "vms": { "hosts": { vm: {
             "kvm_host": "localhost",
             "vm": { "metadata": { "name": vm, "connection": Bed::get().uri, "platform_name": "debian", "target_name": "amd64" } },
@@ -44,19 +44,6 @@ impl Project {
             &["-i", inventory.to_str().unwrap(), site.to_str().unwrap(), "-e", &extra.to_string()],
         );
         (run, started.elapsed().as_secs_f64())
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
     }
 }
 

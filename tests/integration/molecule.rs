@@ -9,12 +9,16 @@ use bed::Bed;
 #[ignore = "needs the test bed: cargo xtask test"]
 fn molecule_test_passes_and_a_kept_instance_is_reset_not_rebuilt() {
     let bed = Bed::get();
+    // Its own copy of the collection tree: Molecule works in it and installs it from there.
+    let scratch = bed::tempdir();
+    let tree = scratch.join("ansible_collections/virtfarm/libvirt");
+    bed::copy_tree(&bed.collection_tree, &tree);
     let molecule = |action: &str, reuse: bool| {
         let started = Instant::now();
         let output = bed
             .ansible_command("molecule")
             .arg(action)
-            .current_dir(&bed.collection_tree)
+            .current_dir(&tree)
             .env("ANSIBLE_STDOUT_CALLBACK", "default")
             .env("VIRTFARM_URI", &bed.uri)
             .env("VIRTFARM_IMAGE", &bed.base_volume)
@@ -40,6 +44,7 @@ fn molecule_test_passes_and_a_kept_instance_is_reset_not_rebuilt() {
     assert!(reset.contains("changed: [localhost] => (item=mol-instance1)"), "the kept instance was not reset:\n{log}");
     // Without reuse, destroy removes the instance: nothing is left behind on the bed.
     molecule("destroy", false);
+    let _ = std::fs::remove_dir_all(&scratch);
     eprintln!("molecule test: first run {first:.0} s (boots the instance), second run {second:.0} s (resets it)");
 }
 
