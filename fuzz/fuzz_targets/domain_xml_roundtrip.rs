@@ -1,7 +1,9 @@
 //! The domain XML writer: whatever strings the user gives (`<`, `&`, quotes, unicode), the
 //! definition we write reads back, with quick-xml, with every one of them intact.
 //!
-//! Strings are limited to what an XML document can carry at all: no control characters.
+//! Strings are limited to what an XML document can carry at all (no control characters),
+//! and are neither empty nor padded with spaces: quick-xml's deserializer trims text, and
+//! an empty element reads as absent, which libvirt's names and paths never are.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -18,7 +20,9 @@ struct Text(String);
 impl<'a> Arbitrary<'a> for Text {
     fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
         let raw = String::arbitrary(u)?;
-        Ok(Text(raw.chars().filter(|c| !c.is_control()).collect()))
+        let text: String = raw.chars().filter(|c| !c.is_control()).collect();
+        let text = text.trim();
+        Ok(Text(if text.is_empty() { "x".to_string() } else { text.to_string() }))
     }
 }
 

@@ -6,12 +6,19 @@
 //! generated definition is written and reads back with the same name, NICs and disks.
 #![no_main]
 
+// The module's files but its `main.rs`: the parsing needs the modules it names.
+#[allow(dead_code)]
+#[path = "../../modules/kvm_provision/src/apply.rs"]
+mod apply;
 #[allow(dead_code)]
 #[path = "../../modules/kvm_provision/src/definition.rs"]
 mod definition;
 #[allow(dead_code)]
 #[path = "../../modules/kvm_provision/src/fields.rs"]
 mod fields;
+#[allow(dead_code)]
+#[path = "../../modules/kvm_provision/src/placing.rs"]
+mod placing;
 
 use ansible_module::Response;
 use libfuzzer_sys::fuzz_target;
