@@ -5,6 +5,7 @@
 //! libvirt logging (`RPC_CLIENT_MSG_TX_QUEUE`, one per call sent, connection set-up included).
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -27,7 +28,7 @@ pub fn run(bench: &Bench) -> Result<Vec<Row>> {
 
 fn measure_sizes(bench: &Bench, fixture: &Fixture) -> Result<Vec<Row>> {
     let sources = Sources::write(bench)?;
-    let mut rows = Vec::new();
+    let mut rows = vec![startup_floor(bench)?];
     let mut defined = 0;
     for size in SIZES {
         fixture.grow(defined, size)?;
@@ -41,12 +42,17 @@ fn measure_sizes(bench: &Bench, fixture: &Fixture) -> Result<Vec<Row>> {
 
 /// The figures at one size: ansible-inventory with each source, the executable alone, RPCs.
 fn measure_size(bench: &Bench, sources: &Sources, size: usize, all: usize) -> Result<Vec<Row>> {
-    let [mut script, mut plugin, mut peer, mut alone] = [(); 4].map(|()| Samples::default());
+    let [mut script, mut plugin, mut peer, mut alone, mut scan] = [(); 5].map(|()| Samples::default());
     for _ in 0..bench.reps(5) {
         script.push(seconds(|| sources.list(bench, &sources.script, &[]).map(drop))?);
         plugin.push(seconds(|| sources.list(bench, &sources.plugin, &[]).map(drop))?);
         peer.push(seconds(|| sources.list(bench, &sources.peer, &[]).map(drop))?);
-        alone.push(seconds(|| sources.executable_alone(&[]).map(drop))?);
+        let mut scan_ms = 0.0;
+        alone.push(seconds(|| {
+            scan_ms = sources.scan_ms()?;
+            Ok(())
+        })?);
+        scan.push(scan_ms / 1000.0);
     }
     let ours_calls = rpc_calls(bench, |env| sources.executable_alone(env))?;
     let peer_calls = rpc_calls(bench, |env| sources.list(bench, &sources.peer, env))?;
@@ -57,9 +63,20 @@ fn measure_size(bench: &Bench, sources: &Sources, size: usize, all: usize) -> Re
         goal(Row::ours(SECTION, format!("{at}: our executable as script inventory"), "s", script.clone()).against(peer_name, peer.clone()), 0.2),
         Row::ours(SECTION, format!("{at}: our libvirt_leases plugin"), "s", plugin).against(peer_name, peer),
         goal(Row::ours(SECTION, format!("{at}: our executable alone, --list"), "s", alone), 0.05),
+        Row::ours(SECTION, format!("{at}: of which the libvirt scan (--stats)"), "s", scan),
         Row::ours(SECTION, format!("{at}: libvirt RPCs (executable / ansible-inventory)"), "calls", Samples(vec![ours_calls]))
             .against(peer_name, Samples(vec![peer_calls])),
     ])
+}
+
+/// ansible-inventory with an inline one-host inventory: what any source costs before it
+/// reads anything (interpreter start, plugin loading, output), for both ours and the peer.
+fn startup_floor(bench: &Bench) -> Result<Row> {
+    let mut floor = Samples::default();
+    for _ in 0..bench.reps(5) {
+        floor.push(seconds(|| bench.ansible("ansible-inventory", &["-i", "localhost,", "--list"], &[]).map(drop))?);
+    }
+    Ok(Row::ours(SECTION, "ansible-inventory start-up alone (inline `localhost,` inventory)", "s", floor))
 }
 
 /// Runs `work` with client-side libvirt logging of RPC events; counts the calls sent.
@@ -94,6 +111,16 @@ impl Sources {
         let mut all = vec![("LIBVIRT_INVENTORY_URIS", self.uri.as_str()), ("ANSIBLE_INVENTORY_UNPARSED_FAILED", "True")];
         all.extend_from_slice(env);
         bench.ansible("ansible-inventory", &["-i", path_str(source)?, "--list"], &all)
+    }
+
+    /// Runs the executable alone with `--stats`; returns the scan time it reports, in ms.
+    fn scan_ms(&self) -> Result<f64> {
+        let output = std::process::Command::new(&self.script).args(["--list", "--stats", "--uri", &self.uri]).stdin(Stdio::null()).output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // "libvirt_inventory: <uri>: N domains, M libvirt calls, T ms"
+        let line = stderr.lines().find(|l| l.contains("libvirt calls")).with_context(|| format!("no --stats line in: {stderr}"))?;
+        let last = line.trim_end_matches("ms").trim().rsplit(' ').next().unwrap_or_default();
+        last.parse().with_context(|| format!("no time in {line}"))
     }
 
     fn executable_alone(&self, env: &[(&str, &str)]) -> Result<String> {

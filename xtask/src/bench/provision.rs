@@ -63,6 +63,11 @@ fn base_args(bench: &Bench) -> Result<Value> {
     }))
 }
 
+/// `vms` entries by name (bare strings would be node specs, which need a `stem`).
+fn vms(names: &[String]) -> Value {
+    names.iter().map(|name| json!({ "name": name })).collect()
+}
+
 fn with(mut args: Value, extra: Value) -> Value {
     if let (Some(args), Some(extra)) = (args.as_object_mut(), extra.as_object()) {
         args.extend(extra.clone());
@@ -72,7 +77,7 @@ fn with(mut args: Value, extra: Value) -> Value {
 
 /// Guests `names` running and answering ssh, in one call.
 fn provision(bench: &Bench, names: &[String]) -> Result<()> {
-    let args = with(base_args(bench)?, json!({ "vms": names, "state": "running", "wait": "ssh", "wait_timeout": 900 }));
+    let args = with(base_args(bench)?, json!({ "vms": vms(names), "state": "running", "wait": "ssh", "wait_timeout": 900 }));
     bench.module("kvm_provision", &args).map(drop)
 }
 
@@ -88,7 +93,7 @@ fn remove(bench: &Bench, names: &[String]) {
         return;
     }
     let removed = base_args(bench)
-        .and_then(|base| bench.module("kvm_provision", &with(base, json!({ "vms": names, "state": "absent", "remove_storage": true, "stop_timeout": 5 }))));
+        .and_then(|base| bench.module("kvm_provision", &with(base, json!({ "vms": vms(names), "state": "absent", "remove_storage": true, "stop_timeout": 5 }))));
     if let Err(error) = removed {
         eprintln!("bench: removing {names:?}: {error:#}");
         for name in names {
@@ -106,7 +111,7 @@ fn clones(bench: &Bench) -> Result<Vec<Row>> {
             let name = vec![format!("bn-clone-{clone}")];
             remove(bench, &name);
             let mut result = Value::Null;
-            let args = with(base_args(bench)?, json!({ "vms": name, "state": "present", "clone": clone }));
+            let args = with(base_args(bench)?, json!({ "vms": vms(&name), "state": "present", "clone": clone }));
             times[index].push(seconds(|| {
                 result = bench.module("kvm_provision", &args)?;
                 Ok(())
