@@ -415,6 +415,19 @@ fn qualified(name: &str) -> String {
     format!("{METADATA_PREFIX}:{name}")
 }
 
+/// True when the element's own prefix (or default namespace) is bound to [`METADATA_NS`].
+fn declares_our_namespace(element: &quick_xml::events::BytesStart<'_>) -> bool {
+    let prefix = element.name().prefix().map(|p| p.as_ref().to_vec());
+    element.attributes().flatten().any(|a| {
+        let key = a.key.as_ref();
+        let binds_own_prefix = match &prefix {
+            Some(prefix) => key.strip_prefix(b"xmlns:") == Some(prefix.as_slice()),
+            None => key == b"xmlns",
+        };
+        binds_own_prefix && a.value.as_ref() == METADATA_NS.as_bytes()
+    })
+}
+
 /// Sets the name and UUID of a domain XML the user wrote, and puts our metadata in it;
 /// everything else is kept as given.
 pub fn reconcile_identity(xml: &str, name: &str, uuid: Option<&str>, metadata: &InstanceMetadata) -> Result<String> {
@@ -424,6 +437,7 @@ pub fn reconcile_identity(xml: &str, name: &str, uuid: Option<&str>, metadata: &
     let mut depth = 0usize;
     let mut skip_until_depth: Option<usize> = None;
     let mut saw_metadata = false;
+    let mut in_metadata = false;
     let mut saw_domain = false;
     loop {
         let event = reader.read_event().map_err(|e| bad(e.to_string()))?;
@@ -444,6 +458,11 @@ pub fn reconcile_identity(xml: &str, name: &str, uuid: Option<&str>, metadata: &
                     skip_until_depth = Some(depth);
                     continue;
                 }
+                if depth == 3 && in_metadata && declares_our_namespace(start) {
+                    // Our metadata of an earlier definition (a dumped XML given back): replaced.
+                    skip_until_depth = Some(depth);
+                    continue;
+                }
                 writer.write_event(event.clone()).map_err(io)?;
                 if depth == 1 {
                     text_element(&mut writer, "name", name).map_err(xml_error("rewriting the given domain XML"))?;
@@ -453,6 +472,7 @@ pub fn reconcile_identity(xml: &str, name: &str, uuid: Option<&str>, metadata: &
                 }
                 if depth == 2 && local == b"metadata" {
                     saw_metadata = true;
+                    in_metadata = true;
                     metadata.write(&mut writer).map_err(xml_error("rewriting the given domain XML"))?;
                 }
             }
@@ -466,6 +486,7 @@ pub fn reconcile_identity(xml: &str, name: &str, uuid: Option<&str>, metadata: &
                 if skip_until_depth.is_some() {
                     continue;
                 }
+                in_metadata &= depth != 1;
                 if depth == 0 && end.name().as_ref() == b"domain" && !saw_metadata {
                     writer
                         .create_element("metadata")
@@ -475,6 +496,7 @@ pub fn reconcile_identity(xml: &str, name: &str, uuid: Option<&str>, metadata: &
                 writer.write_event(event.clone()).map_err(io)?;
             }
             Event::Empty(empty) if depth == 1 && matches!(empty.name().as_ref(), b"name" | b"uuid") => {}
+            Event::Empty(empty) if depth == 2 && in_metadata && declares_our_namespace(empty) => {}
             _ if skip_until_depth.is_some() => {}
             _ => writer.write_event(event.clone()).map_err(io)?,
         }
@@ -567,5 +589,18 @@ mod tests {
         assert!(!out.contains("old"));
         assert!(reconcile_identity("<vm/>", "x", None, &metadata).is_err());
         assert!(reconcile_identity("<domain><name>x</name>", "x", None, &metadata).is_err());
+    }
+
+    #[test]
+    fn given_xml_with_our_old_metadata_gets_the_new_one_only() {
+        // A definition dumped from a VM we made, given back: found by fuzzing (groups doubled).
+        let old = InstanceMetadata { spec_hash: Some("old".into()), groups: vec!["web".into()], ..Default::default() };
+        let dumped = reconcile_identity("<domain><metadata><other xmlns='urn:x'/></metadata></domain>", "a", None, &old).unwrap();
+        let new = InstanceMetadata { spec_hash: Some("new".into()), groups: vec!["db".into()], ..Default::default() };
+        let out = reconcile_identity(&dumped, "a", None, &new).unwrap();
+        assert_eq!(InstanceMetadata::from_domain_xml(&out).unwrap(), new, "{out}");
+        assert!(out.contains("<other xmlns='urn:x'/>"), "{out}");
+        let empty = "<domain><metadata><vf:instance xmlns:vf='urn:virtfarm:metadata:1'/></metadata></domain>";
+        assert_eq!(InstanceMetadata::from_domain_xml(&reconcile_identity(empty, "a", None, &new).unwrap()).unwrap(), new);
     }
 }
