@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use virtfarm_libvirt::snapshot::backing_file::{self, Level};
-use virtfarm_libvirt::{Hypervisor, Vm};
+use virtfarm_libvirt::{Hypervisor, PowerState, Vm};
 
 use crate::request::{Request, State};
 use crate::run::{restart, round, shut_down, Report};
@@ -34,8 +34,18 @@ pub fn run(hv: &Hypervisor, vms: &[Vm], volume_path: &str, request: &Request, ch
             return Err(format!("snapshot: no backing file {} for domain {}", level_file(vm), vm.name()));
         }
     }
-    // Saving and restoring always change the disk; removing only when the level exists.
-    let touched: Vec<&Vm> = vms.iter().filter(|vm| request.state != State::Absent || has_level(vm)).collect();
+    // Removing changes the disk when the level exists; saving and restoring unless the
+    // overlay of a shut-off domain is empty on the level already.
+    let mut touched: Vec<&Vm> = Vec::new();
+    for vm in vms {
+        let touches = match request.state {
+            State::Absent => has_level(vm),
+            _ => !unchanged_since_level(hv, vm, &disk(vm), level)?,
+        };
+        if touches {
+            touched.push(vm);
+        }
+    }
     if check_mode || touched.is_empty() {
         let results = vms.iter().map(|vm| json!({ "name": vm.name(), "changed": touched.iter().any(|t| t.name() == vm.name()), "file": level_file(vm) })).collect();
         return Ok(report(!touched.is_empty(), results, before.clone(), before));
@@ -66,6 +76,13 @@ pub fn run(hv: &Hypervisor, vms: &[Vm], volume_path: &str, request: &Request, ch
     restarted?;
     let after = level_names(hv, vms, &disk)?;
     Ok(report(true, results, before, after))
+}
+
+/// True when saving or restoring `level` would change nothing: the domain is off (a running
+/// guest may be writing) and its overlay sits on the level, empty.
+fn unchanged_since_level(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>) -> Result<bool, String> {
+    let off = vm.power_state().map_err(|e| e.to_string())? == PowerState::ShutOff;
+    Ok(off && backing_file::is_saved(hv, disk, level).map_err(|e| e.to_string())?)
 }
 
 fn report(changed: bool, results: Vec<Value>, before: Value, after: Value) -> Report {
