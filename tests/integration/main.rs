@@ -23,3 +23,5 @@ mod hostile;
 mod faults;
 /// Fleets: placement, provisioning, snapshots and inventory across two hypervisors.
 mod fleet;
+/// Every module and every state, twice: the second run changes nothing.
+mod idempotency;
