@@ -5,6 +5,8 @@
 
 /// The collection as installed from its tarball: docs, ad-hoc use.
 mod collection;
+/// The demo playbook, end to end.
+mod demo;
 /// The collection's Molecule scenario.
 mod molecule;
 /// The bed itself: a guest boots from a linked clone, leases, answers its agent and SSH.
