@@ -327,12 +327,11 @@ fn killed_snapshot_runs_are_repaired_or_refused_and_lose_no_data() {
         args.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
         args
     };
-    let mut outcomes = Vec::new();
     for (i, delay_ms) in [0u64, 40, 120, 300, 700].into_iter().enumerate() {
         let snapshot = format!("fx{i}");
         let args = with(json!({"snapshot": snapshot, "type": "external"}));
         let again = kill_then_rerun("snapshot_libvirt", &args, delay_ms);
-        outcomes.push(format!("create killed at {delay_ms} ms: {}", summary(&again)));
+        eprintln!("fx: create of {snapshot} killed at {delay_ms} ms: {}", summary(&again));
         assert!(!failed(&again) || !msg(&again).is_empty(), "{again}");
         assert_eq!(hv.vm(&name).expect("domain").power_state().expect("state"), PowerState::Running, "after {snapshot}");
         files.check(files.sums.len(), &format!("after killing the create of {snapshot}"));
@@ -342,14 +341,11 @@ fn killed_snapshot_runs_are_repaired_or_refused_and_lose_no_data() {
     for delay_ms in [0u64, 80, 300, 1000] {
         let args = with(json!({"snapshot": "fx0", "state": "reverted", "after_revert": {"wait": "lease", "timeout": 300}}));
         let again = kill_then_rerun("snapshot_libvirt", &args, delay_ms);
-        outcomes.push(format!("revert killed at {delay_ms} ms: {}", summary(&again)));
+        eprintln!("fx: revert to fx0 killed at {delay_ms} ms: {}", summary(&again));
         assert!(!failed(&again), "the run after a killed revert: {again}");
         files.check(1, &format!("after a revert killed at {delay_ms} ms"));
     }
     assert!(!lock_volume(bed, &name).exists(), "a killed run's lock outlived the repair");
-    for outcome in &outcomes {
-        eprintln!("fx: {outcome}");
-    }
     drop(vm);
 }
 
