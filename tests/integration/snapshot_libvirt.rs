@@ -66,7 +66,8 @@ fn two_guests() -> ((TestVm, String), (TestVm, String)) {
     let boot = |prefix: &str| {
         let vm = bed.boot_vm(&bed.unique_name(prefix));
         let ip = vm.wait_ip(Duration::from_secs(400));
-        bed.ssh_until_ok(&ip, "true", Duration::from_secs(120));
+        // Bounded generously: other tests may be booting guests on the same two cores.
+        bed.ssh_until_ok(&ip, "true", Duration::from_secs(400));
         (vm, ip)
     };
     std::thread::scope(|s| {
@@ -212,30 +213,27 @@ fn backing_file_levels(vm: &TestVm, ip: &str, running: &str) {
         args
     };
     let disk = vm.disk.to_str().unwrap().to_string();
+    let hv = virtfarm_libvirt::Hypervisor::open(&bed.uri).unwrap();
+    let domain = hv.vm(&vm.name).unwrap();
+    // Each call shuts the guest down and starts it again.
+    let call = |args: Value| after_restart(&hv, &domain, || ok(args));
     write(ip, "/home/ansible/kept");
-    let saved = ok(args("present", None));
+    let (saved, ip) = call(args("present", None));
     assert_eq!(saved["vms"][0]["action"], "created", "{saved}");
     eprintln!("snapshot_libvirt: backing_file create (with shutdown and start) {:.2} s", seconds(&saved));
     assert!(Path::new(&format!("{disk}.bak")).exists());
-    // Each call shut the guest down and started it again: wait for it to boot.
-    let booted = || bed.ssh_until_ok(ip, "true", Duration::from_secs(300));
-    booted();
-    write(ip, "/home/ansible/committed");
-    let committed = ok(args("present", None));
+    write(&ip, "/home/ansible/committed");
+    let (committed, ip) = call(args("present", None));
     assert_eq!(committed["vms"][0]["action"], "committed", "{committed}");
-    booted();
-    write(ip, "/home/ansible/dropped");
-    let restored = ok(args("reverted", None));
+    eprintln!("snapshot_libvirt: backing_file commit (with shutdown and start) {:.2} s", seconds(&committed));
+    write(&ip, "/home/ansible/dropped");
+    let (restored, ip) = call(args("reverted", None));
     assert_eq!(restored["vms"][0]["action"], "restored", "{restored}");
-    booted();
-    assert!(exists(ip, "/home/ansible/committed") && !exists(ip, "/home/ansible/dropped"), "restore keeps the committed state only");
+    eprintln!("snapshot_libvirt: backing_file restore (with shutdown and start) {:.2} s", seconds(&restored));
+    assert!(exists(&ip, "/home/ansible/committed") && !exists(&ip, "/home/ansible/dropped"), "restore keeps the committed state only");
 
     // Offline from here: the module leaves a shut-off domain shut off.
-    virtfarm_libvirt::power::stop(
-        &virtfarm_libvirt::Hypervisor::open(&bed.uri).unwrap().vm(&vm.name).unwrap(),
-        &virtfarm_libvirt::power::StopPolicy::default(),
-    )
-    .unwrap();
+    virtfarm_libvirt::power::stop(&domain, &virtfarm_libvirt::power::StopPolicy::default()).unwrap();
     group_roll_back(vm, running);
     assert_eq!(ok(args("present", Some("l2")))["vms"][0]["action"], "created");
     let listed = ok(args("list", None));
@@ -250,9 +248,21 @@ fn backing_file_levels(vm: &TestVm, ip: &str, running: &str) {
     assert!(ok(args("list", None))["vms"][0]["levels"].as_array().unwrap().is_empty());
 
     // Merged back: the guest boots from its own image with the committed data.
-    let hv = virtfarm_libvirt::Hypervisor::open(&bed.uri).unwrap();
-    hv.vm(&vm.name).unwrap().start().unwrap();
+    let ((), ip) = after_restart(&hv, &domain, || domain.start().unwrap());
+    assert!(exists(&ip, "/home/ansible/kept") && exists(&ip, "/home/ansible/committed"));
+}
+
+/// Runs `act`, which (re)starts `domain`, and waits until the guest answers SSH at its fresh
+/// lease: it may come back with another address (its DHCP client id follows a machine-id
+/// that the disk may not have kept).
+fn after_restart<T>(hv: &virtfarm_libvirt::Hypervisor, domain: &virtfarm_libvirt::Vm, act: impl FnOnce() -> T) -> (T, String) {
+    use virtfarm_libvirt::wait::{self, LeaseBaseline, Readiness, Signal};
+    let bed = Bed::get();
+    let baseline = LeaseBaseline::capture(hv, domain).unwrap();
+    let out = act();
     let _slot = bed.boot_slot();
-    bed.ssh_until_ok(ip, "true", Duration::from_secs(300));
-    assert!(exists(ip, "/home/ansible/kept") && exists(ip, "/home/ansible/committed"));
+    let readiness = Readiness { signal: Signal::Lease, timeout: Duration::from_secs(400) };
+    let ip = wait::wait_ready(hv, domain, &baseline, readiness).unwrap().ip.unwrap();
+    bed.ssh_until_ok(&ip, "true", Duration::from_secs(300));
+    (out, ip)
 }
