@@ -177,7 +177,7 @@ impl Hypervisor {
             let parent = Path::new(file).parent()?;
             dirs.iter().find(|(dir, _)| Path::new(dir) == parent).map(|(_, name)| name.clone())
         });
-        pool.map(|pool| self.lock_domain(&pool, &vm.name(), policy)).transpose()
+        pool.map(|pool| self.lock_domain(&pool, vm.name(), policy)).transpose()
     }
 
     fn try_lock(&self, pool: &StoragePool, pool_name: &str, name: &str) -> Result<Attempt> {
