@@ -80,13 +80,6 @@ const PAIRS: &[Pair] = &[
         goal: None,
     },
     Pair {
-        figure: "ssh to the remote host, domain read",
-        ours: timed("ours_snapshot_list", Target::Ssh, Uri::System),
-        peer_name: "community.libvirt.virt status",
-        peer: timed("peer_status", Target::Ssh, Uri::System),
-        goal: None,
-    },
-    Pair {
         figure: "controller against qemu+ssh://remote, connection read",
         ours: timed("ours_ping", Target::Local, Uri::QemuSsh),
         peer_name: "community.libvirt.virt list_vms",
@@ -132,7 +125,7 @@ pub fn run(bench: &Bench) -> Result<Vec<Row>> {
 fn measure(bench: &Bench, inventories: &Inventories, tasks: usize) -> Result<(Vec<Samples>, Vec<Samples>)> {
     let mut ours = vec![Samples::default(); PAIRS.len()];
     let mut peers = vec![Samples::default(); PAIRS.len()];
-    for rep in 0..bench.reps(5) {
+    for rep in 0..bench.reps(3) {
         eprintln!("bench: per-task repetition {}", rep + 1);
         let empty = time_playbook(bench, inventories, None, Target::Local, Uri::System)?;
         let mut per_task: HashMap<Run, f64> = HashMap::new();
