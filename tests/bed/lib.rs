@@ -213,6 +213,17 @@ impl Bed {
 
     /// Boots a guest from a linked clone of the base image; it is removed with its disk on drop.
     pub fn boot_vm(&self, name: &str) -> TestVm {
+        let guest = self.define_vm(name);
+        let hypervisor = Hypervisor::open(&self.uri).expect("connect to the bed");
+        let vm = hypervisor.vm(name).expect("the test domain is defined");
+        let _slot = self.boot_slot();
+        vm.start().expect("start the test domain");
+        guest
+    }
+
+    /// Defines (without starting) a guest on a linked clone of the base image, its disk in
+    /// the bed's disks pool as `<name>.qcow2`; it is removed with its disk on drop.
+    pub fn define_vm(&self, name: &str) -> TestVm {
         let disk = self.disks_dir.join(format!("{name}.qcow2"));
         let base = self.base_image.to_str().expect("UTF-8 path");
         let status = Command::new("qemu-img")
@@ -221,12 +232,11 @@ impl Bed {
             .status()
             .expect("run qemu-img");
         assert!(status.success(), "qemu-img create {}", disk.display());
+        // The pool learns of the new file only when refreshed.
+        let _ = Command::new("virsh").args(["-c", &self.uri, "pool-refresh", &self.disks_pool]).stdout(Stdio::null()).status();
         let hypervisor = Hypervisor::open(&self.uri).expect("connect to the bed");
         let domain_type = hypervisor.preferred_domain_type().expect("read capabilities");
-        let xml = self.domain_xml(name, domain_type.as_str(), &disk);
-        let vm = hypervisor.define_vm(&xml).expect("define the test domain");
-        let _slot = self.boot_slot();
-        vm.start().expect("start the test domain");
+        hypervisor.define_vm(&self.domain_xml(name, domain_type.as_str(), &disk)).expect("define the test domain");
         TestVm { name: name.to_string(), disk }
     }
 

@@ -7,6 +7,8 @@
 mod collection;
 /// The demo playbook, end to end.
 mod demo;
+/// The thin roles with the variables of the roles they replace.
+mod roles;
 /// The collection's Molecule scenario.
 mod molecule;
 /// The bed itself: a guest boots from a linked clone, leases, answers its agent and SSH.
