@@ -44,14 +44,32 @@ pub struct CloneOutcome {
     pub resized: bool,
 }
 
+/// What a storage volume's XML says about its image.
+pub(crate) struct VolumeXml {
+    /// Capacity in bytes.
+    pub(crate) capacity: u64,
+    /// Path of the image file.
+    pub(crate) path: Option<String>,
+    /// Image format, `raw` when the XML names none.
+    pub(crate) format: String,
+    /// Path of the backing image, for an overlay.
+    pub(crate) backing: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct RawVolume {
-    target: RawVolumeTarget,
+    #[serde(default)]
+    capacity: u64,
+    #[serde(default)]
+    target: Option<RawVolumeTarget>,
+    #[serde(rename = "backingStore", default)]
+    backing: Option<RawVolumeTarget>,
 }
 
 #[derive(Deserialize)]
 struct RawVolumeTarget {
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
     #[serde(default)]
     format: Option<RawFormat>,
 }
@@ -60,6 +78,21 @@ struct RawVolumeTarget {
 struct RawFormat {
     #[serde(rename = "@type")]
     kind: String,
+}
+
+impl VolumeXml {
+    /// Reads a volume's XML; `what` names the volume in errors.
+    pub(crate) fn parse(xml: &str, what: &str) -> Result<VolumeXml> {
+        let raw: RawVolume = quick_xml::de::from_str(xml)
+            .map_err(|e| Error::Xml { doing: format!("reading the volume {what}"), message: e.to_string() })?;
+        let (path, format) = raw.target.map_or((None, None), |t| (t.path, t.format));
+        Ok(VolumeXml {
+            capacity: raw.capacity,
+            path,
+            format: format.map_or_else(|| "raw".to_string(), |f| f.kind),
+            backing: raw.backing.and_then(|b| b.path),
+        })
+    }
 }
 
 impl Hypervisor {
@@ -232,10 +265,10 @@ impl Hypervisor {
 
 fn describe_volume(volume: &StorageVol, asked: &str) -> Result<BaseImage> {
     let xml = volume.xml_desc(0).doing(|| format!("reading volume {asked}"))?;
-    let raw: RawVolume = quick_xml::de::from_str(&xml)
-        .map_err(|e| Error::Xml { doing: format!("reading volume {asked}"), message: e.to_string() })?;
+    let described = VolumeXml::parse(&xml, asked)?;
+    let path = described.path.ok_or_else(|| Error::Xml { doing: format!("reading volume {asked}"), message: "no target path".into() })?;
     let capacity = volume.info().doing(|| format!("reading volume {asked}"))?.capacity;
-    Ok(BaseImage { path: raw.target.path, format: raw.target.format.map_or_else(|| "raw".to_string(), |f| f.kind), capacity })
+    Ok(BaseImage { path, format: described.format, capacity })
 }
 
 /// A volume definition; with `backing`, a qcow2 overlay on it.
@@ -280,11 +313,12 @@ mod tests {
 
     #[test]
     fn volume_description_reads_path_and_format() {
-        let raw: RawVolume = quick_xml::de::from_str(
+        let described = VolumeXml::parse(
             "<volume type='file'><name>b</name><capacity unit='bytes'>5</capacity><target><path>/i/b.qcow2</path><format type='qcow2'/></target></volume>",
+            "b",
         )
         .unwrap();
-        assert_eq!(raw.target.path, "/i/b.qcow2");
-        assert_eq!(raw.target.format.map(|f| f.kind).as_deref(), Some("qcow2"));
+        assert_eq!(described.path.as_deref(), Some("/i/b.qcow2"));
+        assert_eq!((described.format.as_str(), described.capacity, described.backing), ("qcow2", 5, None));
     }
 }

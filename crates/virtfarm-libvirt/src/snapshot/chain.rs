@@ -5,53 +5,14 @@
 
 use std::collections::HashSet;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use virt::connect::Connect;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 
 use super::xml::serialise;
-use crate::error::{Doing, Error, Result};
-
-#[derive(Deserialize)]
-struct RawVolume {
-    #[serde(default)]
-    capacity: u64,
-    #[serde(default)]
-    target: Option<RawVolTarget>,
-    #[serde(rename = "backingStore", default)]
-    backing: Option<RawVolTarget>,
-}
-
-#[derive(Deserialize)]
-struct RawVolTarget {
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default)]
-    format: Option<RawFormat>,
-}
-
-#[derive(Deserialize)]
-struct RawFormat {
-    #[serde(rename = "@type")]
-    kind: String,
-}
-
-/// What a volume's XML says about its image.
-pub(crate) struct Image {
-    pub(crate) capacity: u64,
-    pub(crate) format: String,
-    pub(crate) backing: Option<String>,
-}
-
-impl Image {
-    fn parse(xml: &str) -> Result<Image> {
-        let raw: RawVolume = quick_xml::de::from_str(xml)
-            .map_err(|e| Error::Xml { doing: "reading a storage volume".to_string(), message: e.to_string() })?;
-        let format = raw.target.and_then(|t| t.format).map(|f| f.kind).unwrap_or_else(|| "raw".to_string());
-        Ok(Image { capacity: raw.capacity, format, backing: raw.backing.and_then(|b| b.path) })
-    }
-}
+use crate::error::{Doing, Result};
+use crate::storage::VolumeXml;
 
 /// The volume holding `path`, refreshing its pool once: files that QEMU created for a
 /// snapshot are in no pool's list until the pool is refreshed.
@@ -68,9 +29,9 @@ pub(crate) fn volume_at(conn: &Connect, path: &str) -> Result<StorageVol> {
 }
 
 /// Reads the image at `path`.
-pub(crate) fn image_at(conn: &Connect, path: &str) -> Result<Image> {
+pub(crate) fn image_at(conn: &Connect, path: &str) -> Result<VolumeXml> {
     let xml = volume_at(conn, path)?.xml_desc(0).doing(|| format!("reading the volume {path}"))?;
-    Image::parse(&xml)
+    VolumeXml::parse(&xml, path)
 }
 
 #[derive(Serialize)]
@@ -112,7 +73,7 @@ struct Format {
 /// pool; returns its path. The backing file is only read from then on.
 pub(crate) fn create_overlay(conn: &Connect, backing: &str, name: &str) -> Result<String> {
     let base = volume_at(conn, backing)?;
-    let image = Image::parse(&base.xml_desc(0).doing(|| format!("reading the volume {backing}"))?)?;
+    let image = VolumeXml::parse(&base.xml_desc(0).doing(|| format!("reading the volume {backing}"))?, backing)?;
     let pool = base.lookup_storage_pool().doing(|| format!("finding the pool of {backing}"))?;
     let xml = serialise(&NewVolume {
         name,
@@ -136,7 +97,7 @@ pub(crate) fn dependants(conn: &Connect, path: &str) -> Result<Vec<String>> {
     for pool in pools {
         for volume in pool_volumes(&pool)? {
             let Ok(xml) = volume.xml_desc(0) else { continue };
-            if Image::parse(&xml)?.backing.as_deref() == Some(path) {
+            if VolumeXml::parse(&xml, "in a pool")?.backing.as_deref() == Some(path) {
                 found.push(volume.path().doing(|| "reading a volume path".to_string())?);
             }
         }
@@ -177,7 +138,7 @@ mod tests {
           <capacity unit='bytes'>4294967296</capacity><allocation unit='bytes'>200704</allocation>
           <target><path>/p/web1.qcow2</path><format type='qcow2'/></target>
           <backingStore><path>/images/base.qcow2</path><format type='qcow2'/></backingStore></volume>"#;
-        let image = Image::parse(xml).unwrap();
+        let image = VolumeXml::parse(xml, "test").unwrap();
         assert_eq!((image.capacity, image.format.as_str()), (4_294_967_296, "qcow2"));
         assert_eq!(image.backing.as_deref(), Some("/images/base.qcow2"));
         let request = serialise(&NewVolume {
