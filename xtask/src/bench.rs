@@ -165,6 +165,9 @@ fn path_str(path: &Path) -> Result<&str> {
 }
 
 /// Runs every section (or those whose name contains one of `only`), then writes
+/// One part of the run: its rows of figures.
+type Section = fn(&Bench) -> Result<Vec<Row>>;
+
 /// bench/results/<date>[-quick].md and prints it.
 pub fn run(root: &Path, bed_json: &Path, fleet_json: &Path, quick: bool, only: &[&str]) -> Result<()> {
     let bench = Bench::new(root, bed_json, fleet_json, quick)?;
@@ -173,7 +176,7 @@ pub fn run(root: &Path, bed_json: &Path, fleet_json: &Path, quick: bool, only: &
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
     let mut failures = Vec::new();
-    let sections: [(&str, fn(&Bench) -> Result<Vec<Row>>); 5] = [
+    let sections: [(&str, Section); 5] = [
         ("binary sizes", binary_sizes),
         ("per-task cost", per_task::run),
         ("inventory", inventory::run),
