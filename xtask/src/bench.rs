@@ -35,7 +35,9 @@ impl Bench {
     /// Reads bed.json and fleet.json of running beds.
     pub fn new(root: &Path, bed_json: &Path, fleet_json: &Path, quick: bool) -> Result<Bench> {
         let read = |path: &Path| -> Result<Value> {
-            Ok(serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?)?)
+            Ok(serde_json::from_str(
+                &std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?,
+            )?)
         };
         let work = root.join("target/bench");
         std::fs::create_dir_all(&work)?;
@@ -99,7 +101,8 @@ impl Bench {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", self.bed("netns")?, "timeout", "1800"]).arg(binary).arg(&args_file);
         let stdout = checked(&mut command, name)?;
-        let result: Value = serde_json::from_str(&stdout).with_context(|| format!("{name} printed no JSON: {stdout}"))?;
+        let result: Value =
+            serde_json::from_str(&stdout).with_context(|| format!("{name} printed no JSON: {stdout}"))?;
         if result["failed"] == true {
             bail!("{name} failed: {}", result["msg"]);
         }
@@ -164,10 +167,10 @@ fn path_str(path: &Path) -> Result<&str> {
     path.to_str().context("non-UTF-8 path")
 }
 
-/// Runs every section (or those whose name contains one of `only`), then writes
 /// One part of the run: its rows of figures.
 type Section = fn(&Bench) -> Result<Vec<Row>>;
 
+/// Runs every section (or those whose name contains one of `only`), then writes
 /// bench/results/<date>[-quick].md and prints it.
 pub fn run(root: &Path, bed_json: &Path, fleet_json: &Path, quick: bool, only: &[&str]) -> Result<()> {
     let bench = Bench::new(root, bed_json, fleet_json, quick)?;
@@ -183,7 +186,9 @@ pub fn run(root: &Path, bed_json: &Path, fleet_json: &Path, quick: bool, only: &
         ("provisioning and snapshots", provision::run),
         ("guest_provision cache", cache::run),
     ];
-    for (name, section) in sections.into_iter().filter(|(name, _)| only.is_empty() || only.iter().any(|o| name.contains(o))) {
+    for (name, section) in
+        sections.into_iter().filter(|(name, _)| only.is_empty() || only.iter().any(|o| name.contains(o)))
+    {
         eprintln!("bench: {name}");
         match section(&bench) {
             Ok(more) => rows.extend(more),
@@ -218,13 +223,16 @@ fn binary_sizes(bench: &Bench) -> Result<Vec<Row>> {
             let path = bench.collection_file(relative)?;
             let bytes = std::fs::metadata(&path).with_context(|| format!("{}", path.display()))?.len();
             let name = relative.rsplit('/').next().unwrap_or(relative);
-            Ok(Row::ours("Binary sizes (release, stripped)", name, "MiB", Samples(vec![bytes as f64 / 1048576.0])).goal(2.0))
+            Ok(Row::ours("Binary sizes (release, stripped)", name, "MiB", Samples(vec![bytes as f64 / 1048576.0]))
+                .goal(2.0))
         })
         .collect()
 }
 
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// The header with the machine facts, the table, and what failed.
@@ -238,14 +246,27 @@ fn report(bench: &Bench, rows: &[Row], failures: &[String], load_before: &str, s
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1048576.0);
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")?;
-    let accel = if cpuinfo.contains(" vmx") || cpuinfo.contains(" svm") { "KVM" } else { "TCG (no vmx/svm: guests run under plain QEMU emulation)" };
+    let accel = if cpuinfo.contains(" vmx") || cpuinfo.contains(" svm") {
+        "KVM"
+    } else {
+        "TCG (no vmx/svm: guests run under plain QEMU emulation)"
+    };
     let uri = bench.bed("uri")?;
     let versions = bench.virsh(uri, &["version"])?;
-    let version_of = |prefix: &str| versions.lines().find(|l| l.starts_with(prefix)).map_or("?", |l| l.rsplit(' ').next().unwrap_or("?")).to_string();
+    let version_of = |prefix: &str| {
+        versions
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map_or("?", |l| l.rsplit(' ').next().unwrap_or("?"))
+            .to_string()
+    };
     let ansible = bench.ansible("ansible", &["--version"], &[])?;
     let ansible_core = ansible.lines().next().unwrap_or("?").to_string();
     let galaxy = bench.ansible("ansible-galaxy", &["collection", "list", "community.libvirt"], &[])?;
-    let community = galaxy.lines().find(|l| l.starts_with("community.libvirt")).map_or("?", |l| l.split_whitespace().nth(1).unwrap_or("?"));
+    let community = galaxy
+        .lines()
+        .find(|l| l.starts_with("community.libvirt"))
+        .map_or("?", |l| l.split_whitespace().nth(1).unwrap_or("?"));
     let mode = if bench.quick { "quick (one repetition, fewer tasks)" } else { "full" };
     let mut out = format!(
         "# virtfarm benchmarks, {date}\n\
