@@ -29,10 +29,11 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     let settings = Settings::from_command_line()?;
-    let inventory = match settings.cache.as_ref().filter(|_| !settings.refresh).and_then(|c| c.load(&settings.cache_key())) {
-        Some(cached) => cached,
-        None => fresh_inventory(&settings)?,
-    };
+    let inventory =
+        match settings.cache.as_ref().filter(|_| !settings.refresh).and_then(|c| c.load(&settings.cache_key())) {
+            Some(cached) => cached,
+            None => fresh_inventory(&settings)?,
+        };
     let output = match &settings.mode {
         Mode::List => inventory,
         // An unknown host has no variables, which Ansible expects as `{}`.

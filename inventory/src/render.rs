@@ -54,7 +54,11 @@ pub fn inventory(scans: &[(String, Scan)], warnings: &[String], options: &Render
 /// The groups of one domain before prefixing and sanitising: its state, networks, URI, and
 /// what the metadata says.
 fn group_names(uri: &str, domain: &ScannedDomain) -> Vec<String> {
-    let mut names = vec![domain.state.as_str().to_string(), format!("uri_{}", slug(uri)), format!("hypervisor_{}", hypervisor(uri))];
+    let mut names = vec![
+        domain.state.as_str().to_string(),
+        format!("uri_{}", slug(uri)),
+        format!("hypervisor_{}", hypervisor(uri)),
+    ];
     names.extend(domain.interfaces.iter().filter_map(|i| i.network.as_ref()).map(|n| format!("network_{n}")));
     if let Some(meta) = &domain.metadata {
         let labelled = [("platform", &meta.platform), ("target", &meta.target), ("project", &meta.project)];
@@ -110,8 +114,10 @@ fn metadata_json(meta: &InstanceMetadata) -> Value {
 
 /// A group name Ansible accepts: `[^A-Za-z0-9_]` becomes `_`, and a leading digit gets a `_`.
 pub fn group_name(prefix: &str, name: &str) -> String {
-    let safe: String =
-        format!("{prefix}{name}").chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' }).collect();
+    let safe: String = format!("{prefix}{name}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .collect();
     if safe.starts_with(|c: char| c.is_ascii_digit()) || safe.is_empty() {
         format!("_{safe}")
     } else {
@@ -124,8 +130,16 @@ pub fn group_name(prefix: &str, name: &str) -> String {
 fn hypervisor(uri: &str) -> String {
     let authority = uri.split_once("://").map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
     let host = authority.rsplit('@').next().unwrap_or("");
-    let host = if host.starts_with('[') { host.split_inclusive(']').next().unwrap_or(host) } else { host.split(':').next().unwrap_or(host) };
-    if host.is_empty() { "localhost".to_string() } else { host.to_string() }
+    let host = if host.starts_with('[') {
+        host.split_inclusive(']').next().unwrap_or(host)
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
+    if host.is_empty() {
+        "localhost".to_string()
+    } else {
+        host.to_string()
+    }
 }
 
 /// A URI as a short identifier: `qemu+ssh://root@h1/system` → `qemu_ssh_root_h1_system`.
@@ -210,13 +224,21 @@ mod tests {
         let first = Scan { domains: vec![agent_only.clone()], ..Default::default() };
         let second = Scan { domains: vec![agent_only], ..Default::default() };
         let options = RenderOptions { prefix: "lv-".into(), agent_connection: true };
-        let inv = inventory(&[("qemu:///system".into(), first), ("qemu+ssh://h2/system".into(), second)], &[], &options);
+        let inv =
+            inventory(&[("qemu:///system".into(), first), ("qemu+ssh://h2/system".into(), second)], &[], &options);
         assert_eq!(hosts(&inv, "lv_running"), ["a1", "a1_qemu_ssh_h2_system"]);
         let vars = &inv["_meta"]["hostvars"]["a1_qemu_ssh_h2_system"];
         assert_eq!(vars["ansible_connection"], AGENT_CONNECTION);
         assert_eq!(vars["ansible_host"], "a1");
         assert_eq!(vars["ansible_libvirt_uri"], "qemu+ssh://h2/system");
-        let plain = inventory(&[("qemu:///system".into(), Scan { domains: vec![domain("a1", PowerState::Running, None)], ..Default::default() })], &[], &RenderOptions::default());
+        let plain = inventory(
+            &[(
+                "qemu:///system".into(),
+                Scan { domains: vec![domain("a1", PowerState::Running, None)], ..Default::default() },
+            )],
+            &[],
+            &RenderOptions::default(),
+        );
         assert!(plain["_meta"]["hostvars"]["a1"].get("ansible_connection").is_none());
     }
 

@@ -161,7 +161,10 @@ impl Settings {
                 prefix: args.prefix.or(config.prefix).unwrap_or_default(),
                 agent_connection: args.agent_connection || config.agent_connection.unwrap_or(false),
             },
-            cache: args.cache_file.or(config.cache_file).map(|path| Cache { path, ttl: Duration::from_secs(cache_ttl) }),
+            cache: args
+                .cache_file
+                .or(config.cache_file)
+                .map(|path| Cache { path, ttl: Duration::from_secs(cache_ttl) }),
         })
     }
 
@@ -214,7 +217,8 @@ mod tests {
         assert_eq!(s.timeout, Duration::from_millis(2500));
         let s = Settings::merge(args(&["--list"]), ConfigFile::default(), env).unwrap();
         assert_eq!(s.uris, ["qemu:///a", "qemu:///b"]);
-        let s = Settings::merge(args(&["--host", "web1", "--uri", "test:///default"]), ConfigFile::default(), env).unwrap();
+        let s =
+            Settings::merge(args(&["--host", "web1", "--uri", "test:///default"]), ConfigFile::default(), env).unwrap();
         assert_eq!((s.mode, s.uris), (Mode::Host("web1".into()), vec!["test:///default".to_string()]));
         let s = Settings::merge(args(&["--list"]), ConfigFile::default(), no_env).unwrap();
         assert_eq!(s.uris, [DEFAULT_URI]);

@@ -23,7 +23,8 @@ pub fn scan_all(uris: &[String], options: &ScanOptions, timeout: Duration) -> Ve
     for (index, uri) in uris.iter().enumerate() {
         let (sender, uri, options) = (sender.clone(), uri.clone(), options.clone());
         std::thread::spawn(move || {
-            let outcome = Hypervisor::open(&uri).and_then(|hypervisor| scan(&hypervisor, &options)).map_err(|e| e.to_string());
+            let outcome =
+                Hypervisor::open(&uri).and_then(|hypervisor| scan(&hypervisor, &options)).map_err(|e| e.to_string());
             // The receiver is gone only when the deadline passed: nothing left to tell.
             let _ = sender.send((index, outcome, started.elapsed()));
         });

@@ -135,7 +135,11 @@ impl Bed {
         let _ = std::fs::remove_dir_all(&dir);
         let stdout = String::from_utf8_lossy(&output.stdout);
         serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-            panic!("{} printed no single JSON object ({e}):\nstdout: {stdout}\nstderr: {}", program.display(), String::from_utf8_lossy(&output.stderr))
+            panic!(
+                "{} printed no single JSON object ({e}):\nstdout: {stdout}\nstderr: {}",
+                program.display(),
+                String::from_utf8_lossy(&output.stderr)
+            )
         })
     }
 
@@ -153,11 +157,7 @@ impl Bed {
     /// `ansible-doc`, ...) inside the namespace, with the installed collection, the guest key,
     /// and the `json` stdout callback; bounded to 15 minutes.
     pub fn ansible(&self, program: &str, args: &[&str]) -> AnsibleRun {
-        let output = self
-            .ansible_command(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run {program}: {e}"));
+        let output = self.ansible_command(program).args(args).output().unwrap_or_else(|e| panic!("run {program}: {e}"));
         AnsibleRun {
             success: output.status.success(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -206,7 +206,11 @@ impl Bed {
             if output.status.success() {
                 return String::from_utf8_lossy(&output.stdout).trim().to_string();
             }
-            assert!(std::time::Instant::now() < deadline, "ssh {ip} {command}: {}", String::from_utf8_lossy(&output.stderr));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ssh {ip} {command}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
             std::thread::sleep(Duration::from_secs(1));
         }
     }
@@ -233,7 +237,10 @@ impl Bed {
             .expect("run qemu-img");
         assert!(status.success(), "qemu-img create {}", disk.display());
         // The pool learns of the new file only when refreshed.
-        let _ = Command::new("virsh").args(["-c", &self.uri, "pool-refresh", &self.disks_pool]).stdout(Stdio::null()).status();
+        let _ = Command::new("virsh")
+            .args(["-c", &self.uri, "pool-refresh", &self.disks_pool])
+            .stdout(Stdio::null())
+            .status();
         let hypervisor = Hypervisor::open(&self.uri).expect("connect to the bed");
         let domain_type = hypervisor.preferred_domain_type().expect("read capabilities");
         hypervisor.define_vm(&self.domain_xml(name, domain_type.as_str(), &disk)).expect("define the test domain");
@@ -302,7 +309,13 @@ impl Drop for TestVm {
     fn drop(&mut self) {
         let uri = &Bed::get().uri;
         for args in [vec!["destroy", &self.name], vec!["undefine", &self.name, "--snapshots-metadata"]] {
-            let _ = Command::new("virsh").arg("-c").arg(uri).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = Command::new("virsh")
+                .arg("-c")
+                .arg(uri)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = std::fs::remove_file(&self.disk);
     }
@@ -324,7 +337,11 @@ pub fn copy_tree(from: &Path, to: &Path) {
 
 /// A fresh private directory under the system temp dir.
 pub fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("virtfarm-test-{}-{}", std::process::id(), NAMES.fetch_add(1, Ordering::Relaxed)));
+    let dir = std::env::temp_dir().join(format!(
+        "virtfarm-test-{}-{}",
+        std::process::id(),
+        NAMES.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).expect("create a temp dir");
     dir
 }

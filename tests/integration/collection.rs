@@ -39,7 +39,8 @@ fn every_module_is_documented_with_exactly_the_options_it_accepts() {
         let result = bed.run_program(&installed, probe);
         assert_eq!(result["failed"], true, "{module}: {result}");
         let msg = result["msg"].as_str().unwrap_or_default();
-        let expected_head = format!("Unsupported parameters for ({module}) module: no_such_option_. Supported parameters include: ");
+        let expected_head =
+            format!("Unsupported parameters for ({module}) module: no_such_option_. Supported parameters include: ");
         let supported = msg.strip_prefix(&expected_head).unwrap_or_else(|| panic!("{module}: {msg}"));
         // Ansible's form: the options, then every alias in one parenthesised group.
         let supported = supported.trim_end_matches('.');
@@ -59,7 +60,10 @@ fn every_module_is_documented_with_exactly_the_options_it_accepts() {
 fn ad_hoc_ping_coerces_strings_and_reports_panics_as_failures() {
     let bed = Bed::get();
     let adhoc = |args: &str| -> Value {
-        let run = bed.ansible("ansible", &["localhost", "-c", "local", "-i", "localhost,", "-m", "virtfarm.libvirt.libvirt_ping", "-a", args]);
+        let run = bed.ansible(
+            "ansible",
+            &["localhost", "-c", "local", "-i", "localhost,", "-m", "virtfarm.libvirt.libvirt_ping", "-a", args],
+        );
         let doc = run.json();
         doc["plays"][0]["tasks"][0]["hosts"]["localhost"].clone()
     };
@@ -68,7 +72,11 @@ fn ad_hoc_ping_coerces_strings_and_reports_panics_as_failures() {
     assert_eq!(pong["changed"], false);
 
     let with_libvirt = adhoc(&format!("uri={}", bed.uri));
-    assert_eq!(with_libvirt["libvirt"]["domain_type"].as_str().map(|t| t == "kvm" || t == "qemu"), Some(true), "{with_libvirt}");
+    assert_eq!(
+        with_libvirt["libvirt"]["domain_type"].as_str().map(|t| t == "kvm" || t == "qemu"),
+        Some(true),
+        "{with_libvirt}"
+    );
 
     let crash = adhoc("data=crash");
     assert_eq!(crash["failed"], true, "{crash}");
@@ -86,7 +94,8 @@ fn ad_hoc_ping_coerces_strings_and_reports_panics_as_failures() {
 fn ansible_test_sanity_passes() {
     let bed = Bed::get();
     let installed = bed.collections_path.join("ansible_collections/virtfarm/libvirt");
-    let ignores = std::fs::read_to_string(installed.join("tests/sanity/ignore-2.19.txt")).expect("the ignore file ships");
+    let ignores =
+        std::fs::read_to_string(installed.join("tests/sanity/ignore-2.19.txt")).expect("the ignore file ships");
     assert!(ignores.lines().all(|l| l.ends_with(" validate-modules!skip")), "only binary-module skips: {ignores}");
     let output = std::process::Command::new(bed.venv.join("bin/ansible-test"))
         .args(["sanity", "--python", "3.11", "--requirements", "--color", "no"])
@@ -113,8 +122,10 @@ fn every_modules_examples_are_valid_tasks() {
         assert!(examples.contains(&fqcn), "{fqcn}: the examples use the module by its FQCN");
         let indented: String = examples.lines().map(|l| format!("    {l}\n")).collect();
         let playbook = dir.join(format!("{module}.yml"));
-        std::fs::write(&playbook, format!("- hosts: localhost\n  gather_facts: false\n  tasks:\n{indented}")).expect("write");
-        let check = bed.ansible("ansible-playbook", &["--syntax-check", "-i", "localhost,", playbook.to_str().expect("UTF-8")]);
+        std::fs::write(&playbook, format!("- hosts: localhost\n  gather_facts: false\n  tasks:\n{indented}"))
+            .expect("write");
+        let check =
+            bed.ansible("ansible-playbook", &["--syntax-check", "-i", "localhost,", playbook.to_str().expect("UTF-8")]);
         assert!(check.success, "{fqcn} examples:\n{}\n{}", check.stdout, check.stderr);
     }
     let _ = std::fs::remove_dir_all(&dir);

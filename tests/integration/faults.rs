@@ -69,8 +69,9 @@ fn reply_of(child: Child, dir: PathBuf) -> Value {
     let output = child.wait_with_output().expect("wait for the module");
     let _ = std::fs::remove_dir_all(dir);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("no single JSON object ({e}): {stdout}\n{}", String::from_utf8_lossy(&output.stderr)))
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("no single JSON object ({e}): {stdout}\n{}", String::from_utf8_lossy(&output.stderr))
+    })
 }
 
 fn failed(reply: &Value) -> bool {
@@ -107,7 +108,11 @@ fn concurrent_runs_on_one_domain_take_turns() {
     let started = Instant::now();
     let waiting = LockPolicy { wait: Duration::from_secs(2), ..LockPolicy::default() };
     let refused = hv.lock_domain(&bed.disks_pool, &name, &waiting).expect_err("a second lock while held");
-    assert!(started.elapsed() >= Duration::from_secs(2) && started.elapsed() < Duration::from_secs(10), "waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2) && started.elapsed() < Duration::from_secs(10),
+        "waited {:?}",
+        started.elapsed()
+    );
     let text = refused.to_string();
     assert!(matches!(refused, Error::Refused(_)), "{refused:?}");
     assert!(text.contains(&name) && text.contains(&format!("process {}", std::process::id())), "{text}");
@@ -126,14 +131,16 @@ fn concurrent_runs_on_one_domain_take_turns() {
     assert!(!lock_volume(bed, &name).exists(), "the lock volume outlived its lock");
 
     // A lock left by a run that was killed on this host is taken over at once.
-    hv.put_volume(&bed.disks_pool, &format!("{name}{LOCK_SUFFIX}"), dead_owner().as_bytes()).expect("plant a dead owner's lock");
+    hv.put_volume(&bed.disks_pool, &format!("{name}{LOCK_SUFFIX}"), dead_owner().as_bytes())
+        .expect("plant a dead owner's lock");
     let reply = bed.run_module("kvm_provision", args.clone());
     assert!(!failed(&reply) && reply["changed"] == true, "{reply}");
     assert!(!lock_volume(bed, &name).exists(), "kvm_provision left its lock behind");
     // A fresh lock of another host is respected; the same lock, old, is taken over.
     let other = format!("ctl9.invalid 4242 {}\n", virtfarm_libvirt::wait::unix_now());
     hv.put_volume(&bed.disks_pool, &format!("{name}{LOCK_SUFFIX}"), other.as_bytes()).expect("plant a live lock");
-    let refused = hv.lock_domain(&bed.disks_pool, &name, &LockPolicy::default()).expect_err("another host's fresh lock");
+    let refused =
+        hv.lock_domain(&bed.disks_pool, &name, &LockPolicy::default()).expect_err("another host's fresh lock");
     assert!(refused.to_string().contains("process 4242 on ctl9.invalid"), "{refused}");
     let impatient = LockPolicy { wait: Duration::ZERO, stale_after: Duration::ZERO };
     hv.lock_domain(&bed.disks_pool, &name, &impatient).expect("a stale lock is taken over").release().expect("release");
@@ -168,7 +175,8 @@ fn concurrent_runs_on_one_domain_take_turns() {
     drop(held);
     let reply = bed.run_module("snapshot_libvirt", snapshot.clone());
     assert!(!failed(&reply) && reply["changed"] == true, "{reply}");
-    let reply = bed.run_module("snapshot_libvirt", json!({"name": name, "uri": bed.uri, "snapshot": "fx1", "state": "absent"}));
+    let reply =
+        bed.run_module("snapshot_libvirt", json!({"name": name, "uri": bed.uri, "snapshot": "fx1", "state": "absent"}));
     assert!(!failed(&reply), "{reply}");
 }
 
@@ -229,8 +237,11 @@ fn a_full_pool_fails_clearly_and_leaves_nothing() {
     }
     let _teardown = Teardown(pool.clone(), dir_text.clone());
     let xml_file = bed::tempdir().join("pool.xml");
-    std::fs::write(&xml_file, format!("<pool type='dir'><name>{pool}</name><target><path>{dir_text}</path></target></pool>"))
-        .expect("pool xml");
+    std::fs::write(
+        &xml_file,
+        format!("<pool type='dir'><name>{pool}</name><target><path>{dir_text}</path></target></pool>"),
+    )
+    .expect("pool xml");
     let created = virsh(&["pool-create", xml_file.to_str().expect("UTF-8")]);
     let _ = std::fs::remove_dir_all(xml_file.parent().expect("parent"));
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
@@ -255,7 +266,8 @@ fn a_full_pool_fails_clearly_and_leaves_nothing() {
 /// Runs a command in the mount namespace of the bed's libvirtd.
 fn in_daemon_mounts(command: &[&str]) {
     let pid = std::fs::read_to_string("/run/libvirtd.pid").expect("libvirtd pid file");
-    let status = Command::new("nsenter").args(["-t", pid.trim(), "-m", "--"]).args(command).status().expect("run nsenter");
+    let status =
+        Command::new("nsenter").args(["-t", pid.trim(), "-m", "--"]).args(command).status().expect("run nsenter");
     assert!(status.success() || command[0] == "umount", "{command:?} in libvirtd's mount namespace");
 }
 
@@ -267,7 +279,8 @@ fn silent_guests_fail_within_the_timeout_naming_vm_and_signal() {
     let bed = Bed::get();
     let name = bed.unique_name("fx-silent");
     let mut args = vm_args(&name, &bed.disks_pool);
-    let cmdline = format!("{} systemd.mask=systemd-networkd.service systemd.mask=qemu-guest-agent.service", bed::GUEST_CMDLINE);
+    let cmdline =
+        format!("{} systemd.mask=systemd-networkd.service systemd.mask=qemu-guest-agent.service", bed::GUEST_CMDLINE);
     args["kernel"]["cmdline"] = json!(cmdline);
     args["state"] = json!("running");
     let _cleanup = Provisioned(vec![args.clone()]);
@@ -282,7 +295,11 @@ fn silent_guests_fail_within_the_timeout_naming_vm_and_signal() {
         assert!(failed(&reply), "{signal}: {reply}");
         assert!(msg(&reply).contains(&name) && msg(&reply).contains(signal), "{signal}: {}", msg(&reply));
         assert!(took < Duration::from_secs(timeout + 30), "{signal}: took {took:?} for a {timeout} s bound");
-        eprintln!("fx: silent guest, wait {signal} {timeout} s: failed after {:.1} s: {}", took.as_secs_f64(), msg(&reply));
+        eprintln!(
+            "fx: silent guest, wait {signal} {timeout} s: failed after {:.1} s: {}",
+            took.as_secs_f64(),
+            msg(&reply)
+        );
     }
 }
 
@@ -333,13 +350,18 @@ fn killed_snapshot_runs_are_repaired_or_refused_and_lose_no_data() {
         let again = kill_then_rerun("snapshot_libvirt", &args, delay_ms);
         eprintln!("fx: create of {snapshot} killed at {delay_ms} ms: {}", summary(&again));
         assert!(!failed(&again) || !msg(&again).is_empty(), "{again}");
-        assert_eq!(hv.vm(&name).expect("domain").power_state().expect("state"), PowerState::Running, "after {snapshot}");
+        assert_eq!(
+            hv.vm(&name).expect("domain").power_state().expect("state"),
+            PowerState::Running,
+            "after {snapshot}"
+        );
         files.check(files.sums.len(), &format!("after killing the create of {snapshot}"));
         files.write(&format!("/var/tmp/after-{snapshot}"));
     }
     // A revert to fx0 brings back what the guest had then: "before" and nothing later.
     for delay_ms in [0u64, 80, 300, 1000] {
-        let args = with(json!({"snapshot": "fx0", "state": "reverted", "after_revert": {"wait": "lease", "timeout": 300}}));
+        let args =
+            with(json!({"snapshot": "fx0", "state": "reverted", "after_revert": {"wait": "lease", "timeout": 300}}));
         let again = kill_then_rerun("snapshot_libvirt", &args, delay_ms);
         eprintln!("fx: revert to fx0 killed at {delay_ms} ms: {}", summary(&again));
         assert!(!failed(&again), "the run after a killed revert: {again}");
@@ -369,7 +391,11 @@ fn kill_then_rerun(module: &str, args: &Value, delay_ms: u64) -> Value {
 }
 
 fn summary(reply: &Value) -> String {
-    if failed(reply) { format!("next run failed: {}", msg(reply)) } else { "next run ok".to_string() }
+    if failed(reply) {
+        format!("next run failed: {}", msg(reply))
+    } else {
+        "next run ok".to_string()
+    }
 }
 
 /// Removes the external overlays of a test domain (named after it) from the disks pool.
@@ -423,7 +449,11 @@ fn daemon_restart_while_waiting_for_a_lease() {
     } else {
         assert!(reply["vms"][0]["ip"].is_string(), "{reply}");
     }
-    eprintln!("fx: libvirtd restarted during wait: after {:.1} s: {}", took.as_secs_f64(), if failed(&reply) { msg(&reply) } else { "recovered" });
+    eprintln!(
+        "fx: libvirtd restarted during wait: after {:.1} s: {}",
+        took.as_secs_f64(),
+        if failed(&reply) { msg(&reply) } else { "recovered" }
+    );
     assert!(hypervisor().find_vm(&name).expect("the bed answers again").is_some());
 }
 

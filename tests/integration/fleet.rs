@@ -27,8 +27,9 @@ impl Fleet {
     fn get() -> Fleet {
         let run_dir = PathBuf::from("/run/virtfarm-fleet");
         let path = run_dir.join("fleet.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("the second hypervisor is not up ({}: {e}); run `cargo xtask fleet up`", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("the second hypervisor is not up ({}: {e}); run `cargo xtask fleet up`", path.display())
+        });
         Fleet { run_dir, ..serde_json::from_str(&text).unwrap() }
     }
 
@@ -170,7 +171,10 @@ fn four_vms_on_two_hypervisors_from_one_playbook() {
         assert_eq!(uri.get("__ansible_unsafe").unwrap_or(uri), &placement[name], "{name}: {inventory}");
         let hypervisor = if placement[name] == fleet.uri { "10_78_255_2" } else { "localhost" };
         let members = &inventory[format!("hypervisor_{hypervisor}")]["hosts"];
-        assert!(members.as_array().is_some_and(|h| h.contains(&json!(name))), "{name} in hypervisor_{hypervisor}: {inventory}");
+        assert!(
+            members.as_array().is_some_and(|h| h.contains(&json!(name))),
+            "{name} in hypervisor_{hypervisor}: {inventory}"
+        );
     }
 
     // The second hypervisor's daemon stops: its VMs fail, by name and why; the others are fine.

@@ -66,11 +66,16 @@ fn ran(doc: &Value, host: &str, task: &str) -> bool {
 
 /// One line per task of `host`: its outcome and name, for assertion messages.
 fn outline(doc: &Value, host: &str) -> String {
-    let tasks = doc["plays"].as_array().into_iter().flatten().flat_map(|play| play["tasks"].as_array().into_iter().flatten());
+    let tasks =
+        doc["plays"].as_array().into_iter().flatten().flat_map(|play| play["tasks"].as_array().into_iter().flatten());
     let lines = tasks.filter_map(|t| {
         let result = t["hosts"].get(host)?;
         let outcome = ["failed", "unreachable", "skipped"].into_iter().find(|o| result[*o] == true).unwrap_or("ok");
-        Some(format!("{outcome:>11} {} {}", t["task"]["name"].as_str().unwrap_or("?"), result["msg"].as_str().unwrap_or("")))
+        Some(format!(
+            "{outcome:>11} {} {}",
+            t["task"]["name"].as_str().unwrap_or("?"),
+            result["msg"].as_str().unwrap_or("")
+        ))
     });
     lines.collect::<Vec<_>>().join("\n")
 }
@@ -203,6 +208,7 @@ fn cached_lifecycle_through_the_role() {
     assert_eq!(power_state(&name), PowerState::ShutOff, "check mode must not start");
     assert_eq!(on_vm(json!({ "state": "cache_saved" }))["changed"], false, "the init snapshot exists");
     assert_eq!(on_vm(json!({ "state": "stopped" }))["changed"], false, "already off");
-    let missing = bed.run_module("guest_provision", json!({ "state": "stopped", "name": "gp-no-such-vm", "uri": bed.uri }));
+    let missing =
+        bed.run_module("guest_provision", json!({ "state": "stopped", "name": "gp-no-such-vm", "uri": bed.uri }));
     assert!(missing["msg"].as_str().unwrap_or_default().starts_with("name"), "{missing}");
 }

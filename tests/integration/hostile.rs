@@ -141,7 +141,14 @@ fn values_of(kind: Kind) -> Vec<Value> {
             json!(i64::MIN),
         ],
         Kind::Bool => vec![json!("maybe"), json!(2), json!([true]), json!({"a": 1}), json!("")],
-        Kind::Choice => vec![json!("bogus"), json!("PRESENT-ish"), json!(""), json!(["a", "b"]), json!({"a": 1}), json!("present\u{0}")],
+        Kind::Choice => vec![
+            json!("bogus"),
+            json!("PRESENT-ish"),
+            json!(""),
+            json!(["a", "b"]),
+            json!({"a": 1}),
+            json!("present\u{0}"),
+        ],
         Kind::AbsolutePath => vec![
             json!("relative/path"),
             json!("../../etc/shadow"),
@@ -149,7 +156,17 @@ fn values_of(kind: Kind) -> Vec<Value> {
             json!("/tmp/nul\u{0}"),
             json!(""),
         ],
-        Kind::Size => vec![json!("lots"), json!("-1"), json!(0), json!("1.5G"), json!("12Q"), huge_int, json!([1]), json!({"a": 1}), json!(true)],
+        Kind::Size => vec![
+            json!("lots"),
+            json!("-1"),
+            json!(0),
+            json!("1.5G"),
+            json!("12Q"),
+            huge_int,
+            json!([1]),
+            json!({"a": 1}),
+            json!(true),
+        ],
         Kind::Dict => vec![json!("not a dict"), json!([1, 2]), json!(7), json!({"no_such_suboption": 1})],
         Kind::StrList => vec![json!({"a": 1})],
     }
@@ -190,7 +207,16 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
         with(&base, "networks", json!([nic]))
     };
     let mut special = Specials::default();
-    for mac in ["zz:zz:zz:zz:zz:zz", "52:54:00:00:00", "52:54:00:00:00:00:01", "52-54-00-00-00-01", "01:00:5e:00:00:01", "", "52:54:00:00:00:0g", "52:54:00:00:00:01\n"] {
+    for mac in [
+        "zz:zz:zz:zz:zz:zz",
+        "52:54:00:00:00",
+        "52:54:00:00:00:00:01",
+        "52-54-00-00-00-01",
+        "01:00:5e:00:00:01",
+        "",
+        "52:54:00:00:00:0g",
+        "52:54:00:00:00:01\n",
+    ] {
         special.add(&format!("mac {mac:?}"), nic(json!({ "mac": mac })), "networks[0].mac");
     }
     for ip in ["10.1", "999.1.1.1", "10.77.0.1/24", "::1", "", "10.77.0.1; reboot", "0x0a.0.0.1"] {
@@ -263,9 +289,21 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
         ("vm name injection", json!({ "metadata": { "name": "</name><devices/>" } }), "name"),
         ("vm metadata a string", json!({ "metadata": "x" }), "vm.metadata"),
         ("vm disks a dict", json!({ "metadata": { "name": "hx-vm" }, "disks": { "src": "a" } }), "vm.disks"),
-        ("vm disk without src", json!({ "metadata": { "name": "hx-vm" }, "disks": [{ "type": "qcow2" }] }), "vm.disks[0].src"),
-        ("vm net type", json!({ "metadata": { "name": "hx-vm" }, "net": { "type": "tap", "source": "x" } }), "vm.net.type"),
-        ("vm net mac", json!({ "metadata": { "name": "hx-vm", "libvirt_pool_dir": "/hx/" }, "disks": [{ "src": "a.qcow2" }], "net": { "source": "vfnet", "mac": "nope" } }), "networks[0].mac"),
+        (
+            "vm disk without src",
+            json!({ "metadata": { "name": "hx-vm" }, "disks": [{ "type": "qcow2" }] }),
+            "vm.disks[0].src",
+        ),
+        (
+            "vm net type",
+            json!({ "metadata": { "name": "hx-vm" }, "net": { "type": "tap", "source": "x" } }),
+            "vm.net.type",
+        ),
+        (
+            "vm net mac",
+            json!({ "metadata": { "name": "hx-vm", "libvirt_pool_dir": "/hx/" }, "disks": [{ "src": "a.qcow2" }], "net": { "source": "vfnet", "mac": "nope" } }),
+            "networks[0].mac",
+        ),
         ("vm a list", json!([1]), "vm"),
     ] {
         special.add(label, json!({ "vm": vm, "uri": bed.uri, "state": "present" }), parameter);
@@ -281,19 +319,39 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
         ("vms item unknown key", json!([{ "name": "hx-a", "image": "b", "colour": 1 }]), "vms[0].colour"),
         ("vms item without name", json!([{ "image": "b" }]), "vms[0].name"),
         ("vms item bad memory", json!([{ "name": "hx-a", "image": "b", "memory": "lots" }]), "vms[0].memory"),
-        ("vms item bad mac", json!([{ "name": "hx-a", "image": "b", "networks": [{ "network": "n", "mac": "x" }] }]), "vms[0].networks[0].mac"),
+        (
+            "vms item bad mac",
+            json!([{ "name": "hx-a", "image": "b", "networks": [{ "network": "n", "mac": "x" }] }]),
+            "vms[0].networks[0].mac",
+        ),
         ("vms a dict", json!({ "name": "hx-a" }), "vms"),
     ] {
         special.add(label, with(&no_name, "vms", vms), parameter);
     }
-    special.add("stem traversal", json!({ "stem": "../hx", "vms": ["1"], "image": "b", "state": "present", "uri": bed.uri }), "vms[0]");
-    special.add("node spec garbage", json!({ "stem": "hx-n", "vms": ["x;y"], "image": "b", "state": "present", "uri": bed.uri }), "vms[0]");
-    special.add("image alias not a string", json!({ "stem": "hx-n", "vms": ["1:deb"], "images": { "deb": 5 }, "state": "present", "uri": bed.uri }), "images.deb");
+    special.add(
+        "stem traversal",
+        json!({ "stem": "../hx", "vms": ["1"], "image": "b", "state": "present", "uri": bed.uri }),
+        "vms[0]",
+    );
+    special.add(
+        "node spec garbage",
+        json!({ "stem": "hx-n", "vms": ["x;y"], "image": "b", "state": "present", "uri": bed.uri }),
+        "vms[0]",
+    );
+    special.add(
+        "image alias not a string",
+        json!({ "stem": "hx-n", "vms": ["1:deb"], "images": { "deb": 5 }, "state": "present", "uri": bed.uri }),
+        "images.deb",
+    );
     special.add("nothing at all", json!({}), "name");
     special.add("only state", json!({ "state": "present" }), "name");
     special.add("disk_size without image", json!({ "name": "hx-a", "disk_size": "1G", "disks": [{ "path": "/a.qcow2", "target": "vdb" }], "uri": bed.uri }), "disk_size");
     special.add("image volume not found", base.clone(), "image");
-    special.add("pool not found", with(&with(&base, "pool", json!("hx-no-such-pool")), "image", json!(bed.base_volume)), "pool");
+    special.add(
+        "pool not found",
+        with(&with(&base, "pool", json!("hx-no-such-pool")), "image", json!(bed.base_volume)),
+        "pool",
+    );
     special.add("vcpus zero", with(&base, "vcpus", json!(0)), "vcpus");
     special.add("vcpus beyond u32", with(&base, "vcpus", json!(1u64 << 40)), "vcpus");
     special.add("memory zero MiB", with(&base, "memory", json!("512K")), "memory");
@@ -338,7 +396,11 @@ fn snapshot_libvirt(bed: &Bed) -> ModuleCorpus {
     special.add("no snapshot", json!({ "name": "hx-none", "uri": bed.uri }), "snapshot");
     special.add("backing file without volume_path", with(&base, "mode", json!("backing_file")), "volume_path");
     for path in ["images", "../../etc", "", "/var/lib/../../etc"] {
-        special.add(&format!("volume_path {path:?}"), with(&with(&base, "mode", json!("backing_file")), "volume_path", json!(path)), "volume_path");
+        special.add(
+            &format!("volume_path {path:?}"),
+            with(&with(&base, "mode", json!("backing_file")), "volume_path", json!(path)),
+            "volume_path",
+        );
     }
     for (label, after) in [
         ("after_revert wait", json!({ "wait": "forever" })),
@@ -351,7 +413,11 @@ fn snapshot_libvirt(bed: &Bed) -> ModuleCorpus {
         special.add(label, with(&with(&base, "state", json!("reverted")), "after_revert", after), "after_revert");
     }
     for timeout in [json!(-1), json!(0), json!("x"), json!(1.5)] {
-        special.add("shutdown_timeout", with(&with(&base, "shutdown_first", json!(true)), "shutdown_timeout", timeout), "shutdown_timeout");
+        special.add(
+            "shutdown_timeout",
+            with(&with(&base, "shutdown_first", json!(true)), "shutdown_timeout", timeout),
+            "shutdown_timeout",
+        );
     }
     special.add("domain not found", base.clone(), "name");
     special.add("domain not found for revert", with(&base, "state", json!("reverted")), "name");
@@ -382,19 +448,39 @@ fn guest_provision(bed: &Bed) -> ModuleCorpus {
     special.add("stopped without name", json!({ "state": "stopped" }), "name");
     special.add("phases without lookup_dir", json!({ "state": "phases" }), "lookup_dir");
     special.add("reachable without host", json!({ "state": "reachable" }), "host");
-    special.add("cache_prepared without project", json!({ "state": "cache_prepared", "name": "hx-none" }), "project_id");
+    special.add(
+        "cache_prepared without project",
+        json!({ "state": "cache_prepared", "name": "hx-none" }),
+        "project_id",
+    );
     for port in [json!(70000), json!(-1), json!("ssh"), json!(1.5)] {
         special.add("port", json!({ "state": "reachable", "host": "hx-nowhere.invalid", "port": port }), "port");
     }
     for count in [json!(-1), json!("x"), json!(1u64 << 40)] {
-        special.add("retry_count", json!({ "state": "stopped", "name": "hx-none", "retry_count": count }), "retry_count");
+        special.add(
+            "retry_count",
+            json!({ "state": "stopped", "name": "hx-none", "retry_count": count }),
+            "retry_count",
+        );
     }
     for delay in [json!(-1), json!("x")] {
-        special.add("retry_delay", json!({ "state": "stopped", "name": "hx-none", "retry_delay": delay }), "retry_delay");
+        special.add(
+            "retry_delay",
+            json!({ "state": "stopped", "name": "hx-none", "retry_delay": delay }),
+            "retry_delay",
+        );
     }
-    special.add("allowed_phases a dict", json!({ "state": "phases", "lookup_dir": "/nonexistent/hx", "allowed_phases": { "a": 1 } }), "allowed_phases");
+    special.add(
+        "allowed_phases a dict",
+        json!({ "state": "phases", "lookup_dir": "/nonexistent/hx", "allowed_phases": { "a": 1 } }),
+        "allowed_phases",
+    );
     special.add("domain not found", base.clone(), "name");
-    special.add("domain not found on stop", json!({ "state": "stopped", "name": "hx-none", "uri": bed.uri, "retry_count": 0 }), "name");
+    special.add(
+        "domain not found on stop",
+        json!({ "state": "stopped", "name": "hx-none", "uri": bed.uri, "retry_count": 0 }),
+        "name",
+    );
     ModuleCorpus {
         module: "guest_provision",
         base,
@@ -411,7 +497,12 @@ fn guest_provision(bed: &Bed) -> ModuleCorpus {
 }
 
 fn libvirt_ping(bed: &Bed) -> ModuleCorpus {
-    ModuleCorpus { module: "libvirt_ping", base: json!({ "uri": bed.uri }), options: vec![("uri", Kind::Uri)], special: Specials::default() }
+    ModuleCorpus {
+        module: "libvirt_ping",
+        base: json!({ "uri": bed.uri }),
+        options: vec![("uri", Kind::Uri)],
+        special: Specials::default(),
+    }
 }
 
 /// Cases every module gets: unknown keys, arguments that are not an object or not JSON.
@@ -419,7 +510,12 @@ fn protocol_cases(module: &'static str, base: &Value) -> Vec<Case> {
     let mut cases = vec![];
     for key in ["colour", "NAME", "name ", "__proto__", "../etc/passwd", "ñame", "$(reboot)", "a\u{0}b", ""] {
         let args = with(base, key, json!(1));
-        cases.push(Case { module, label: format!("unknown key {key:?}"), payload: Payload::Json(args), parameter: key.to_string() });
+        cases.push(Case {
+            module,
+            label: format!("unknown key {key:?}"),
+            payload: Payload::Json(args),
+            parameter: key.to_string(),
+        });
     }
     let not_objects: [(&str, &[u8]); 9] = [
         ("a list", b"[1, 2]"),
@@ -433,10 +529,20 @@ fn protocol_cases(module: &'static str, base: &Value) -> Vec<Case> {
         ("a YAML document", b"name: x\nstate: present\n"),
     ];
     for (label, bytes) in not_objects {
-        cases.push(Case { module, label: label.to_string(), payload: Payload::Raw(bytes.to_vec()), parameter: "module arguments".into() });
+        cases.push(Case {
+            module,
+            label: label.to_string(),
+            payload: Payload::Raw(bytes.to_vec()),
+            parameter: "module arguments".into(),
+        });
     }
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    cases.push(Case { module, label: "nested 100000 deep".into(), payload: Payload::Raw(deep.into_bytes()), parameter: "module arguments".into() });
+    cases.push(Case {
+        module,
+        label: "nested 100000 deep".into(),
+        payload: Payload::Raw(deep.into_bytes()),
+        parameter: "module arguments".into(),
+    });
     cases
 }
 
@@ -516,7 +622,12 @@ fn path_str(path: &Path) -> &str {
 fn hypervisor_objects(bed: &Bed) -> BTreeSet<String> {
     let virsh = |args: &[&str]| -> Vec<String> {
         let output = Command::new("virsh").arg("-c").arg(&bed.uri).args(args).output().expect("run virsh");
-        String::from_utf8_lossy(&output.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
     };
     let mut objects = BTreeSet::new();
     for domain in virsh(&["list", "--all", "--name"]) {
@@ -554,7 +665,10 @@ fn every_module_refuses_hostile_input_naming_the_parameter() {
     let before = hypervisor_objects(bed);
     let started = Instant::now();
     let verdicts: Vec<(Verdict, String)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = cases.chunks(cases.len().div_ceil(4)).map(|chunk| scope.spawn(move || chunk.iter().map(|case| judge(bed, case)).collect::<Vec<_>>())).collect();
+        let workers: Vec<_> = cases
+            .chunks(cases.len().div_ceil(4))
+            .map(|chunk| scope.spawn(move || chunk.iter().map(|case| judge(bed, case)).collect::<Vec<_>>()))
+            .collect();
         workers.into_iter().flat_map(|worker| worker.join().expect("a corpus worker")).collect()
     });
     let elapsed = started.elapsed();
@@ -564,7 +678,10 @@ fn every_module_refuses_hostile_input_naming_the_parameter() {
 
     let mut bad = vec![];
     println!("\nhostile corpus: {} cases in {:.1} s", cases.len(), elapsed.as_secs_f64());
-    println!("{:<18} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9}", "module", "cases", "refused", "panics", "non-JSON", "unnamed", "accepted");
+    println!(
+        "{:<18} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "module", "cases", "refused", "panics", "non-JSON", "unnamed", "accepted"
+    );
     for module in ["kvm_provision", "snapshot_libvirt", "guest_provision", "libvirt_ping"] {
         let of_module: Vec<_> = cases.iter().zip(&verdicts).filter(|(case, _)| case.module == module).collect();
         let count = |wanted: Verdict| of_module.iter().filter(|(_, (verdict, _))| *verdict == wanted).count();
@@ -628,7 +745,10 @@ impl Drop for Removed {
 
 /// The secrets found in `text`, as written or as JSON escapes them.
 fn leaked(text: &str) -> Vec<&'static str> {
-    SECRETS.into_iter().filter(|secret| text.contains(secret) || text.contains(json!(secret).to_string().trim_matches('"'))).collect()
+    SECRETS
+        .into_iter()
+        .filter(|secret| text.contains(secret) || text.contains(json!(secret).to_string().trim_matches('"')))
+        .collect()
 }
 
 /// Secrets never leave kvm_provision: not in results, invocation, warnings, diff or
@@ -654,12 +774,17 @@ fn secrets_never_reach_any_output() {
         }
     }
     let seed = bed.disks_dir.join(format!("{name}-seed.iso"));
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&seed).expect("the seed volume").permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&seed).expect("the seed volume").permissions());
     assert_eq!(mode & 0o777, 0o600, "{} is {mode:o}", seed.display());
     let seed_bytes = std::fs::read(&seed).expect("read the seed");
     let in_seed = |secret: &str| seed_bytes.windows(secret.len()).any(|window| window == secret.as_bytes());
     assert!(in_seed(SECRETS[1]), "masking must not reach the guest: the seed carries the real user data");
-    assert!(outputs[0].contains("VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"), "invocation is masked, not dropped: {}", outputs[0]);
+    assert!(
+        outputs[0].contains("VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"),
+        "invocation is masked, not dropped: {}",
+        outputs[0]
+    );
 
     let mut failing = args.clone();
     failing["vms"][0]["memory"] = json!(SECRETS[2]);
@@ -684,6 +809,10 @@ fn secrets_never_reach_any_output() {
     assert!(!seed.exists(), "the seed is removed with the VM");
 
     let leaks: Vec<_> = outputs.iter().flat_map(|output| leaked(output)).collect();
-    println!("\nsecrets: {} outputs searched (verbosity 0-4, check, diff, failure, ansible-playbook -vvvv), leaks: {}", outputs.len(), leaks.len());
+    println!(
+        "\nsecrets: {} outputs searched (verbosity 0-4, check, diff, failure, ansible-playbook -vvvv), leaks: {}",
+        outputs.len(),
+        leaks.len()
+    );
     assert!(leaks.is_empty(), "leaked: {leaks:?}");
 }

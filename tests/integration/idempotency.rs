@@ -86,7 +86,12 @@ impl Table {
     fn finish(&self) {
         let table = self.render();
         eprintln!("\nIdempotency table (check mode, first run, second run, check mode again):\n{table}");
-        let wrong: Vec<String> = self.0.iter().filter(|r| r.changed != r.expect.pattern()).map(|r| format!("{} {}", r.module, r.case)).collect();
+        let wrong: Vec<String> = self
+            .0
+            .iter()
+            .filter(|r| r.changed != r.expect.pattern())
+            .map(|r| format!("{} {}", r.module, r.case))
+            .collect();
         assert!(wrong.is_empty(), "not idempotent: {}\n{table}", wrong.join(", "));
     }
 }
@@ -110,7 +115,11 @@ impl Drop for Cleanup {
         bed.run_module("kvm_provision", json!({ "uri": bed.uri, "vms": self.names.each_ref().map(|name| json!({ "name": name })), "state": "absent", "remove_storage": true }));
         for entry in std::fs::read_dir(&bed.disks_dir).into_iter().flatten().flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            if self.names.iter().any(|vm| file.starts_with(&format!("{vm}.qcow2")) || file.starts_with(&format!("{vm}-vda."))) {
+            if self
+                .names
+                .iter()
+                .any(|vm| file.starts_with(&format!("{vm}.qcow2")) || file.starts_with(&format!("{vm}-vda.")))
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -156,15 +165,31 @@ fn every_module_and_state_twice_changes_nothing_the_second_time() {
     let external = snapshot(json!({ "snapshot": "id-ext", "type": "external" }));
     // libvirt 9.0 cannot delete an external snapshot whose parent is internal: one kind at a time.
     table.twice("snapshot_libvirt", "present, type: internal (with RAM)", internal.clone(), Expect::Converges);
-    table.twice("snapshot_libvirt", "reverted (internal)", with(internal.clone(), json!({ "state": "reverted" })), Expect::EveryRun);
-    table.twice("snapshot_libvirt", "absent (internal)", with(internal, json!({ "state": "absent" })), Expect::Converges);
+    table.twice(
+        "snapshot_libvirt",
+        "reverted (internal)",
+        with(internal.clone(), json!({ "state": "reverted" })),
+        Expect::EveryRun,
+    );
+    table.twice(
+        "snapshot_libvirt",
+        "absent (internal)",
+        with(internal, json!({ "state": "absent" })),
+        Expect::Converges,
+    );
     table.twice("snapshot_libvirt", "present, type: external (quiesced)", external.clone(), Expect::Converges);
     table.twice("snapshot_libvirt", "list", snapshot(json!({ "state": "list" })), Expect::ReadOnly);
-    table.twice("snapshot_libvirt", "absent (external: merged)", with(external, json!({ "state": "absent" })), Expect::Converges);
+    table.twice(
+        "snapshot_libvirt",
+        "absent (external: merged)",
+        with(external, json!({ "state": "absent" })),
+        Expect::Converges,
+    );
 
     // guest_provision's lifecycle on the same guest.
     std::fs::write(phases.join("init.yaml"), "- ansible.builtin.debug: msg=init\n").expect("write a phase file");
-    let plan = table.twice("guest_provision", "phases", json!({ "state": "phases", "lookup_dir": phases }), Expect::ReadOnly);
+    let plan =
+        table.twice("guest_provision", "phases", json!({ "state": "phases", "lookup_dir": phases }), Expect::ReadOnly);
     let revision = plan["revision"].as_str().unwrap_or_else(|| panic!("no revision: {plan}"));
     let cache = json!({ "uri": bed.uri, "name": a, "project_id": "idp", "revision": revision });
     let prepared = with(cache.clone(), json!({ "state": "cache_prepared" }));
@@ -172,7 +197,12 @@ fn every_module_and_state_twice_changes_nothing_the_second_time() {
     table.twice("guest_provision", "cache_saved", with(cache, json!({ "state": "cache_saved" })), Expect::Converges);
     table.twice("guest_provision", "cache_prepared (restore init)", prepared, Expect::EveryRun);
     let lifecycle = json!({ "uri": bed.uri, "name": a, "retry_delay": 5, "retry_count": 12 });
-    table.twice("guest_provision", "stopped", with(lifecycle.clone(), json!({ "state": "stopped" })), Expect::Converges);
+    table.twice(
+        "guest_provision",
+        "stopped",
+        with(lifecycle.clone(), json!({ "state": "stopped" })),
+        Expect::Converges,
+    );
     let started = {
         let _slot = bed.boot_slot();
         let started = with(lifecycle, json!({ "state": "started", "wait": "lease", "timeout": 600 }));
@@ -198,7 +228,8 @@ fn every_module_and_state_twice_changes_nothing_the_second_time() {
     table.twice("snapshot_libvirt", "mode: backing_file, absent (merged back)", backing("absent"), Expect::Converges);
     assert!(!Path::new(&format!("{}/{b}.qcow2.bak", bed.disks_dir.display())).exists(), "the level is merged back");
 
-    let gone = json!({ "uri": bed.uri, "vms": [{ "name": a }, { "name": b }], "state": "absent", "remove_storage": true });
+    let gone =
+        json!({ "uri": bed.uri, "vms": [{ "name": a }, { "name": b }], "state": "absent", "remove_storage": true });
     table.twice("kvm_provision", "absent, remove_storage (both guests)", gone, Expect::Converges);
     for name in [&a, &b] {
         assert!(!bed.disks_dir.join(format!("{name}.qcow2")).exists(), "{name}'s disk is deleted");

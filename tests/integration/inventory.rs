@@ -34,7 +34,11 @@ fn inventory_of_leased_agent_only_and_shut_off_guests() {
 
     // The executable alone, with an independent count of its RPCs from libvirt's client log.
     let log = bed::tempdir().join("rpc.log");
-    let run = inventory_exe(bed, &["--list", "--uri", &bed.uri, "--stats"], &[("LIBVIRT_LOG_FILTERS", "1:rpc"), ("LIBVIRT_LOG_OUTPUTS", &format!("1:file:{}", log.display()))]);
+    let run = inventory_exe(
+        bed,
+        &["--list", "--uri", &bed.uri, "--stats"],
+        &[("LIBVIRT_LOG_FILTERS", "1:rpc"), ("LIBVIRT_LOG_OUTPUTS", &format!("1:file:{}", log.display()))],
+    );
     let listed = stdout_json(&run);
     let hostvars = &listed["_meta"]["hostvars"];
     for (name, ip) in names.iter().zip(&ips).take(2) {
@@ -51,7 +55,10 @@ fn inventory_of_leased_agent_only_and_shut_off_guests() {
     let stats = Stats::from_stderr(&run);
     let rpcs = std::fs::read_to_string(&log).expect("client log").matches("RPC_CLIENT_MSG_TX_QUEUE").count();
     let allowed = stats.allowed_calls(&listed);
-    eprintln!("inventory: {} domains, {} calls counted, {rpcs} RPCs logged, {allowed} allowed", stats.domains, stats.calls);
+    eprintln!(
+        "inventory: {} domains, {} calls counted, {rpcs} RPCs logged, {allowed} allowed",
+        stats.domains, stats.calls
+    );
     assert!(stats.calls <= allowed, "{} calls for {allowed} allowed", stats.calls);
     // Opening and closing the connection costs a handful of RPCs on top of the scan's calls.
     assert!(rpcs <= stats.calls as usize + 8, "{rpcs} RPCs for {} calls", stats.calls);
@@ -79,7 +86,10 @@ fn inventory_of_leased_agent_only_and_shut_off_guests() {
     let ping = ping_over_ssh(bed, exe, &names.join(","));
     let ping = String::from_utf8_lossy(&ping.stdout);
     for name in &names {
-        assert!(ping.lines().any(|l| l.starts_with(&format!("{name} | SUCCESS")) && l.contains("pong")), "{name}: {ping}");
+        assert!(
+            ping.lines().any(|l| l.starts_with(&format!("{name} | SUCCESS")) && l.contains("pong")),
+            "{name}: {ping}"
+        );
     }
 
     // The plugin, from a collection tree assembled here, with keyed_groups and compose.
@@ -102,7 +112,8 @@ fn inventory_of_leased_agent_only_and_shut_off_guests() {
         let stderr = String::from_utf8_lossy(&failed.stderr);
         assert!(!failed.status.success() && stderr.contains(says), "{bad}: {stderr}");
     }
-    let unreachable_only = "plugin: virtfarm.libvirt.libvirt_leases\nuris: [\"qemu+unix:///system?socket=/nonexistent\"]\n";
+    let unreachable_only =
+        "plugin: virtfarm.libvirt.libvirt_leases\nuris: [\"qemu+unix:///system?socket=/nonexistent\"]\n";
     std::fs::write(&config, unreachable_only).expect("write the plugin config");
     let failed = ansible(bed, "ansible-inventory", &["-i", config_arg, "--list"], &[], Some(&collection));
     let stderr = String::from_utf8_lossy(&failed.stderr);
@@ -131,7 +142,8 @@ fn thousand_domains_list_fast(bed: &Bed) {
     }
     let run = last.expect("ran");
     let listed = stdout_json(&run);
-    let fixture_hosts = listed["_meta"]["hostvars"].as_object().expect("hostvars").keys().filter(|h| h.starts_with("iv-fx-")).count();
+    let fixture_hosts =
+        listed["_meta"]["hostvars"].as_object().expect("hostvars").keys().filter(|h| h.starts_with("iv-fx-")).count();
     assert_eq!(fixture_hosts, FIXTURE_DOMAINS);
     let stats = Stats::from_stderr(&run);
     assert!(stats.calls <= stats.allowed_calls(&listed), "{} calls", stats.calls);
@@ -185,7 +197,9 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let bed = Bed::get();
-        edit_lease_file(bed, |current| current.retain(|l| !l["mac-address"].as_str().unwrap_or("").starts_with(FIXTURE_MAC_PREFIX)));
+        edit_lease_file(bed, |current| {
+            current.retain(|l| !l["mac-address"].as_str().unwrap_or("").starts_with(FIXTURE_MAC_PREFIX))
+        });
         if let Ok(conn) = virt::connect::Connect::open(Some(&bed.uri)) {
             for name in &self.names {
                 if let Ok(domain) = conn.lookup_domain_by_name(name) {
@@ -207,7 +221,8 @@ fn define_shut_off(bed: &Bed, name: &str) -> TestVm {
 /// Rewrites libvirt's lease status file of the bed network in place (atomically).
 fn edit_lease_file(bed: &Bed, edit: impl FnOnce(&mut Vec<Value>)) {
     let path = PathBuf::from(format!("/var/lib/libvirt/dnsmasq/{}.status", bed.bridge));
-    let mut leases: Vec<Value> = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let mut leases: Vec<Value> =
+        std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     edit(&mut leases);
     let partial = path.with_extension("status.iv-partial");
     std::fs::write(&partial, serde_json::to_string_pretty(&leases).expect("JSON")).expect("write the lease file");
@@ -215,14 +230,22 @@ fn edit_lease_file(bed: &Bed, edit: impl FnOnce(&mut Vec<Value>)) {
 }
 
 fn inventory_exe(bed: &Bed, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(bed.binary("libvirt_inventory")).args(args).envs(env.iter().copied()).output().expect("run libvirt_inventory")
+    Command::new(bed.binary("libvirt_inventory"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run libvirt_inventory")
 }
 
 /// Runs an Ansible program of the bed's venv outside the namespace (inventory work only
 /// talks to libvirt's socket), failing on unparsable sources.
 fn ansible(bed: &Bed, program: &str, args: &[&str], env: &[(&str, &str)], collections: Option<&Path>) -> Output {
     let mut command = Command::new(bed.venv.join("bin").join(program));
-    command.args(args).envs(env.iter().copied()).env("ANSIBLE_INVENTORY_UNPARSED_FAILED", "1").env("ANSIBLE_NOCOLOR", "1");
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .env("ANSIBLE_INVENTORY_UNPARSED_FAILED", "1")
+        .env("ANSIBLE_NOCOLOR", "1");
     if let Some(path) = collections {
         command.env("ANSIBLE_COLLECTIONS_PATH", path);
     }
@@ -260,7 +283,11 @@ fn assemble_collection(executable: &PathBuf) -> PathBuf {
 
 fn stdout_json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!("not JSON ({e}):\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+        panic!(
+            "not JSON ({e}):\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
     })
 }
 
@@ -278,7 +305,8 @@ struct Stats {
 impl Stats {
     fn from_stderr(output: &Output) -> Stats {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let line = stderr.lines().find(|l| l.contains("libvirt calls")).unwrap_or_else(|| panic!("no stats in {stderr}"));
+        let line =
+            stderr.lines().find(|l| l.contains("libvirt calls")).unwrap_or_else(|| panic!("no stats in {stderr}"));
         let numbers: Vec<f64> = line
             .split(|c: char| !(c.is_ascii_digit() || c == '.'))
             .filter_map(|w| w.trim_matches('.').parse().ok())
@@ -292,9 +320,13 @@ impl Stats {
     /// reservations, and two (agent, ARP) per running domain without a lease.
     fn allowed_calls(&self, listed: &Value) -> u64 {
         let hostvars = listed["_meta"]["hostvars"].as_object().expect("hostvars");
-        let networks: std::collections::BTreeSet<&str> =
-            hostvars.values().flat_map(|h| h["libvirt_interfaces"].as_array().into_iter().flatten()).filter_map(|i| i["network"].as_str()).collect();
-        let unleased = hostvars.values().filter(|h| h["libvirt_state"] == "running" && h["libvirt_ip_source"] != "lease").count();
+        let networks: std::collections::BTreeSet<&str> = hostvars
+            .values()
+            .flat_map(|h| h["libvirt_interfaces"].as_array().into_iter().flatten())
+            .filter_map(|i| i["network"].as_str())
+            .collect();
+        let unleased =
+            hostvars.values().filter(|h| h["libvirt_state"] == "running" && h["libvirt_ip_source"] != "lease").count();
         1 + self.domains + 4 * networks.len() as u64 + 2 * unleased as u64
     }
 }

@@ -131,7 +131,8 @@ fn three_guests_in_one_call_through_their_whole_life() {
     assert_eq!(vms(&restarted)[0]["state"], "running");
     assert!(vms(&restarted)[0]["ip"].is_string(), "{restarted}");
 
-    let gone = bed.run_module("kvm_provision", with(args.clone(), json!({ "state": "absent", "remove_storage": true })));
+    let gone =
+        bed.run_module("kvm_provision", with(args.clone(), json!({ "state": "absent", "remove_storage": true })));
     assert_ok(&gone);
     for (name, vm) in names.iter().zip(vms(&created)) {
         assert!(hypervisor.find_vm(name).expect("lookup").is_none(), "{name} is gone");
@@ -165,12 +166,18 @@ fn definitions_conflicts_remote_uri_and_bad_arguments() {
     let defined = bed.run_module("kvm_provision", legacy.clone());
     assert_ok(&defined);
     let xml = hypervisor.vm(&legacy_name).expect("defined").xml(true).expect("xml");
-    assert!(xml.contains("<vf:platform>debian_12</vf:platform>") && xml.contains("<vf:target>amd64</vf:target>"), "{xml}");
+    assert!(
+        xml.contains("<vf:platform>debian_12</vf:platform>") && xml.contains("<vf:target>amd64</vf:target>"),
+        "{xml}"
+    );
     assert_eq!(memory_mib(&hypervisor, &legacy_name), 320);
     assert_eq!(bed.run_module("kvm_provision", legacy.clone())["changed"], false);
 
     // Check mode on a new guest changes nothing.
-    let fresh = with(base_args(bed), json!({ "name": format!("{prefix}-fresh"), "state": "present", "_ansible_check_mode": true }));
+    let fresh = with(
+        base_args(bed),
+        json!({ "name": format!("{prefix}-fresh"), "state": "present", "_ansible_check_mode": true }),
+    );
     let checked = bed.run_module("kvm_provision", fresh);
     assert_eq!(checked["changed"], true, "{checked}");
     assert!(hypervisor.find_vm(&format!("{prefix}-fresh")).expect("lookup").is_none());
@@ -199,7 +206,10 @@ fn definitions_conflicts_remote_uri_and_bad_arguments() {
     );
     let _twin_cleanup = Cleanup(twin.clone());
     let refused = bed.run_module("kvm_provision", twin);
-    assert!(refused["msg"].as_str().expect("msg").contains(&format!("already used by domain {prefix}-owner")), "{refused}");
+    assert!(
+        refused["msg"].as_str().expect("msg").contains(&format!("already used by domain {prefix}-owner")),
+        "{refused}"
+    );
     let clash = with(
         base_args(bed),
         json!({ "name": format!("{prefix}-clash"), "state": "present",
@@ -229,7 +239,10 @@ fn definitions_conflicts_remote_uri_and_bad_arguments() {
         (json!({ "name": "kp-x", "image": "b", "networks": [{ "network": "n", "mac": "1:2" }] }), "networks[0].mac"),
         (json!({ "name": "kp-x", "image": "b", "bogus": 1 }), "bogus"),
         (json!({ "stem": "kp", "vms": ["x1"], "image": "b" }), "vms[0]"),
-        (json!({ "name": "kp-x", "uri": bed.uri, "image": "no-such-volume", "pool": bed.disks_pool, "state": "present" }), "image"),
+        (
+            json!({ "name": "kp-x", "uri": bed.uri, "image": "no-such-volume", "pool": bed.disks_pool, "state": "present" }),
+            "image",
+        ),
     ];
     for (args, parameter) in bad {
         let result = bed.run_module("kvm_provision", args.clone());

@@ -3,29 +3,29 @@
 //! VM tests are `#[ignore]`d so that a plain `cargo test` needs no daemon;
 //! `cargo xtask test` brings the bed up and runs them with `--include-ignored`.
 
+/// The bed itself: a guest boots from a linked clone, leases, answers its agent and SSH.
+mod bed_smoke;
 /// The collection as installed from its tarball: docs, ad-hoc use.
 mod collection;
 /// The demo playbook, end to end.
 mod demo;
-/// The thin roles with the variables of the roles they replace.
-mod roles;
-/// The collection's Molecule scenario.
-mod molecule;
-/// The bed itself: a guest boots from a linked clone, leases, answers its agent and SSH.
-mod bed_smoke;
-/// kvm_provision: define, start, change, stop and remove VMs.
-mod kvm_provision;
-/// snapshot_libvirt: internal and external snapshots, groups, the backing-file mode.
-mod snapshot_libvirt;
-/// libvirt_inventory: the executable and the inventory plugin.
-mod inventory;
-/// guest_provision and the roles: the cached lifecycle through ansible-playbook.
-mod guest_provision;
-/// Hostile input against every module binary: failed JSON naming the parameter, nothing changed.
-mod hostile;
 /// Faults on the bed: daemon restarts, silent guests, killed operations, full pools, concurrent runs.
 mod faults;
 /// Fleets: placement, provisioning, snapshots and inventory across two hypervisors.
 mod fleet;
+/// guest_provision and the roles: the cached lifecycle through ansible-playbook.
+mod guest_provision;
+/// Hostile input against every module binary: failed JSON naming the parameter, nothing changed.
+mod hostile;
 /// Every module and every state, twice: the second run changes nothing.
 mod idempotency;
+/// libvirt_inventory: the executable and the inventory plugin.
+mod inventory;
+/// kvm_provision: define, start, change, stop and remove VMs.
+mod kvm_provision;
+/// The collection's Molecule scenario.
+mod molecule;
+/// The thin roles with the variables of the roles they replace.
+mod roles;
+/// snapshot_libvirt: internal and external snapshots, groups, the backing-file mode.
+mod snapshot_libvirt;

@@ -23,7 +23,10 @@ fn the_snapshot_role_takes_tripleo_snapshot_libvirt_variables() {
             "overcloud_nodes": [{ "name": node.name }],
         });
         vars.as_object_mut().expect("an object").extend(extra.as_object().expect("an object").clone());
-        let run = bed.ansible("ansible-playbook", &["-i", "localhost,", playbook.to_str().expect("UTF-8"), "-e", &vars.to_string()]);
+        let run = bed.ansible(
+            "ansible-playbook",
+            &["-i", "localhost,", playbook.to_str().expect("UTF-8"), "-e", &vars.to_string()],
+        );
         assert!(run.success, "{extra}:\n{}\n{}", run.stdout, run.stderr);
     };
 
@@ -44,7 +47,11 @@ fn the_snapshot_role_takes_tripleo_snapshot_libvirt_variables() {
 
 /// The backing file `qemu-img` reports for `disk`.
 fn backing_file(disk: &std::path::Path) -> String {
-    let out = std::process::Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(disk).output().expect("run qemu-img");
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(disk)
+        .output()
+        .expect("run qemu-img");
     let info: Value = serde_json::from_slice(&out.stdout).expect("qemu-img JSON");
     info["full-backing-filename"].as_str().or(info["backing-filename"].as_str()).unwrap_or_default().to_string()
 }

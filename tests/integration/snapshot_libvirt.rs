@@ -52,7 +52,11 @@ impl Drop for Overlays {
         let bed = Bed::get();
         for entry in std::fs::read_dir(&bed.disks_dir).into_iter().flatten().flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            if self.0.iter().any(|vm| file.starts_with(&format!("{vm}-vda.")) || file.starts_with(&format!("{vm}.qcow2."))) {
+            if self
+                .0
+                .iter()
+                .any(|vm| file.starts_with(&format!("{vm}-vda.")) || file.starts_with(&format!("{vm}.qcow2.")))
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -97,12 +101,21 @@ fn internal_external_group_check_mode_and_bad_input_on_two_guests() {
 
     // Internal, running guest: check mode, create, idempotent create.
     let internal = json!({"uri": uri, "name": a.name, "snapshot": "clean"});
-    let check = ok(json!({"uri": uri, "name": a.name, "snapshot": "clean", "_ansible_check_mode": true, "_ansible_diff": true}));
+    let check = ok(
+        json!({"uri": uri, "name": a.name, "snapshot": "clean", "_ansible_check_mode": true, "_ansible_diff": true}),
+    );
     assert_eq!(check["changed"], true, "{check}");
     assert_eq!(check["diff"]["after"][&a.name], json!(["clean"]), "{check}");
-    assert!(ok(json!({"uri": uri, "name": a.name, "state": "list"}))["snapshots"].as_array().unwrap().is_empty(), "check mode created nothing");
+    assert!(
+        ok(json!({"uri": uri, "name": a.name, "state": "list"}))["snapshots"].as_array().unwrap().is_empty(),
+        "check mode created nothing"
+    );
     let created = ok(internal.clone());
-    assert_eq!((created["changed"].clone(), created["vms"][0]["type"].clone()), (json!(true), json!("internal")), "{created}");
+    assert_eq!(
+        (created["changed"].clone(), created["vms"][0]["type"].clone()),
+        (json!(true), json!("internal")),
+        "{created}"
+    );
     assert_eq!(created["vms"][0]["memory"], true, "{created}");
     let internal_create = seconds(&created);
     assert_eq!(ok(internal.clone())["changed"], false, "present twice");
@@ -110,7 +123,11 @@ fn internal_external_group_check_mode_and_bad_input_on_two_guests() {
     // Change, revert, change gone, clock synced.
     write(&ip_a, "/home/ansible/after-internal");
     let revert = json!({"uri": uri, "name": a.name, "snapshot": "clean", "state": "reverted"});
-    assert_eq!(ok(json!({"uri": uri, "name": a.name, "snapshot": "clean", "state": "reverted", "_ansible_check_mode": true}))["changed"], true);
+    assert_eq!(
+        ok(json!({"uri": uri, "name": a.name, "snapshot": "clean", "state": "reverted", "_ansible_check_mode": true}))
+            ["changed"],
+        true
+    );
     assert!(exists(&ip_a, "/home/ansible/after-internal"), "check mode reverted nothing");
     let reverted = ok(revert.clone());
     assert_eq!(reverted["vms"][0]["clock"], "synced", "{reverted}");
@@ -150,7 +167,9 @@ fn internal_external_group_check_mode_and_bad_input_on_two_guests() {
     }
 
     // Revert to e1: a fresh overlay on e1's image, the old one removed, the files gone.
-    let reverted = ok(json!({"uri": uri, "name": a.name, "snapshot": "e1", "state": "reverted", "after_revert": {"wait": "lease", "timeout": 400}}));
+    let reverted = ok(
+        json!({"uri": uri, "name": a.name, "snapshot": "e1", "state": "reverted", "after_revert": {"wait": "lease", "timeout": 400}}),
+    );
     let vm = &reverted["vms"][0];
     assert_eq!((vm["type"].as_str(), vm["power_state"].as_str()), (Some("external"), Some("running")), "{reverted}");
     let removed: Vec<&str> = vm["removed_files"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
@@ -179,7 +198,10 @@ fn internal_external_group_check_mode_and_bad_input_on_two_guests() {
     let reverted = ok(json!({"uri": uri, "names": [a.name, b.name], "snapshot": "g1", "state": "reverted"}));
     assert_eq!(reverted["vms"].as_array().unwrap().len(), 2, "{reverted}");
     assert!(!exists(&ip_a, "/home/ansible/g") && !exists(&ip_b, "/home/ansible/g"), "group revert");
-    assert_eq!(ok(json!({"uri": uri, "names": [a.name, b.name], "snapshot": "g1", "state": "absent"}))["changed"], true);
+    assert_eq!(
+        ok(json!({"uri": uri, "names": [a.name, b.name], "snapshot": "g1", "state": "absent"}))["changed"],
+        true
+    );
 
     backing_file_levels(&b, &ip_b, &a.name);
 
@@ -193,7 +215,8 @@ fn internal_external_group_check_mode_and_bad_input_on_two_guests() {
 /// shut off (an internal snapshot without RAM works), the other runs (libvirt refuses one).
 fn group_roll_back(off: &TestVm, running: &str) {
     let bed = Bed::get();
-    let args = json!({"uri": bed.uri, "names": [off.name, running], "snapshot": "half", "type": "internal", "memory": false});
+    let args =
+        json!({"uri": bed.uri, "names": [off.name, running], "snapshot": "half", "type": "internal", "memory": false});
     let reply = bed.run_module(MODULE, args);
     assert_eq!(reply["failed"], true, "{reply}");
     assert!(reply["msg"].as_str().unwrap().contains(&format!("rolled back on {}", off.name)), "{reply}");
@@ -230,7 +253,10 @@ fn backing_file_levels(vm: &TestVm, ip: &str, running: &str) {
     let (restored, ip) = call(args("reverted", None));
     assert_eq!(restored["vms"][0]["action"], "restored", "{restored}");
     eprintln!("snapshot_libvirt: backing_file restore (with shutdown and start) {:.2} s", seconds(&restored));
-    assert!(exists(&ip, "/home/ansible/committed") && !exists(&ip, "/home/ansible/dropped"), "restore keeps the committed state only");
+    assert!(
+        exists(&ip, "/home/ansible/committed") && !exists(&ip, "/home/ansible/dropped"),
+        "restore keeps the committed state only"
+    );
 
     // Offline from here: the module leaves a shut-off domain shut off.
     virtfarm_libvirt::power::stop(&domain, &virtfarm_libvirt::power::StopPolicy::default()).unwrap();
@@ -255,7 +281,11 @@ fn backing_file_levels(vm: &TestVm, ip: &str, running: &str) {
 /// Runs `act`, which (re)starts `domain`, and waits until the guest answers SSH at its fresh
 /// lease: it may come back with another address (its DHCP client id follows a machine-id
 /// that the disk may not have kept).
-fn after_restart<T>(hv: &virtfarm_libvirt::Hypervisor, domain: &virtfarm_libvirt::Vm, act: impl FnOnce() -> T) -> (T, String) {
+fn after_restart<T>(
+    hv: &virtfarm_libvirt::Hypervisor,
+    domain: &virtfarm_libvirt::Vm,
+    act: impl FnOnce() -> T,
+) -> (T, String) {
     use virtfarm_libvirt::wait::{self, LeaseBaseline, Readiness, Signal};
     let bed = Bed::get();
     let baseline = LeaseBaseline::capture(hv, domain).unwrap();

@@ -49,7 +49,11 @@ pub fn build_and_install(root: &Path, venv: &Path) -> Result<PathBuf> {
     let tarball_str = tarball.to_str().context("non-UTF-8 path")?;
     let installed_str = installed.to_str().context("non-UTF-8 path")?;
     sh::run(galaxy, &["collection", "install", tarball_str, "-p", installed_str, "--force"])?;
-    eprintln!("collection: {} ({} KiB), installed in {installed_str}", tarball.display(), std::fs::metadata(&tarball)?.len() / 1024);
+    eprintln!(
+        "collection: {} ({} KiB), installed in {installed_str}",
+        tarball.display(),
+        std::fs::metadata(&tarball)?.len() / 1024
+    );
     Ok(installed)
 }
 

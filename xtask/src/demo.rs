@@ -70,7 +70,8 @@ pub fn run(root: &Path) -> Result<()> {
     step("clean up");
     if !status.success() {
         // The playbook stopped before its own clean-up: remove what it made.
-        let cleanup = json!({"uri": bed::URI, "stem": "demo", "vms": ["1", "2"], "state": "absent", "remove_storage": true});
+        let cleanup =
+            json!({"uri": bed::URI, "stem": "demo", "vms": ["1", "2"], "state": "absent", "remove_storage": true});
         let _ = Command::new(venv.join("bin/ansible"))
             .args(["localhost", "-c", "local", "-i", "localhost,", "-m", "virtfarm.libvirt.kvm_provision", "-a"])
             .arg(cleanup.to_string())

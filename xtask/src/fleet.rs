@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use crate::image::GuestImage;
 use crate::bed::{self, path_str, wait_until};
+use crate::image::GuestImage;
 use crate::sh;
 
 /// The network namespace of the second daemon, its guests and its sshd.
@@ -150,7 +150,10 @@ fn private_dir(name: &str) -> PathBuf {
 fn link_namespaces() -> Result<()> {
     sh::run("ip", &["netns", "add", NETNS])?;
     in_netns(NETNS, &["ip", "link", "set", "lo", "up"])?;
-    sh::run("ip", &["link", "add", VETH_BED, "netns", bed::NETNS, "type", "veth", "peer", "name", VETH_FLEET, "netns", NETNS])?;
+    sh::run(
+        "ip",
+        &["link", "add", VETH_BED, "netns", bed::NETNS, "type", "veth", "peer", "name", VETH_FLEET, "netns", NETNS],
+    )?;
     in_netns(bed::NETNS, &["ip", "addr", "add", &format!("{ADDRESS_BED}/30"), "dev", VETH_BED])?;
     in_netns(bed::NETNS, &["ip", "link", "set", VETH_BED, "up"])?;
     in_netns(NETNS, &["ip", "addr", "add", &format!("{ADDRESS_FLEET}/30"), "dev", VETH_FLEET])?;

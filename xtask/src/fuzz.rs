@@ -32,12 +32,17 @@ pub fn run(root: &Path, seconds: u64) -> Result<()> {
     for target in targets {
         let corpus = format!("{fuzz_dir}/corpus/{target}");
         std::fs::create_dir_all(&corpus).with_context(|| format!("creating {corpus}"))?;
-        sh::run("cargo", &["fuzz", "run", "--fuzz-dir", fuzz_dir, target, &corpus, "--", &max_time, "-rss_limit_mb=2048"])?;
+        sh::run(
+            "cargo",
+            &["fuzz", "run", "--fuzz-dir", fuzz_dir, target, &corpus, "--", &max_time, "-rss_limit_mb=2048"],
+        )?;
     }
     Ok(())
 }
 
 /// The seconds argument: a whole number, or the default when absent.
 pub fn seconds(arg: Option<&str>) -> Result<u64> {
-    arg.map_or(Ok(DEFAULT_SECONDS), |text| text.parse().with_context(|| format!("fuzz: {text:?} is not a number of seconds")))
+    arg.map_or(Ok(DEFAULT_SECONDS), |text| {
+        text.parse().with_context(|| format!("fuzz: {text:?} is not a number of seconds"))
+    })
 }

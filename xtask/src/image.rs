@@ -57,7 +57,10 @@ pub fn ensure(root: &Path) -> Result<GuestImage> {
     let _ = std::fs::remove_dir_all(&building);
     std::fs::create_dir_all(&building)?;
     let started = std::time::Instant::now();
-    sh::run("bash", &[recipe.to_str().context("non-UTF-8 path")?, building.to_str().context("non-UTF-8 path")?, &mirror()])?;
+    sh::run(
+        "bash",
+        &[recipe.to_str().context("non-UTF-8 path")?, building.to_str().context("non-UTF-8 path")?, &mirror()],
+    )?;
     // Only a complete build gets the final name: an interrupted one is never mistaken for a cache hit.
     std::fs::rename(&building, &image.dir)?;
     eprintln!("guest image: built in {:.0} s at {}", started.elapsed().as_secs_f64(), image.dir.display());

@@ -86,9 +86,13 @@ fn test(root: &Path, filters: &[&str]) -> Result<()> {
         // Restarting libvirtd would disturb the tests running beside it: this one runs alone.
         std::env::set_var("VIRTFARM_FAULTS_RESTART", "1");
         let restart = "faults::daemon_restart_while_waiting_for_a_lease";
-        sh::run(&cargo, &["test", "-p", "virtfarm-tests", "--test", "integration", "--", "--include-ignored", "--exact", restart])
+        sh::run(
+            &cargo,
+            &["test", "-p", "virtfarm-tests", "--test", "integration", "--", "--include-ignored", "--exact", restart],
+        )
     });
-    let teardown = if std::env::var_os("VIRTFARM_KEEP_BED").is_some() { Ok(()) } else { fleet::down().and(bed::down()) };
+    let teardown =
+        if std::env::var_os("VIRTFARM_KEEP_BED").is_some() { Ok(()) } else { fleet::down().and(bed::down()) };
     eprintln!("xtask test: {:.0} s in all", started.elapsed().as_secs_f64());
     result.and(teardown)
 }

@@ -42,7 +42,9 @@ pub fn packages() -> Result<()> {
     let version = qemu.lines().find_map(|l| l.trim().strip_prefix("Candidate: ")).unwrap_or("").to_string();
     let pinned_utils = format!("qemu-utils={version}");
     let mut args = vec!["install", "-y", "-qq", "--allow-downgrades"];
-    args.extend(PACKAGES.iter().map(|p| if *p == "qemu-utils" && !version.is_empty() { pinned_utils.as_str() } else { p }));
+    args.extend(
+        PACKAGES.iter().map(|p| if *p == "qemu-utils" && !version.is_empty() { pinned_utils.as_str() } else { p }),
+    );
     std::env::set_var("DEBIAN_FRONTEND", "noninteractive");
     sh::run("apt-get", &args)
 }
@@ -71,7 +73,8 @@ pub fn venv(root: &Path) -> Result<PathBuf> {
 /// only the package registries' mirrors stand in for here (see xtask/ansible-test/get_pip.py).
 fn install_pip_bootstrap(root: &Path, venv: &Path) -> Result<()> {
     let pattern = "pip='";
-    let Some(requirements) = glob_one(&venv.join("lib"), "site-packages/ansible_test/_internal/python_requirements.py") else {
+    let Some(requirements) = glob_one(&venv.join("lib"), "site-packages/ansible_test/_internal/python_requirements.py")
+    else {
         return Ok(());
     };
     let source = std::fs::read_to_string(&requirements)?;
@@ -81,7 +84,10 @@ fn install_pip_bootstrap(root: &Path, venv: &Path) -> Result<()> {
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
     let cache = home.join(".ansible/test/cache");
     std::fs::create_dir_all(&cache)?;
-    std::fs::copy(root.join("xtask/ansible-test/get_pip.py"), cache.join(format!("get_pip_{}.py", version.replace('.', "_"))))?;
+    std::fs::copy(
+        root.join("xtask/ansible-test/get_pip.py"),
+        cache.join(format!("get_pip_{}.py", version.replace('.', "_"))),
+    )?;
     Ok(())
 }
 

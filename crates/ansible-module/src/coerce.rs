@@ -67,12 +67,7 @@ fn to_bool(value: &Value) -> Result<bool, String> {
             Some(0.0) => return Ok(false),
             _ => number.to_string(),
         },
-        _ => {
-            return Err(format!(
-                "{} cannot be converted to a bool",
-                python_type(value)
-            ))
-        }
+        _ => return Err(format!("{} cannot be converted to a bool", python_type(value))),
     };
     if TRUE_WORDS.contains(&word.as_str()) {
         Ok(true)
@@ -152,15 +147,9 @@ fn to_float(value: &Value) -> Result<Value, String> {
 fn to_list(value: Value) -> Result<Vec<Value>, String> {
     match value {
         Value::Array(items) => Ok(items),
-        Value::String(text) => Ok(text
-            .split(',')
-            .map(|item| Value::String(item.to_string()))
-            .collect()),
+        Value::String(text) => Ok(text.split(',').map(|item| Value::String(item.to_string())).collect()),
         Value::Number(_) | Value::Bool(_) => Ok(vec![Value::String(python_str(&value))]),
-        other => Err(format!(
-            "{} cannot be converted to a list",
-            python_type(&other)
-        )),
+        other => Err(format!("{} cannot be converted to a list", python_type(&other))),
     }
 }
 
@@ -172,13 +161,8 @@ fn to_dict(value: Value) -> Result<Map<String, Value>, String> {
             _ => Err("unable to evaluate string as dictionary".to_string()),
         },
         Value::String(text) if text.contains('=') => parse_key_values(&text),
-        Value::String(_) => {
-            Err("dictionary requested, could not parse JSON or key=value".to_string())
-        }
-        other => Err(format!(
-            "{} cannot be converted to a dict",
-            python_type(&other)
-        )),
+        Value::String(_) => Err("dictionary requested, could not parse JSON or key=value".to_string()),
+        other => Err(format!("{} cannot be converted to a dict", python_type(&other))),
     }
 }
 
@@ -216,10 +200,7 @@ fn parse_key_values(text: &str) -> Result<Map<String, Value>, String> {
             field
                 .split_once('=')
                 .map(|(key, value)| (key.to_string(), Value::String(value.to_string())))
-                .ok_or_else(|| {
-                    "unable to evaluate string in the \"key=value\" format as dictionary"
-                        .to_string()
-                })
+                .ok_or_else(|| "unable to evaluate string in the \"key=value\" format as dictionary".to_string())
         })
         .collect()
 }
@@ -228,10 +209,7 @@ fn to_json_text(value: Value) -> Result<String, String> {
     match value {
         Value::String(text) => Ok(text.trim().to_string()),
         Value::Array(_) | Value::Object(_) => Ok(value.to_string()),
-        other => Err(format!(
-            "{} cannot be converted to a json string",
-            python_type(&other)
-        )),
+        other => Err(format!("{} cannot be converted to a json string", python_type(&other))),
     }
 }
 
@@ -244,9 +222,7 @@ fn to_bytes(value: &Value) -> Result<i64, String> {
 /// 1024, as ansible-core's `human_to_bytes` reads it.
 fn human_to_bytes(text: &str) -> Option<i64> {
     let text = text.trim_end();
-    let unit_start = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let unit_start = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(unit_start);
     if number.is_empty() || number.ends_with('.') || number.matches('.').count() > 1 {
         return None;
@@ -379,10 +355,7 @@ mod tests {
         assert!(err(json!("maybe"), Type::Bool)
             .starts_with("The value 'maybe' is not a valid boolean.  Valid booleans include: 'y'"));
         assert!(err(json!(2), Type::Bool).starts_with("The value '2' is not"));
-        assert_eq!(
-            err(json!([]), Type::Bool),
-            "<class 'list'> cannot be converted to a bool"
-        );
+        assert_eq!(err(json!([]), Type::Bool), "<class 'list'> cannot be converted to a bool");
     }
 
     #[test]
@@ -401,71 +374,33 @@ mod tests {
         for (value, expected) in table {
             assert_eq!(ok(value, Type::Int), json!(expected));
         }
-        assert_eq!(
-            err(json!("3.5"), Type::Int),
-            "\"'3.5'\" cannot be converted to an int"
-        );
-        assert_eq!(
-            err(json!(3.5), Type::Int),
-            "\"3.5\" cannot be converted to an int"
-        );
-        assert_eq!(
-            err(json!("three"), Type::Int),
-            "\"'three'\" cannot be converted to an int"
-        );
-        assert_eq!(
-            err(json!("nan"), Type::Int),
-            "\"'nan'\" cannot be converted to an int"
-        );
-        assert_eq!(
-            err(json!([1]), Type::Int),
-            "\"[1]\" cannot be converted to an int"
-        );
+        assert_eq!(err(json!("3.5"), Type::Int), "\"'3.5'\" cannot be converted to an int");
+        assert_eq!(err(json!(3.5), Type::Int), "\"3.5\" cannot be converted to an int");
+        assert_eq!(err(json!("three"), Type::Int), "\"'three'\" cannot be converted to an int");
+        assert_eq!(err(json!("nan"), Type::Int), "\"'nan'\" cannot be converted to an int");
+        assert_eq!(err(json!([1]), Type::Int), "\"[1]\" cannot be converted to an int");
     }
 
     #[test]
     fn huge_ints_are_out_of_range_not_wrapped() {
         let huge: Value = serde_json::from_str("99999999999999999999").unwrap();
-        assert_eq!(
-            err(huge, Type::Int),
-            "1e+20 is out of range for a 64-bit integer"
-        );
-        assert_eq!(
-            err(json!(u64::MAX), Type::Int),
-            "18446744073709551615 is out of range for a 64-bit integer"
-        );
+        assert_eq!(err(huge, Type::Int), "1e+20 is out of range for a 64-bit integer");
+        assert_eq!(err(json!(u64::MAX), Type::Int), "18446744073709551615 is out of range for a 64-bit integer");
         assert_eq!(
             err(json!("-99999999999999999999"), Type::Int),
             "-99999999999999999999 is out of range for a 64-bit integer"
         );
-        assert_eq!(
-            err(json!("1e30"), Type::Int),
-            "1e30 is out of range for a 64-bit integer"
-        );
+        assert_eq!(err(json!("1e30"), Type::Int), "1e30 is out of range for a 64-bit integer");
     }
 
     #[test]
     fn floats() {
-        for (value, expected) in [
-            (json!(1.5), 1.5),
-            (json!(2), 2.0),
-            (json!("2.5"), 2.5),
-            (json!(true), 1.0),
-        ] {
+        for (value, expected) in [(json!(1.5), 1.5), (json!(2), 2.0), (json!("2.5"), 2.5), (json!(true), 1.0)] {
             assert_eq!(ok(value, Type::Float), json!(expected));
         }
-        assert_eq!(
-            err(json!("x"), Type::Float),
-            "<class 'str'> cannot be converted to a float"
-        );
-        assert_eq!(
-            err(json!("inf"), Type::Float),
-            "<class 'str'> cannot be converted to a float"
-        );
-        assert_eq!(
-            err(json!({}), Type::Float),
-            "<class 'dict'> cannot be converted to a float"
-        );
+        assert_eq!(err(json!("x"), Type::Float), "<class 'str'> cannot be converted to a float");
+        assert_eq!(err(json!("inf"), Type::Float), "<class 'str'> cannot be converted to a float");
+        assert_eq!(err(json!({}), Type::Float), "<class 'dict'> cannot be converted to a float");
     }
 
     #[test]
@@ -497,10 +432,7 @@ mod tests {
         for (value, expected) in table {
             assert_eq!(ok(value, Type::List), expected);
         }
-        assert_eq!(
-            err(json!({"a": 1}), Type::List),
-            "<class 'dict'> cannot be converted to a list"
-        );
+        assert_eq!(err(json!({"a": 1}), Type::List), "<class 'dict'> cannot be converted to a list");
     }
 
     #[test]
@@ -510,40 +442,25 @@ mod tests {
             (json!(r#"{"a": 1}"#), json!({"a": 1})),
             (json!("k=v k2=v2"), json!({"k": "v", "k2": "v2"})),
             (json!("k=v,k2=v2"), json!({"k": "v", "k2": "v2"})),
-            (
-                json!(r#"k='a b' k2="c,d" k3=x\ y e=f=g"#),
-                json!({"k": "a b", "k2": "c,d", "k3": "x y", "e": "f=g"}),
-            ),
+            (json!(r#"k='a b' k2="c,d" k3=x\ y e=f=g"#), json!({"k": "a b", "k2": "c,d", "k3": "x y", "e": "f=g"})),
         ];
         for (value, expected) in table {
             assert_eq!(ok(value, Type::Dict), expected);
         }
-        assert_eq!(
-            err(json!("{oops"), Type::Dict),
-            "unable to evaluate string as dictionary"
-        );
-        assert_eq!(
-            err(json!("plain"), Type::Dict),
-            "dictionary requested, could not parse JSON or key=value"
-        );
+        assert_eq!(err(json!("{oops"), Type::Dict), "unable to evaluate string as dictionary");
+        assert_eq!(err(json!("plain"), Type::Dict), "dictionary requested, could not parse JSON or key=value");
         assert_eq!(
             err(json!("k=v lonely"), Type::Dict),
             "unable to evaluate string in the \"key=value\" format as dictionary"
         );
-        assert_eq!(
-            err(json!(1), Type::Dict),
-            "<class 'int'> cannot be converted to a dict"
-        );
+        assert_eq!(err(json!(1), Type::Dict), "<class 'int'> cannot be converted to a dict");
     }
 
     #[test]
     fn json_text() {
         assert_eq!(ok(json!(" [1] "), Type::Json), json!("[1]"));
         assert_eq!(ok(json!({"a": [1]}), Type::Json), json!(r#"{"a":[1]}"#));
-        assert_eq!(
-            err(json!(1), Type::Json),
-            "<class 'int'> cannot be converted to a json string"
-        );
+        assert_eq!(err(json!(1), Type::Json), "<class 'int'> cannot be converted to a json string");
     }
 
     #[test]
@@ -560,15 +477,7 @@ mod tests {
         for (value, expected) in table {
             assert_eq!(ok(value, Type::Bytes), json!(expected));
         }
-        for bad in [
-            json!("10Q"),
-            json!("M"),
-            json!("-1K"),
-            json!("1Mb"),
-            json!("1.K"),
-            json!("1YB"),
-            json!(true),
-        ] {
+        for bad in [json!("10Q"), json!("M"), json!("-1K"), json!("1Mb"), json!("1.K"), json!("1YB"), json!(true)] {
             assert!(err(bad, Type::Bytes).ends_with("cannot be converted to a Byte value"));
         }
     }
@@ -577,14 +486,8 @@ mod tests {
     fn paths_expand_home_and_variables() {
         let home = std::env::var("HOME").unwrap_or_default();
         if !home.is_empty() {
-            assert_eq!(
-                ok(json!("~/vm.qcow2"), Type::Path),
-                json!(format!("{}/vm.qcow2", home.trim_end_matches('/')))
-            );
-            assert_eq!(
-                ok(json!("${HOME}/x"), Type::Path),
-                json!(format!("{home}/x"))
-            );
+            assert_eq!(ok(json!("~/vm.qcow2"), Type::Path), json!(format!("{}/vm.qcow2", home.trim_end_matches('/'))));
+            assert_eq!(ok(json!("${HOME}/x"), Type::Path), json!(format!("{home}/x")));
         }
         let unchanged = ["~other/x", "/a/$VIRTFARM_SURELY_UNSET/b", "$", "${", "a$"];
         for path in unchanged {
@@ -594,9 +497,6 @@ mod tests {
 
     #[test]
     fn raw_keeps_the_value() {
-        assert_eq!(
-            ok(json!({"a": [1, null]}), Type::Raw),
-            json!({"a": [1, null]})
-        );
+        assert_eq!(ok(json!({"a": [1, null]}), Type::Raw), json!({"a": [1, null]}));
     }
 }

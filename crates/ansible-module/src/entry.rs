@@ -87,25 +87,13 @@ fn report_panic(info: &PanicHookInfo<'_>) {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)");
-    let location = info.location().map(|location| {
-        format!(
-            "{}:{}:{}",
-            location.file(),
-            location.line(),
-            location.column()
-        )
-    });
-    emit(&panic_reply(
-        message,
-        location.as_deref(),
-        PANIC_NO_LOG.get(),
-    ));
+    let location =
+        info.location().map(|location| format!("{}:{}:{}", location.file(), location.line(), location.column()));
+    emit(&panic_reply(message, location.as_deref(), PANIC_NO_LOG.get()));
 }
 
 fn panic_reply(message: &str, location: Option<&str>, no_log: Option<&NoLogValues>) -> Value {
-    let at = location
-        .map(|location| format!(" at {location}"))
-        .unwrap_or_default();
+    let at = location.map(|location| format!(" at {location}")).unwrap_or_default();
     let msg = format!("module panicked: {message}{at} (this is a bug)");
     let msg = match no_log {
         Some(no_log) => no_log.scrub_text(&msg),
@@ -120,22 +108,15 @@ mod tests {
     use crate::spec::Opt;
 
     fn temp_file(name: &str, contents: &str) -> PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("ansible-module-{}-{name}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("ansible-module-{}-{name}", std::process::id()));
         std::fs::write(&path, contents).unwrap();
         path
     }
 
     #[test]
     fn reads_the_args_file() {
-        let path = temp_file(
-            "args.json",
-            r#"{"name": "web01", "_ansible_check_mode": false}"#,
-        );
-        assert_eq!(
-            read_args(Some(path.clone())).unwrap(),
-            json!({"name": "web01", "_ansible_check_mode": false})
-        );
+        let path = temp_file("args.json", r#"{"name": "web01", "_ansible_check_mode": false}"#);
+        assert_eq!(read_args(Some(path.clone())).unwrap(), json!({"name": "web01", "_ansible_check_mode": false}));
         std::fs::remove_file(path).unwrap();
     }
 
@@ -178,10 +159,7 @@ mod tests {
             panic_reply("index out of bounds", Some("src/main.rs:10:5"), None),
             json!({"failed": true, "msg": "module panicked: index out of bounds at src/main.rs:10:5 (this is a bug)"})
         );
-        assert_eq!(
-            panic_reply("boom", None, None)["msg"],
-            "module panicked: boom (this is a bug)"
-        );
+        assert_eq!(panic_reply("boom", None, None)["msg"], "module panicked: boom (this is a bug)");
     }
 
     #[test]

@@ -21,9 +21,7 @@ pub enum Error {
     },
 
     /// `no module arguments: pass the path of a JSON arguments file, or JSON on standard input`
-    #[error(
-        "no module arguments: pass the path of a JSON arguments file, or JSON on standard input"
-    )]
+    #[error("no module arguments: pass the path of a JSON arguments file, or JSON on standard input")]
     NoArgs,
 
     /// `module arguments from 'PATH' are not valid JSON: REASON`
@@ -64,9 +62,7 @@ pub enum Error {
     MissingRequired(Vec<String>),
 
     /// `argument 'NAME' is of type TYPE and we were unable to convert to WANTED: REASON`
-    #[error(
-        "argument '{name}' is of type {found} and we were unable to convert to {wanted}: {reason}"
-    )]
+    #[error("argument '{name}' is of type {found} and we were unable to convert to {wanted}: {reason}")]
     Conversion {
         /// The option.
         name: String,

@@ -35,10 +35,9 @@ impl NoLogValues {
                 };
                 match value {
                     Value::Object(map) => self.add_from(subspec, map),
-                    Value::Array(items) => items
-                        .iter()
-                        .filter_map(Value::as_object)
-                        .for_each(|map| self.add_from(subspec, map)),
+                    Value::Array(items) => {
+                        items.iter().filter_map(Value::as_object).for_each(|map| self.add_from(subspec, map))
+                    }
                     _ => {}
                 }
             }
@@ -107,9 +106,7 @@ impl NoLogValues {
         self.0
             .iter()
             .filter(|secret| secret.len() >= MIN_SCRUBBED_LEN)
-            .fold(text.to_string(), |text, secret| {
-                text.replace(secret.as_str(), "********")
-            })
+            .fold(text.to_string(), |text, secret| text.replace(secret.as_str(), "********"))
     }
 }
 
@@ -151,11 +148,8 @@ mod tests {
             Opt::str("password").no_log().aliases(&["pass"]),
             Opt::int("pin").no_log(),
             Opt::bool("secret_flag").no_log(),
-            Opt::dict("cloud_init")
-                .suboptions(ArgSpec::new([Opt::str("user"), Opt::raw("keys").no_log()])),
-            Opt::list("users")
-                .elements(Type::Dict)
-                .suboptions(ArgSpec::new([Opt::str("token").no_log()])),
+            Opt::dict("cloud_init").suboptions(ArgSpec::new([Opt::str("user"), Opt::raw("keys").no_log()])),
+            Opt::list("users").elements(Type::Dict).suboptions(ArgSpec::new([Opt::str("token").no_log()])),
         ])
     }
 
@@ -171,16 +165,7 @@ mod tests {
         );
         let mut collected = values.0.clone();
         collected.sort();
-        assert_eq!(
-            collected,
-            [
-                "1234",
-                "hunter22",
-                "inner-secret",
-                "ssh-ed25519 AAA",
-                "tok-1"
-            ]
-        );
+        assert_eq!(collected, ["1234", "hunter22", "inner-secret", "ssh-ed25519 AAA", "tok-1"]);
     }
 
     #[test]
@@ -203,12 +188,7 @@ mod tests {
         collected.sort();
         assert_eq!(
             collected,
-            [
-                "#cloud-config\nchpasswd: x",
-                "#cloud-config\\nchpasswd: x",
-                "$6$salt$hash",
-                "farm-pass"
-            ]
+            ["#cloud-config\nchpasswd: x", "#cloud-config\\nchpasswd: x", "$6$salt$hash", "farm-pass"]
         );
     }
 
@@ -238,12 +218,10 @@ mod tests {
     #[test]
     fn secrets_are_scrubbed_in_their_json_and_xml_escaped_forms() {
         let values = secrets(&spec(), json!({"password": "a\"b<c>\nd"}));
-        let mut reply = json!({"msg": format!("sent {}", json!({"p": "a\"b<c>\nd"})), "xml": "<p>a&quot;b&lt;c&gt;\nd</p>"});
+        let mut reply =
+            json!({"msg": format!("sent {}", json!({"p": "a\"b<c>\nd"})), "xml": "<p>a&quot;b&lt;c&gt;\nd</p>"});
         values.scrub(&mut reply);
-        assert_eq!(
-            reply,
-            json!({"msg": "sent {\"p\":\"********\"}", "xml": "<p>********</p>"})
-        );
+        assert_eq!(reply, json!({"msg": "sent {\"p\":\"********\"}", "xml": "<p>********</p>"}));
     }
 
     #[test]
@@ -255,10 +233,7 @@ mod tests {
 
     #[test]
     fn longer_secret_wins_over_the_one_it_contains() {
-        let values = secrets(
-            &spec(),
-            json!({"password": "abcdef", "pin": 1234, "cloud_init": {"keys": "abc"}}),
-        );
+        let values = secrets(&spec(), json!({"password": "abcdef", "pin": 1234, "cloud_init": {"keys": "abc"}}));
         assert_eq!(values.scrub_text("x abcdef y abc"), "x ******** y ********");
     }
 }

@@ -23,10 +23,7 @@ pub struct Params {
 
 impl Params {
     pub(crate) fn new(values: Map<String, Value>, path: String) -> Params {
-        Params {
-            values: Value::Object(values),
-            path,
-        }
+        Params { values: Value::Object(values), path }
     }
 
     /// The value of an option, `None` if unset.
@@ -81,9 +78,7 @@ impl Params {
 
     /// A `list` option with `str` elements; empty if unset.
     pub fn list_of_str(&self, name: &str) -> Result<Vec<&str>, Error> {
-        Ok(self
-            .typed(name, "list of str", str_items)?
-            .unwrap_or_default())
+        Ok(self.typed(name, "list of str", str_items)?.unwrap_or_default())
     }
 
     /// A `dict` option, whose own getters name its options `NAME.OPTION`.
@@ -113,9 +108,7 @@ impl Params {
                 })
                 .collect()
         };
-        Ok(self
-            .typed(name, "list of dict", sections)?
-            .unwrap_or_default())
+        Ok(self.typed(name, "list of dict", sections)?.unwrap_or_default())
     }
 
     /// The full name of option `name` of these parameters, for messages:
@@ -128,10 +121,7 @@ impl Params {
     /// the spec checks what the user wrote, the type carries the meaning.
     /// Unset options are `null`, which suits `Option` fields.
     pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, Error> {
-        T::deserialize(&self.values).map_err(|source| Error::Deserialize {
-            target: std::any::type_name::<T>(),
-            source,
-        })
+        T::deserialize(&self.values).map_err(|source| Error::Deserialize { target: std::any::type_name::<T>(), source })
     }
 
     /// All parameters as a JSON object, unset options `null`.
@@ -147,10 +137,9 @@ impl Params {
     ) -> Result<Option<T>, Error> {
         match self.get(name) {
             None => Ok(None),
-            Some(value) => read(value).map(Some).ok_or_else(|| Error::WrongType {
-                name: qualified(&self.path, name),
-                expected,
-            }),
+            Some(value) => {
+                read(value).map(Some).ok_or_else(|| Error::WrongType { name: qualified(&self.path, name), expected })
+            }
         }
     }
 
@@ -203,15 +192,9 @@ mod tests {
         let disks = p.dicts("disks").unwrap();
         assert_eq!(disks[0].str("path").unwrap(), "/a");
         assert_eq!(disks[1].name_of("path"), "disks[1].path");
-        assert_eq!(
-            disks[1].str("path").unwrap_err().to_string(),
-            "parameter 'disks[1].path' is not of type str"
-        );
+        assert_eq!(disks[1].str("path").unwrap_err().to_string(), "parameter 'disks[1].path' is not of type str");
         assert!(p.dicts("none").unwrap().is_empty());
-        assert_eq!(
-            p.dicts("tags").unwrap_err().to_string(),
-            "parameter 'tags' is not of type list of dict"
-        );
+        assert_eq!(p.dicts("tags").unwrap_err().to_string(), "parameter 'tags' is not of type list of dict");
     }
 
     #[test]
@@ -224,16 +207,9 @@ mod tests {
         assert_eq!(p.opt_float("note").unwrap(), None);
         assert!(p.opt_dict("note").unwrap().is_none());
         assert!(p.list_of_str("note").unwrap().is_empty());
+        assert_eq!(p.str("note").unwrap_err().to_string(), "parameter 'note' has no value");
         assert_eq!(
-            p.str("note").unwrap_err().to_string(),
-            "parameter 'note' has no value"
-        );
-        assert_eq!(
-            p.dict("cloud_init")
-                .unwrap()
-                .str("shell")
-                .unwrap_err()
-                .to_string(),
+            p.dict("cloud_init").unwrap().str("shell").unwrap_err().to_string(),
             "parameter 'cloud_init.shell' has no value"
         );
     }
@@ -241,22 +217,10 @@ mod tests {
     #[test]
     fn getters_that_do_not_match_the_spec_fail_with_the_name() {
         let p = sample();
-        assert_eq!(
-            p.int("name").unwrap_err().to_string(),
-            "parameter 'name' is not of type int"
-        );
-        assert_eq!(
-            p.str("memory").unwrap_err().to_string(),
-            "parameter 'memory' is not of type str"
-        );
-        assert_eq!(
-            p.list_of_str("ports").unwrap_err().to_string(),
-            "parameter 'ports' is not of type list of str"
-        );
-        assert_eq!(
-            p.dict("tags").unwrap_err().to_string(),
-            "parameter 'tags' is not of type dict"
-        );
+        assert_eq!(p.int("name").unwrap_err().to_string(), "parameter 'name' is not of type int");
+        assert_eq!(p.str("memory").unwrap_err().to_string(), "parameter 'memory' is not of type str");
+        assert_eq!(p.list_of_str("ports").unwrap_err().to_string(), "parameter 'ports' is not of type list of str");
+        assert_eq!(p.dict("tags").unwrap_err().to_string(), "parameter 'tags' is not of type dict");
     }
 
     #[test]
@@ -278,15 +242,7 @@ mod tests {
         let args: Args = p.deserialize().unwrap();
         assert_eq!(
             args,
-            Args {
-                name: "web01".into(),
-                memory: 2048,
-                note: None,
-                cloud_init: CloudInit {
-                    user: "ops",
-                    shell: None
-                }
-            }
+            Args { name: "web01".into(), memory: 2048, note: None, cloud_init: CloudInit { user: "ops", shell: None } }
         );
 
         #[derive(Debug, Deserialize)]
@@ -295,13 +251,7 @@ mod tests {
             name: u32,
         }
         let error = p.deserialize::<Wrong>().unwrap_err().to_string();
-        assert!(
-            error.starts_with("module parameters do not fit "),
-            "{error}"
-        );
-        assert!(
-            error.contains("Wrong: invalid type: string \"web01\", expected u32"),
-            "{error}"
-        );
+        assert!(error.starts_with("module parameters do not fit "), "{error}");
+        assert!(error.contains("Wrong: invalid type: string \"web01\", expected u32"), "{error}");
     }
 }

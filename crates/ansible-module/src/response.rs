@@ -34,10 +34,7 @@ impl Default for Response {
 impl Response {
     /// A successful result that changed nothing.
     pub fn new() -> Response {
-        Response {
-            fields: Map::from_iter([("changed".to_string(), Value::Bool(false))]),
-            diffs: Vec::new(),
-        }
+        Response { fields: Map::from_iter([("changed".to_string(), Value::Bool(false))]), diffs: Vec::new() }
     }
 
     /// A failed result with this message.
@@ -106,11 +103,7 @@ pub struct Diff {
 impl Diff {
     /// The state before and after the task.
     pub fn new(before: impl Into<Value>, after: impl Into<Value>) -> Diff {
-        Diff {
-            before: before.into(),
-            after: after.into(),
-            headers: None,
-        }
+        Diff { before: before.into(), after: after.into(), headers: None }
     }
 
     /// Names for the two sides, such as file names.
@@ -156,10 +149,7 @@ mod tests {
 
     #[test]
     fn new_is_unchanged_and_fail_is_failed() {
-        assert_eq!(
-            Value::Object(Response::new().into_fields()),
-            json!({"changed": false})
-        );
+        assert_eq!(Value::Object(Response::new().into_fields()), json!({"changed": false}));
         assert_eq!(
             Value::Object(Response::fail("boom").with("rc", 2).into_fields()),
             json!({"failed": true, "msg": "boom", "rc": 2})
@@ -168,10 +158,7 @@ mod tests {
 
     #[test]
     fn builder_sets_keys() {
-        let response = Response::new()
-            .changed(true)
-            .msg("done")
-            .with("domain", json!({"name": "web"}));
+        let response = Response::new().changed(true).msg("done").with("domain", json!({"name": "web"}));
         assert_eq!(
             Value::Object(response.into_fields()),
             json!({"changed": true, "msg": "done", "domain": {"name": "web"}})
@@ -186,10 +173,7 @@ mod tests {
             json!({"before": "a\n", "after": "b\n", "before_header": "old", "after_header": "new"})
         );
         let two = Response::new()
-            .diff(Diff::new(
-                json!({"state": "shutoff"}),
-                json!({"state": "running"}),
-            ))
+            .diff(Diff::new(json!({"state": "shutoff"}), json!({"state": "running"})))
             .diff(Diff::new("", "x"));
         assert_eq!(
             two.into_fields()["diff"],

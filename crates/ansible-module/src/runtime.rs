@@ -46,18 +46,9 @@ impl Context {
             }
             None => true,
         });
-        let converted = |key: &str, wanted| {
-            internal
-                .get(key)
-                .and_then(|value| coerce(value.clone(), wanted).ok())
-        };
+        let converted = |key: &str, wanted| internal.get(key).and_then(|value| coerce(value.clone(), wanted).ok());
         let flag = |key| converted(key, Type::Bool) == Some(Value::Bool(true));
-        let text = |key| {
-            internal
-                .get(key)
-                .and_then(Value::as_str)
-                .filter(|text| !text.is_empty())
-        };
+        let text = |key| internal.get(key).and_then(Value::as_str).filter(|text| !text.is_empty());
         Context {
             module_name: text("module_name").map_or_else(program_name, str::to_string),
             check_mode: flag("check_mode"),
@@ -77,10 +68,7 @@ fn program_name() -> String {
         .as_deref()
         .map(Path::new)
         .and_then(Path::file_stem)
-        .map_or_else(
-            || "module".to_string(),
-            |stem| stem.to_string_lossy().into_owned(),
-        )
+        .map_or_else(|| "module".to_string(), |stem| stem.to_string_lossy().into_owned())
 }
 
 /// What a module body gets: the validated parameters, the task's context,
@@ -113,17 +101,12 @@ impl Module {
 
     /// Adds a deprecation notice.
     pub fn deprecate(&self, msg: impl Into<String>, removal: Removal) {
-        self.deprecations
-            .borrow_mut()
-            .push(Deprecation::new(msg.into(), removal));
+        self.deprecations.borrow_mut().push(Deprecation::new(msg.into(), removal));
     }
 
     fn reply(self, response: Response) -> Value {
         let mut reply = response.into_fields();
-        reply.insert(
-            "invocation".to_string(),
-            invocation(self.params.as_value().clone()),
-        );
+        reply.insert("invocation".to_string(), invocation(self.params.as_value().clone()));
         let warnings = self.warnings.into_inner();
         if !warnings.is_empty() {
             reply.insert("warnings".to_string(), json!(warnings));
@@ -158,11 +141,7 @@ pub(crate) fn failure(error: &Error) -> Value {
 /// Validation failures, check mode on a module that does not support it,
 /// and errors from `body` (shown with `{:#}`, so an `anyhow` chain is kept)
 /// all become replies; `no_log` values never appear in the reply.
-pub fn execute<E: Display>(
-    spec: &ArgSpec,
-    args: Value,
-    body: impl FnOnce(&Module) -> Result<Response, E>,
-) -> Value {
+pub fn execute<E: Display>(spec: &ArgSpec, args: Value, body: impl FnOnce(&Module) -> Result<Response, E>) -> Value {
     let (args, context) = match split_internal(args) {
         Ok(split) => split,
         Err(error) => return failure(&error),
@@ -187,10 +166,7 @@ pub fn execute<E: Display>(
         no_log,
     };
     let response = if module.context.check_mode && !spec.supports_check_mode {
-        let msg = format!(
-            "remote module ({}) does not support check mode",
-            module.context.module_name
-        );
+        let msg = format!("remote module ({}) does not support check mode", module.context.module_name);
         Response::new().with("skipped", true).msg(msg)
     } else {
         body(&module).unwrap_or_else(|error| Response::fail(format!("{error:#}")))
@@ -204,18 +180,10 @@ fn split_internal(args: Value) -> Result<(Map<String, Value>, Context), Error> {
     let mut args = match args {
         Value::Object(mut outer) => match outer.remove("ANSIBLE_MODULE_ARGS") {
             Some(Value::Object(inner)) => inner,
-            Some(other) => {
-                return Err(Error::ArgsNotAnObject {
-                    found: python_type(&other),
-                })
-            }
+            Some(other) => return Err(Error::ArgsNotAnObject { found: python_type(&other) }),
             None => outer,
         },
-        other => {
-            return Err(Error::ArgsNotAnObject {
-                found: python_type(&other),
-            })
-        }
+        other => return Err(Error::ArgsNotAnObject { found: python_type(&other) }),
     };
     let context = Context::take_from(&mut args);
     Ok((args, context))
@@ -236,8 +204,7 @@ mod tests {
     }
 
     fn args(extra: Value) -> Value {
-        let mut args =
-            json!({"_ansible_module_name": "virtfarm.kvm.kvm_provision", "name": "web01"});
+        let mut args = json!({"_ansible_module_name": "virtfarm.kvm.kvm_provision", "name": "web01"});
         if let (Some(args), Value::Object(extra)) = (args.as_object_mut(), extra) {
             args.extend(extra);
         }
@@ -315,27 +282,18 @@ mod tests {
              Supported parameters include: memory, name, password (vm_name)."
         );
         assert_eq!(reply["failed"], true);
-        assert_eq!(
-            reply["invocation"]["module_args"],
-            json!({"name": "web01", "memroy": 1})
-        );
+        assert_eq!(reply["invocation"]["module_args"], json!({"name": "web01", "memroy": 1}));
     }
 
     #[test]
     fn check_mode_skips_modules_that_do_not_support_it() {
-        let reply = execute(
-            &spec(),
-            args(json!({"_ansible_check_mode": true})),
-            |_: &Module| -> Result<Response, Error> {
+        let reply =
+            execute(&spec(), args(json!({"_ansible_check_mode": true})), |_: &Module| -> Result<Response, Error> {
                 panic!("the body must not run in check mode")
-            },
-        );
+            });
         assert_eq!(reply["skipped"], true);
         assert_eq!(reply["changed"], false);
-        assert_eq!(
-            reply["msg"],
-            "remote module (virtfarm.kvm.kvm_provision) does not support check mode"
-        );
+        assert_eq!(reply["msg"], "remote module (virtfarm.kvm.kvm_provision) does not support check mode");
 
         let supported = spec().supports_check_mode();
         let reply = execute(&supported, args(json!({"_ansible_check_mode": true})), echo);
@@ -351,15 +309,11 @@ mod tests {
 
     #[test]
     fn body_errors_become_failures_with_warnings_kept() {
-        let reply = execute(
-            &spec(),
-            args(json!({})),
-            |module: &Module| -> Result<Response, String> {
-                module.warn("libvirt is old");
-                module.deprecate("memory in KiB", Removal::version("3.0.0", "virtfarm.kvm"));
-                Err("cannot connect to qemu:///system".to_string())
-            },
-        );
+        let reply = execute(&spec(), args(json!({})), |module: &Module| -> Result<Response, String> {
+            module.warn("libvirt is old");
+            module.deprecate("memory in KiB", Removal::version("3.0.0", "virtfarm.kvm"));
+            Err("cannot connect to qemu:///system".to_string())
+        });
         assert_eq!(
             reply,
             json!({
@@ -375,44 +329,30 @@ mod tests {
     #[test]
     fn failures_can_carry_extra_keys() {
         let reply = execute(&spec(), args(json!({})), |_: &Module| {
-            Ok::<_, Error>(
-                Response::fail("virsh failed")
-                    .with("rc", 1)
-                    .with("stderr", "denied"),
-            )
+            Ok::<_, Error>(Response::fail("virsh failed").with("rc", 1).with("stderr", "denied"))
         });
-        assert_eq!(
-            (&reply["failed"], &reply["rc"], &reply["stderr"]),
-            (&json!(true), &json!(1), &json!("denied"))
-        );
+        assert_eq!((&reply["failed"], &reply["rc"], &reply["stderr"]), (&json!(true), &json!(1), &json!("denied")));
     }
 
     #[test]
     fn validation_warnings_reach_the_reply() {
         let reply = execute(&spec(), args(json!({"vm_name": "other"})), echo);
-        assert_eq!(
-            reply["warnings"],
-            json!(["Both option name and its alias vm_name are set."])
-        );
+        assert_eq!(reply["warnings"], json!(["Both option name and its alias vm_name are set."]));
         assert_eq!(reply["name"], "other");
     }
 
     #[test]
     fn no_log_values_never_reach_the_reply() {
-        let reply = execute(
-            &spec(),
-            args(json!({"password": "s3cr3t!"})),
-            |module: &Module| {
-                let password = module.params().str("password")?;
-                module.warn(format!("password {password} is weak"));
-                Ok::<_, Error>(
-                    Response::new()
-                        .msg(format!("logged in with {password}"))
-                        .with("echo", password)
-                        .with("nested", json!({"list": [format!("<{password}>")]})),
-                )
-            },
-        );
+        let reply = execute(&spec(), args(json!({"password": "s3cr3t!"})), |module: &Module| {
+            let password = module.params().str("password")?;
+            module.warn(format!("password {password} is weak"));
+            Ok::<_, Error>(
+                Response::new()
+                    .msg(format!("logged in with {password}"))
+                    .with("echo", password)
+                    .with("nested", json!({"list": [format!("<{password}>")]})),
+            )
+        });
         assert_eq!(reply["invocation"]["module_args"]["password"], MASK);
         assert_eq!(reply["msg"], "logged in with ********");
         assert_eq!(reply["warnings"], json!(["password ******** is weak"]));
@@ -425,44 +365,29 @@ mod tests {
     fn no_log_values_are_scrubbed_from_validation_failures() {
         let spec = ArgSpec::new([Opt::str("token").no_log().choices(&["a", "b"])]);
         let reply = execute(&spec, json!({"token": "hunter2"}), echo);
-        assert_eq!(
-            reply["msg"],
-            "value of token must be one of: a, b, got: ********"
-        );
+        assert_eq!(reply["msg"], "value of token must be one of: a, b, got: ********");
         assert_eq!(reply["invocation"]["module_args"]["token"], MASK);
     }
 
     #[test]
     fn secret_keys_in_free_form_values_are_masked_everywhere() {
-        let spec = ArgSpec::new([
-            Opt::str("name"),
-            Opt::list("vms").secret_keys(&["password_hash", "user_data"]),
-        ]);
+        let spec = ArgSpec::new([Opt::str("name"), Opt::list("vms").secret_keys(&["password_hash", "user_data"])]);
         let args = json!({"name": "web01", "vms": [
             {"name": "a", "cloud_init": {"password_hash": "$6$rounds$abcdef", "user_data": "#cloud-config\nusers: []"}},
         ]});
         let reply = execute(&spec, args.clone(), |module: &Module| {
             let vms = module.params().get("vms").cloned().unwrap_or_default();
             module.warn(format!("saw {vms}"));
-            Ok::<_, Error>(Response::fail(format!(
-                "bad hash {}",
-                vms[0]["cloud_init"]["password_hash"]
-            )))
+            Ok::<_, Error>(Response::fail(format!("bad hash {}", vms[0]["cloud_init"]["password_hash"])))
         });
         let sent = &reply["invocation"]["module_args"]["vms"][0]["cloud_init"];
         assert_eq!(sent["password_hash"], MASK);
         assert_eq!(sent["user_data"], MASK);
         let text = reply.to_string();
-        assert!(
-            !text.contains("$6$rounds$abcdef") && !text.contains("users: []"),
-            "{text}"
-        );
+        assert!(!text.contains("$6$rounds$abcdef") && !text.contains("users: []"), "{text}");
 
         let unknown = execute(&spec, with_unknown(args), echo);
-        assert!(
-            !unknown.to_string().contains("$6$rounds$abcdef"),
-            "{unknown}"
-        );
+        assert!(!unknown.to_string().contains("$6$rounds$abcdef"), "{unknown}");
     }
 
     fn with_unknown(mut args: Value) -> Value {

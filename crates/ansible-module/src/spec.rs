@@ -68,18 +68,12 @@ pub(crate) enum RemovedIn {
 impl Removal {
     /// Removed in `version` of the collection `collection_name`.
     pub fn version(version: impl Into<String>, collection_name: impl Into<String>) -> Removal {
-        Removal {
-            when: RemovedIn::Version(version.into()),
-            collection_name: collection_name.into(),
-        }
+        Removal { when: RemovedIn::Version(version.into()), collection_name: collection_name.into() }
     }
 
     /// Removed after `date` (`YYYY-MM-DD`) from the collection `collection_name`.
     pub fn date(date: impl Into<String>, collection_name: impl Into<String>) -> Removal {
-        Removal {
-            when: RemovedIn::Date(date.into()),
-            collection_name: collection_name.into(),
-        }
+        Removal { when: RemovedIn::Date(date.into()), collection_name: collection_name.into() }
     }
 }
 
@@ -195,8 +189,7 @@ impl Opt {
 
     /// Other names the option may be given as.
     pub fn aliases(mut self, aliases: &[&str]) -> Opt {
-        self.aliases
-            .extend(aliases.iter().map(|alias| alias.to_string()));
+        self.aliases.extend(aliases.iter().map(|alias| alias.to_string()));
         self
     }
 
@@ -231,8 +224,7 @@ impl Opt {
     /// Opt::dict("vm").secret_keys(&["password", "user_data"]);
     /// ```
     pub fn secret_keys(mut self, keys: &[&str]) -> Opt {
-        self.secret_keys
-            .extend(keys.iter().map(|key| key.to_string()));
+        self.secret_keys.extend(keys.iter().map(|key| key.to_string()));
         self
     }
 
@@ -306,10 +298,7 @@ fn owned(names: &[&str]) -> Vec<String> {
 impl ArgSpec {
     /// A spec with these options and no rules.
     pub fn new(options: impl IntoIterator<Item = Opt>) -> ArgSpec {
-        ArgSpec {
-            options: options.into_iter().collect(),
-            ..ArgSpec::default()
-        }
+        ArgSpec { options: options.into_iter().collect(), ..ArgSpec::default() }
     }
 
     /// At most one of `names` may be given (defaults do not count).
@@ -331,46 +320,24 @@ impl ArgSpec {
     }
 
     /// When option `name` equals `value`, all of `requirements` must be set.
-    pub fn required_if(
-        self,
-        name: &str,
-        value: impl Into<Value>,
-        requirements: &[&str],
-    ) -> ArgSpec {
+    pub fn required_if(self, name: &str, value: impl Into<Value>, requirements: &[&str]) -> ArgSpec {
         self.push_required_if(name, value.into(), requirements, false)
     }
 
     /// When option `name` equals `value`, at least one of `requirements`
     /// must be set.
-    pub fn required_if_any(
-        self,
-        name: &str,
-        value: impl Into<Value>,
-        requirements: &[&str],
-    ) -> ArgSpec {
+    pub fn required_if_any(self, name: &str, value: impl Into<Value>, requirements: &[&str]) -> ArgSpec {
         self.push_required_if(name, value.into(), requirements, true)
     }
 
-    fn push_required_if(
-        mut self,
-        name: &str,
-        value: Value,
-        requirements: &[&str],
-        any: bool,
-    ) -> ArgSpec {
-        self.required_if.push(RequiredIf {
-            name: name.to_string(),
-            value,
-            requirements: owned(requirements),
-            any,
-        });
+    fn push_required_if(mut self, name: &str, value: Value, requirements: &[&str], any: bool) -> ArgSpec {
+        self.required_if.push(RequiredIf { name: name.to_string(), value, requirements: owned(requirements), any });
         self
     }
 
     /// When option `name` is set, all of `requirements` must be set too.
     pub fn required_by(mut self, name: &str, requirements: &[&str]) -> ArgSpec {
-        self.required_by
-            .push((name.to_string(), owned(requirements)));
+        self.required_by.push((name.to_string(), owned(requirements)));
         self
     }
 
@@ -388,8 +355,6 @@ impl ArgSpec {
 
     /// The option given as `name`, which may be one of its aliases.
     pub(crate) fn option_named(&self, name: &str) -> Option<&Opt> {
-        self.options
-            .iter()
-            .find(|option| option.names().any(|known| known == name))
+        self.options.iter().find(|option| option.names().any(|known| known == name))
     }
 }

@@ -23,11 +23,7 @@ pub(crate) struct Validated {
 }
 
 /// Validates `args`, the user's arguments without the `_ansible_*` keys.
-pub(crate) fn validate(
-    spec: &ArgSpec,
-    args: &Map<String, Value>,
-    module: &str,
-) -> Result<Validated, Error> {
+pub(crate) fn validate(spec: &ArgSpec, args: &Map<String, Value>, module: &str) -> Result<Validated, Error> {
     validate_at(spec, args, "", module)
 }
 
@@ -48,23 +44,12 @@ impl ArgSpec {
     /// let error = spec.validate_at(item.as_object().unwrap(), "vms[2]", "kvm_provision").unwrap_err();
     /// assert!(error.to_string().starts_with("argument 'vms[2].memory' is of type <class 'str'>"));
     /// ```
-    pub fn validate_at(
-        &self,
-        args: &Map<String, Value>,
-        path: &str,
-        module: &str,
-    ) -> Result<Params, Error> {
-        validate_at(self, args, path, module)
-            .map(|validated| Params::new(validated.params, path.to_string()))
+    pub fn validate_at(&self, args: &Map<String, Value>, path: &str, module: &str) -> Result<Params, Error> {
+        validate_at(self, args, path, module).map(|validated| Params::new(validated.params, path.to_string()))
     }
 }
 
-fn validate_at(
-    spec: &ArgSpec,
-    args: &Map<String, Value>,
-    path: &str,
-    module: &str,
-) -> Result<Validated, Error> {
+fn validate_at(spec: &ArgSpec, args: &Map<String, Value>, path: &str, module: &str) -> Result<Validated, Error> {
     let mut validator = Validator::default();
     let params = validator.section(spec, args, path)?;
     // Ansible reports unknown names only when nothing else is wrong: a
@@ -78,11 +63,7 @@ fn validate_at(
             aliases,
         });
     }
-    Ok(Validated {
-        params,
-        warnings: validator.warnings,
-        deprecations: validator.deprecations,
-    })
+    Ok(Validated { params, warnings: validator.warnings, deprecations: validator.deprecations })
 }
 
 #[derive(Default)]
@@ -98,12 +79,7 @@ struct Validator {
 impl Validator {
     /// Validates one level: the module's options, or the suboptions of the
     /// dict found at `path` (`cloud_init`, `disks[0]`; empty at the top).
-    fn section(
-        &mut self,
-        spec: &ArgSpec,
-        given: &Map<String, Value>,
-        path: &str,
-    ) -> Result<Map<String, Value>, Error> {
+    fn section(&mut self, spec: &ArgSpec, given: &Map<String, Value>, path: &str) -> Result<Map<String, Value>, Error> {
         let mut params = self.canonicalize(spec, given, path);
         check_mutually_exclusive(spec, &params, path)?;
         for option in &spec.options {
@@ -127,8 +103,7 @@ impl Validator {
             params.entry(option.name.clone()).or_insert(Value::Null);
         }
         for option in &spec.options {
-            if let (Some(subspec), Some(value)) = (&option.suboptions, params.get_mut(&option.name))
-            {
+            if let (Some(subspec), Some(value)) = (&option.suboptions, params.get_mut(&option.name)) {
                 self.nested(option, subspec, value, &qualified(path, &option.name))?;
             }
         }
@@ -136,13 +111,7 @@ impl Validator {
     }
 
     /// Validates the suboptions of `option`, whose converted value is `value`.
-    fn nested(
-        &mut self,
-        option: &Opt,
-        subspec: &ArgSpec,
-        value: &mut Value,
-        name: &str,
-    ) -> Result<(), Error> {
+    fn nested(&mut self, option: &Opt, subspec: &ArgSpec, value: &mut Value, name: &str) -> Result<(), Error> {
         match value {
             Value::Object(map) => *map = self.section(subspec, map, name)?,
             Value::Null if option.apply_defaults => {
@@ -162,12 +131,7 @@ impl Validator {
 
     /// Keys `given` by canonical option names, noting unknown names,
     /// deprecated aliases and options, and options given twice.
-    fn canonicalize(
-        &mut self,
-        spec: &ArgSpec,
-        given: &Map<String, Value>,
-        path: &str,
-    ) -> Map<String, Value> {
+    fn canonicalize(&mut self, spec: &ArgSpec, given: &Map<String, Value>, path: &str) -> Map<String, Value> {
         let mut params = Map::new();
         let mut unsupported = Vec::new();
         for (name, value) in given {
@@ -187,38 +151,22 @@ impl Validator {
                 params.entry(name.clone()).or_insert_with(|| value.clone());
                 continue;
             }
-            if let Some((_, removal)) = option
-                .deprecated_aliases
-                .iter()
-                .find(|(alias, _)| alias == name)
-            {
+            if let Some((_, removal)) = option.deprecated_aliases.iter().find(|(alias, _)| alias == name) {
                 self.deprecations.push(Deprecation::new(
-                    format!(
-                        "Alias '{name}' is deprecated. See the module docs for more information"
-                    ),
+                    format!("Alias '{name}' is deprecated. See the module docs for more information"),
                     removal.clone(),
                 ));
             }
             if given.contains_key(&option.name) {
-                self.warnings.push(format!(
-                    "Both option {canonical} and its alias {name} are set."
-                ));
+                self.warnings.push(format!("Both option {canonical} and its alias {name} are set."));
             }
             params.insert(option.name.clone(), value.clone());
         }
         if !unsupported.is_empty() {
             self.unsupported.append(&mut unsupported);
             self.supported.get_or_insert_with(|| {
-                let mut options: Vec<String> = spec
-                    .options
-                    .iter()
-                    .map(|option| option.name.clone())
-                    .collect();
-                let mut aliases: Vec<String> = spec
-                    .options
-                    .iter()
-                    .flat_map(|option| option.aliases.clone())
-                    .collect();
+                let mut options: Vec<String> = spec.options.iter().map(|option| option.name.clone()).collect();
+                let mut aliases: Vec<String> = spec.options.iter().flat_map(|option| option.aliases.clone()).collect();
                 options.sort();
                 aliases.sort();
                 (options, aliases)
@@ -256,9 +204,7 @@ fn convert(option: &Opt, value: Value, path: &str) -> Result<Value, Error> {
         reason,
     })?;
     // A list with suboptions is a list of dicts even if `elements` is unsaid.
-    let elements = option
-        .elements
-        .or_else(|| option.suboptions.as_ref().map(|_| Type::Dict));
+    let elements = option.elements.or_else(|| option.suboptions.as_ref().map(|_| Type::Dict));
     match (value, elements) {
         (Value::Array(items), Some(wanted)) => items
             .into_iter()
@@ -292,19 +238,11 @@ fn check_choices(option: &Opt, value: &mut Value, path: &str) -> Result<(), Erro
     let allowed = |value: &Value| option.choices.iter().any(|choice| same(choice, value));
     let choices = || option.choices.iter().map(python_str).collect();
     if let Value::Array(items) = value {
-        let unmatched: Vec<String> = items
-            .iter()
-            .filter(|item| !allowed(item))
-            .map(python_str)
-            .collect();
+        let unmatched: Vec<String> = items.iter().filter(|item| !allowed(item)).map(python_str).collect();
         if unmatched.is_empty() {
             return Ok(());
         }
-        return Err(Error::NotChoices {
-            name: qualified(path, &option.name),
-            choices: choices(),
-            unmatched,
-        });
+        return Err(Error::NotChoices { name: qualified(path, &option.name), choices: choices(), unmatched });
     }
     if allowed(value) {
         return Ok(());
@@ -314,11 +252,9 @@ fn check_choices(option: &Opt, value: &mut Value, path: &str) -> Result<(), Erro
             *value = choice;
             Ok(())
         }
-        None => Err(Error::NotAChoice {
-            name: qualified(path, &option.name),
-            choices: choices(),
-            got: python_str(value),
-        }),
+        None => {
+            Err(Error::NotAChoice { name: qualified(path, &option.name), choices: choices(), got: python_str(value) })
+        }
     }
 }
 
@@ -331,22 +267,15 @@ fn unambiguous_bool_choice(choices: &[Value], value: &Value) -> Option<Value> {
         "False" => FALSE_WORDS,
         _ => return None,
     };
-    let mut matching = choices.iter().filter(|choice| {
-        choice
-            .as_str()
-            .is_some_and(|choice| spellings.contains(&choice))
-    });
+    let mut matching =
+        choices.iter().filter(|choice| choice.as_str().is_some_and(|choice| spellings.contains(&choice)));
     match (matching.next(), matching.next()) {
         (Some(only), None) => Some(only.clone()),
         _ => None,
     }
 }
 
-fn check_mutually_exclusive(
-    spec: &ArgSpec,
-    params: &Map<String, Value>,
-    path: &str,
-) -> Result<(), Error> {
+fn check_mutually_exclusive(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -> Result<(), Error> {
     let violated: Vec<Vec<String>> = spec
         .mutually_exclusive
         .iter()
@@ -377,17 +306,9 @@ fn check_required(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -> Re
 
 /// `required_together`, `required_one_of`, `required_if`, `required_by`, in
 /// Ansible's order.
-fn check_requirements(
-    spec: &ArgSpec,
-    params: &Map<String, Value>,
-    path: &str,
-) -> Result<(), Error> {
+fn check_requirements(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -> Result<(), Error> {
     let unset = |names: &[String]| -> Vec<String> {
-        let unset = names
-            .iter()
-            .filter(|name| !is_set(params, name))
-            .cloned()
-            .collect::<Vec<_>>();
+        let unset = names.iter().filter(|name| !is_set(params, name)).cloned().collect::<Vec<_>>();
         qualified_all(path, &unset)
     };
     for group in &spec.required_together {
@@ -402,10 +323,7 @@ fn check_requirements(
         }
     }
     for rule in &spec.required_if {
-        if !params
-            .get(&rule.name)
-            .is_some_and(|value| same(value, &rule.value))
-        {
+        if !params.get(&rule.name).is_some_and(|value| same(value, &rule.value)) {
             continue;
         }
         let missing = unset(&rule.requirements);
@@ -421,10 +339,7 @@ fn check_requirements(
     for (name, requirements) in &spec.required_by {
         let missing = unset(requirements);
         if is_set(params, name) && !missing.is_empty() {
-            return Err(Error::RequiredBy {
-                name: qualified(path, name),
-                missing,
-            });
+            return Err(Error::RequiredBy { name: qualified(path, name), missing });
         }
     }
     Ok(())
@@ -437,9 +352,7 @@ mod tests {
     use serde_json::json;
 
     fn run(spec: &ArgSpec, args: Value) -> Result<Validated, Error> {
-        let Value::Object(args) = args else {
-            panic!("test args must be an object")
-        };
+        let Value::Object(args) = args else { panic!("test args must be an object") };
         validate(spec, &args, "virtfarm.kvm.test")
     }
 
@@ -464,23 +377,13 @@ mod tests {
             Opt::str("state").default("present"),
             Opt::str("note"),
         ]);
-        assert_eq!(
-            params(&spec, json!({})),
-            json!({"count": 2, "state": "present", "note": null})
-        );
-        assert_eq!(
-            params(&spec, json!({"count": null})),
-            json!({"count": 2, "state": "present", "note": null})
-        );
+        assert_eq!(params(&spec, json!({})), json!({"count": 2, "state": "present", "note": null}));
+        assert_eq!(params(&spec, json!({"count": null})), json!({"count": 2, "state": "present", "note": null}));
     }
 
     #[test]
     fn values_are_converted_to_their_type() {
-        let spec = ArgSpec::new([
-            Opt::int("count"),
-            Opt::bool("force"),
-            Opt::list("tags").elements(Type::Int),
-        ]);
+        let spec = ArgSpec::new([Opt::int("count"), Opt::bool("force"), Opt::list("tags").elements(Type::Int)]);
         assert_eq!(
             params(&spec, json!({"count": "3", "force": "yes", "tags": "1,2"})),
             json!({"count": 3, "force": true, "tags": [1, 2]})
@@ -505,8 +408,7 @@ mod tests {
     #[test]
     fn huge_int_fails_clearly() {
         let spec = ArgSpec::new([Opt::int("count")]);
-        let args: Value =
-            serde_json::from_str(r#"{"count": 123456789012345678901234567890}"#).unwrap();
+        let args: Value = serde_json::from_str(r#"{"count": 123456789012345678901234567890}"#).unwrap();
         assert_eq!(
             message(&spec, args),
             "argument 'count' is of type <class 'float'> and we were unable to convert to int: \
@@ -516,19 +418,9 @@ mod tests {
 
     #[test]
     fn required_options() {
-        let spec = ArgSpec::new([
-            Opt::str("name").required(),
-            Opt::str("image").required(),
-            Opt::str("x"),
-        ]);
-        assert_eq!(
-            message(&spec, json!({"x": "1"})),
-            "missing required arguments: image, name"
-        );
-        assert_eq!(
-            message(&spec, json!({"name": "a", "image": null})),
-            "missing required arguments: image"
-        );
+        let spec = ArgSpec::new([Opt::str("name").required(), Opt::str("image").required(), Opt::str("x")]);
+        assert_eq!(message(&spec, json!({"x": "1"})), "missing required arguments: image, name");
+        assert_eq!(message(&spec, json!({"name": "a", "image": null})), "missing required arguments: image");
     }
 
     #[test]
@@ -553,26 +445,17 @@ mod tests {
     #[test]
     fn unknown_options_are_reported_after_other_errors() {
         let spec = ArgSpec::new([Opt::str("name").required()]);
-        assert_eq!(
-            message(&spec, json!({"nmae": "a"})),
-            "missing required arguments: name"
-        );
+        assert_eq!(message(&spec, json!({"nmae": "a"})), "missing required arguments: name");
     }
 
     #[test]
     fn aliases_resolve_to_the_canonical_name() {
         let spec = ArgSpec::new([Opt::str("name").aliases(&["vm_name", "domain"])]);
-        assert_eq!(
-            params(&spec, json!({"vm_name": "web"})),
-            json!({"name": "web"})
-        );
+        assert_eq!(params(&spec, json!({"vm_name": "web"})), json!({"name": "web"}));
 
         let validated = run(&spec, json!({"name": "a", "domain": "b"})).unwrap();
         assert_eq!(validated.params, *json!({"name": "b"}).as_object().unwrap());
-        assert_eq!(
-            validated.warnings,
-            ["Both option name and its alias domain are set."]
-        );
+        assert_eq!(validated.warnings, ["Both option name and its alias domain are set."]);
     }
 
     #[test]
@@ -582,11 +465,7 @@ mod tests {
             Opt::bool("legacy").deprecated(Removal::date("2026-12-31", "virtfarm.kvm")),
         ]);
         let validated = run(&spec, json!({"vm": "a", "legacy": true})).unwrap();
-        let messages: Vec<Value> = validated
-            .deprecations
-            .iter()
-            .map(Deprecation::to_json)
-            .collect();
+        let messages: Vec<Value> = validated.deprecations.iter().map(Deprecation::to_json).collect();
         assert_eq!(
             messages,
             [
@@ -596,10 +475,7 @@ mod tests {
                        "version": "2.0.0", "collection_name": "virtfarm.kvm"}),
             ]
         );
-        assert!(run(&spec, json!({"name": "a"}))
-            .unwrap()
-            .deprecations
-            .is_empty());
+        assert!(run(&spec, json!({"name": "a"})).unwrap().deprecations.is_empty());
     }
 
     #[test]
@@ -611,20 +487,11 @@ mod tests {
             Opt::list("features").choices(&["acpi", "apic"]),
         ]);
         assert_eq!(
-            params(
-                &spec,
-                json!({"state": "absent", "level": "2", "ratio": 1, "features": "acpi,apic"})
-            ),
+            params(&spec, json!({"state": "absent", "level": "2", "ratio": 1, "features": "acpi,apic"})),
             json!({"state": "absent", "level": 2, "ratio": 1.0, "features": ["acpi", "apic"]})
         );
-        assert_eq!(
-            message(&spec, json!({"state": "foo"})),
-            "value of state must be one of: present, absent, got: foo"
-        );
-        assert_eq!(
-            message(&spec, json!({"level": "7"})),
-            "value of level must be one of: 1, 2, 3, got: 7"
-        );
+        assert_eq!(message(&spec, json!({"state": "foo"})), "value of state must be one of: present, absent, got: foo");
+        assert_eq!(message(&spec, json!({"level": "7"})), "value of level must be one of: 1, 2, 3, got: 7");
         assert_eq!(
             message(&spec, json!({"features": ["acpi", "pae", "hap"]})),
             "value of features must be one or more of: acpi, apic. Got no match for: pae, hap"
@@ -634,35 +501,19 @@ mod tests {
     #[test]
     fn yaml_booleans_match_their_spelling_among_choices() {
         let spec = ArgSpec::new([Opt::str("autostart").choices(&["yes", "no", "later"])]);
-        assert_eq!(
-            params(&spec, json!({"autostart": true})),
-            json!({"autostart": "yes"})
-        );
-        assert_eq!(
-            params(&spec, json!({"autostart": false})),
-            json!({"autostart": "no"})
-        );
+        assert_eq!(params(&spec, json!({"autostart": true})), json!({"autostart": "yes"}));
+        assert_eq!(params(&spec, json!({"autostart": false})), json!({"autostart": "no"}));
         let ambiguous = ArgSpec::new([Opt::str("mode").choices(&["on", "yes"])]);
-        assert_eq!(
-            message(&ambiguous, json!({"mode": true})),
-            "value of mode must be one of: on, yes, got: True"
-        );
+        assert_eq!(message(&ambiguous, json!({"mode": true})), "value of mode must be one of: on, yes, got: True");
     }
 
     #[test]
     fn mutually_exclusive_ignores_defaults() {
-        let spec = ArgSpec::new([
-            Opt::str("image").default("base.qcow2"),
-            Opt::str("url"),
-            Opt::str("a"),
-            Opt::str("b"),
-        ])
-        .mutually_exclusive(&["image", "url"])
-        .mutually_exclusive(&["a", "b"]);
-        assert_eq!(
-            params(&spec, json!({"url": "http://x"}))["image"],
-            json!("base.qcow2")
-        );
+        let spec =
+            ArgSpec::new([Opt::str("image").default("base.qcow2"), Opt::str("url"), Opt::str("a"), Opt::str("b")])
+                .mutually_exclusive(&["image", "url"])
+                .mutually_exclusive(&["a", "b"]);
+        assert_eq!(params(&spec, json!({"url": "http://x"}))["image"], json!("base.qcow2"));
         assert_eq!(
             message(&spec, json!({"image": "i", "url": "u", "a": "1", "b": "2"})),
             "parameters are mutually exclusive: image|url, a|b"
@@ -671,41 +522,27 @@ mod tests {
 
     #[test]
     fn required_one_of() {
-        let spec =
-            ArgSpec::new([Opt::str("image"), Opt::str("url")]).required_one_of(&["image", "url"]);
-        assert_eq!(
-            message(&spec, json!({})),
-            "one of the following is required: image, url"
-        );
+        let spec = ArgSpec::new([Opt::str("image"), Opt::str("url")]).required_one_of(&["image", "url"]);
+        assert_eq!(message(&spec, json!({})), "one of the following is required: image, url");
         params(&spec, json!({"url": "u"}));
     }
 
     #[test]
     fn required_together() {
-        let spec = ArgSpec::new([Opt::str("user"), Opt::str("password").no_log()])
-            .required_together(&["user", "password"]);
-        assert_eq!(
-            message(&spec, json!({"user": "u"})),
-            "parameters are required together: user, password"
-        );
+        let spec =
+            ArgSpec::new([Opt::str("user"), Opt::str("password").no_log()]).required_together(&["user", "password"]);
+        assert_eq!(message(&spec, json!({"user": "u"})), "parameters are required together: user, password");
         params(&spec, json!({}));
         params(&spec, json!({"user": "u", "password": "p"}));
     }
 
     #[test]
     fn required_if_all_and_any() {
-        let spec = ArgSpec::new([
-            Opt::str("state").default("present"),
-            Opt::str("image"),
-            Opt::str("url"),
-            Opt::int("count"),
-        ])
-        .required_if("state", "present", &["image", "url"])
-        .required_if_any("count", 2, &["image", "url"]);
-        assert_eq!(
-            message(&spec, json!({"image": "i"})),
-            "state is present but all of the following are missing: url"
-        );
+        let spec =
+            ArgSpec::new([Opt::str("state").default("present"), Opt::str("image"), Opt::str("url"), Opt::int("count")])
+                .required_if("state", "present", &["image", "url"])
+                .required_if_any("count", 2, &["image", "url"]);
+        assert_eq!(message(&spec, json!({"image": "i"})), "state is present but all of the following are missing: url");
         params(&spec, json!({"state": "absent", "count": 1}));
         assert_eq!(
             message(&spec, json!({"state": "absent", "count": "2"})),
@@ -758,34 +595,22 @@ mod tests {
                 "disks": [{"size": 1073741824, "bus": "virtio"}, {"size": 10, "bus": "sata"}],
             })
         );
-        assert_eq!(
-            params(&spec, json!({"name": "vm"}))["cloud_init"],
-            Value::Null
-        );
+        assert_eq!(params(&spec, json!({"name": "vm"}))["cloud_init"], Value::Null);
     }
 
     #[test]
     fn suboption_errors_use_dotted_names() {
         let spec = cloud_init_spec();
         assert_eq!(
-            message(
-                &spec,
-                json!({"name": "vm", "cloud_init": {"password": "x"}})
-            ),
+            message(&spec, json!({"name": "vm", "cloud_init": {"password": "x"}})),
             "missing required arguments: cloud_init.user"
         );
         assert_eq!(
-            message(
-                &spec,
-                json!({"name": "vm", "cloud_init": {"user": "u", "password": "p", "hash": "h"}})
-            ),
+            message(&spec, json!({"name": "vm", "cloud_init": {"user": "u", "password": "p", "hash": "h"}})),
             "parameters are mutually exclusive: cloud_init.password|cloud_init.hash"
         );
         assert_eq!(
-            message(
-                &spec,
-                json!({"name": "vm", "disks": [{"size": "1G"}, {"bus": "ide"}]})
-            ),
+            message(&spec, json!({"name": "vm", "disks": [{"size": "1G"}, {"bus": "ide"}]})),
             "missing required arguments: disks[1].size"
         );
         assert_eq!(
@@ -794,10 +619,7 @@ mod tests {
              dictionary requested, could not parse JSON or key=value"
         );
         assert_eq!(
-            message(
-                &spec,
-                json!({"name": "vm", "cloud_init": {"user": "u", "shell": "sh"}})
-            ),
+            message(&spec, json!({"name": "vm", "cloud_init": {"user": "u", "shell": "sh"}})),
             "Unsupported parameters for (virtfarm.kvm.test) module: cloud_init.shell. \
              Supported parameters include: hash, password, ssh_keys, user."
         );
@@ -808,9 +630,6 @@ mod tests {
         let spec = ArgSpec::new([Opt::dict("console")
             .suboptions(ArgSpec::new([Opt::str("type").default("pty")]))
             .apply_defaults()]);
-        assert_eq!(
-            params(&spec, json!({})),
-            json!({"console": {"type": "pty"}})
-        );
+        assert_eq!(params(&spec, json!({})), json!({"console": {"type": "pty"}}));
     }
 }

@@ -44,7 +44,8 @@ impl<'a> GuestAgent<'a> {
             .domain
             .qemu_agent_command(&request.to_string(), timeout_s, 0)
             .map_err(|e| self.error(format!("{execute}: {}", e.message())))?;
-        let reply: Value = serde_json::from_str(&reply).map_err(|e| self.error(format!("{execute}: unreadable reply: {e}")))?;
+        let reply: Value =
+            serde_json::from_str(&reply).map_err(|e| self.error(format!("{execute}: unreadable reply: {e}")))?;
         Ok(reply.get("return").cloned().unwrap_or(Value::Null))
     }
 
@@ -69,8 +70,10 @@ impl<'a> GuestAgent<'a> {
 
     /// Runs `sync` in the guest and waits for it, up to `timeout`.
     pub fn sync(&self, timeout: Duration) -> Result<()> {
-        let started = self.command("guest-exec", Some(json!({ "path": "sync", "capture-output": false })), COMMAND_TIMEOUT_S)?;
-        let pid = started.get("pid").and_then(Value::as_i64).ok_or_else(|| self.error("guest-exec gave no pid".into()))?;
+        let started =
+            self.command("guest-exec", Some(json!({ "path": "sync", "capture-output": false })), COMMAND_TIMEOUT_S)?;
+        let pid =
+            started.get("pid").and_then(Value::as_i64).ok_or_else(|| self.error("guest-exec gave no pid".into()))?;
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let status = self.command("guest-exec-status", Some(json!({ "pid": pid })), COMMAND_TIMEOUT_S)?;
@@ -123,7 +126,9 @@ fn parse_interfaces(reply: &Value) -> Vec<GuestAddress> {
 pub fn is_routable(ip: &str) -> bool {
     match ip.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(v4)) => !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified()),
-        Ok(std::net::IpAddr::V6(v6)) => !(v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80),
+        Ok(std::net::IpAddr::V6(v6)) => {
+            !(v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80)
+        }
         Err(_) => false,
     }
 }

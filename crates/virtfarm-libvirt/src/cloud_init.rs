@@ -187,8 +187,11 @@ fn path_table_root(big_endian: bool) -> [u8; 10] {
     let mut entry = [0u8; 10];
     entry[0] = 1;
     let extent = ROOT_DIRECTORY as u32;
-    let (extent, parent) =
-        if big_endian { (extent.to_be_bytes(), 1u16.to_be_bytes()) } else { (extent.to_le_bytes(), 1u16.to_le_bytes()) };
+    let (extent, parent) = if big_endian {
+        (extent.to_be_bytes(), 1u16.to_be_bytes())
+    } else {
+        (extent.to_le_bytes(), 1u16.to_le_bytes())
+    };
     entry[2..6].copy_from_slice(&extent);
     entry[6..8].copy_from_slice(&parent);
     entry

@@ -156,7 +156,9 @@ impl DomainSpec {
             text_element(w, "uuid", uuid)?;
         }
         w.create_element("metadata").write_inner_content(|w| self.metadata.write(w))?;
-        w.create_element("memory").with_attribute(("unit", "MiB")).write_text_content(text(&self.memory_mib.to_string()))?;
+        w.create_element("memory")
+            .with_attribute(("unit", "MiB"))
+            .write_text_content(text(&self.memory_mib.to_string()))?;
         text_element(w, "vcpu", &self.vcpus.to_string())?;
         self.write_os(w)?;
         w.create_element("features").write_inner_content(|w| {
@@ -256,13 +258,19 @@ impl DomainSpec {
         }
         w.create_element("serial").with_attribute(("type", "pty")).write_inner_content(|w| {
             if let Some(log) = &self.console_log {
-                w.create_element("log").with_attribute(("file", log.as_str())).with_attribute(("append", "on")).write_empty()?;
+                w.create_element("log")
+                    .with_attribute(("file", log.as_str()))
+                    .with_attribute(("append", "on"))
+                    .write_empty()?;
             }
             w.create_element("target").with_attribute(("port", "0")).write_empty()?;
             Ok(())
         })?;
         w.create_element("console").with_attribute(("type", "pty")).write_inner_content(|w| {
-            w.create_element("target").with_attribute(("type", "serial")).with_attribute(("port", "0")).write_empty()?;
+            w.create_element("target")
+                .with_attribute(("type", "serial"))
+                .with_attribute(("port", "0"))
+                .write_empty()?;
             Ok(())
         })?;
         w.create_element("channel").with_attribute(("type", "unix")).write_inner_content(|w| {
@@ -339,28 +347,32 @@ pub(crate) fn optional_text_element(w: &mut XmlWriter, name: &str, value: Option
 impl InstanceMetadata {
     fn write(&self, w: &mut XmlWriter) -> std::io::Result<()> {
         let ns = format!("xmlns:{METADATA_PREFIX}");
-        w.create_element(qualified("instance")).with_attribute((ns.as_str(), METADATA_NS)).write_inner_content(|w| {
-            let singles = [
-                ("spec", &self.spec_hash),
-                ("platform", &self.platform),
-                ("target", &self.target),
-                ("user", &self.user),
-                ("project", &self.project),
-            ];
-            for (name, value) in singles {
-                optional_text_element(w, &qualified(name), value.as_deref())?;
-            }
-            for group in &self.groups {
-                text_element(w, &qualified("group"), group)?;
-            }
-            for volume in &self.volumes {
-                text_element(w, &qualified("volume"), volume)?;
-            }
-            for (key, value) in &self.vars {
-                w.create_element(qualified("var")).with_attribute(("name", key.as_str())).write_text_content(text(value))?;
-            }
-            Ok(())
-        })?;
+        w.create_element(qualified("instance")).with_attribute((ns.as_str(), METADATA_NS)).write_inner_content(
+            |w| {
+                let singles = [
+                    ("spec", &self.spec_hash),
+                    ("platform", &self.platform),
+                    ("target", &self.target),
+                    ("user", &self.user),
+                    ("project", &self.project),
+                ];
+                for (name, value) in singles {
+                    optional_text_element(w, &qualified(name), value.as_deref())?;
+                }
+                for group in &self.groups {
+                    text_element(w, &qualified("group"), group)?;
+                }
+                for volume in &self.volumes {
+                    text_element(w, &qualified("volume"), volume)?;
+                }
+                for (key, value) in &self.vars {
+                    w.create_element(qualified("var"))
+                        .with_attribute(("name", key.as_str()))
+                        .write_text_content(text(value))?;
+                }
+                Ok(())
+            },
+        )?;
         Ok(())
     }
 
@@ -369,7 +381,10 @@ impl InstanceMetadata {
         let mut reader = NsReader::from_str(xml);
         let mut metadata = InstanceMetadata::default();
         let mut current: Option<(String, Option<String>)> = None;
-        let bad = |e: quick_xml::Error| Error::Xml { doing: "reading our domain metadata".to_string(), message: e.to_string() };
+        let bad = |e: quick_xml::Error| Error::Xml {
+            doing: "reading our domain metadata".to_string(),
+            message: e.to_string(),
+        };
         loop {
             let (namespace, event) = reader.read_resolved_event().map_err(bad)?;
             let ours = matches!(namespace, ResolveResult::Bound(ns) if ns.as_ref() == METADATA_NS.as_bytes());
@@ -538,7 +553,12 @@ mod tests {
                 initrd: Some("/i".to_string()),
                 cmdline: Some("root=/dev/vda console=ttyS0 a=\"b&c\"".to_string()),
             }),
-            disks: vec![DiskDevice { path: "/p/web1.qcow2".into(), format: "qcow2".into(), target: "vda".into(), cdrom: false }],
+            disks: vec![DiskDevice {
+                path: "/p/web1.qcow2".into(),
+                format: "qcow2".into(),
+                target: "vda".into(),
+                cdrom: false,
+            }],
             nics: vec![NicDevice { source: NicSource::Network("vfnet".into()), mac: "52:54:00:01:02:03".into() }],
             console_log: Some("/var/log/web1.log".into()),
             metadata: InstanceMetadata {
@@ -595,12 +615,17 @@ mod tests {
     fn given_xml_with_our_old_metadata_gets_the_new_one_only() {
         // A definition dumped from a VM we made, given back: found by fuzzing (groups doubled).
         let old = InstanceMetadata { spec_hash: Some("old".into()), groups: vec!["web".into()], ..Default::default() };
-        let dumped = reconcile_identity("<domain><metadata><other xmlns='urn:x'/></metadata></domain>", "a", None, &old).unwrap();
+        let dumped =
+            reconcile_identity("<domain><metadata><other xmlns='urn:x'/></metadata></domain>", "a", None, &old)
+                .unwrap();
         let new = InstanceMetadata { spec_hash: Some("new".into()), groups: vec!["db".into()], ..Default::default() };
         let out = reconcile_identity(&dumped, "a", None, &new).unwrap();
         assert_eq!(InstanceMetadata::from_domain_xml(&out).unwrap(), new, "{out}");
         assert!(out.contains("<other xmlns='urn:x'/>"), "{out}");
         let empty = "<domain><metadata><vf:instance xmlns:vf='urn:virtfarm:metadata:1'/></metadata></domain>";
-        assert_eq!(InstanceMetadata::from_domain_xml(&reconcile_identity(empty, "a", None, &new).unwrap()).unwrap(), new);
+        assert_eq!(
+            InstanceMetadata::from_domain_xml(&reconcile_identity(empty, "a", None, &new).unwrap()).unwrap(),
+            new
+        );
     }
 }

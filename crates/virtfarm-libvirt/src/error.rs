@@ -54,7 +54,6 @@ pub enum Error {
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-
 /// Adds "what we were doing" to a `virt` error.
 pub(crate) trait Doing<T> {
     /// Maps a `virt` error into [`Error::Libvirt`] naming the operation.
@@ -63,11 +62,7 @@ pub(crate) trait Doing<T> {
 
 impl<T> Doing<T> for std::result::Result<T, virt::error::Error> {
     fn doing(self, doing: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|e| Error::Libvirt {
-            doing: doing(),
-            message: e.message().to_string(),
-            code: raw_code(&e),
-        })
+        self.map_err(|e| Error::Libvirt { doing: doing(), message: e.message().to_string(), code: raw_code(&e) })
     }
 }
 

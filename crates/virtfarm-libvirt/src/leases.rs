@@ -26,10 +26,7 @@ pub struct Lease {
 impl Hypervisor {
     /// Every lease of the network `network`, in one call.
     pub fn network_leases(&self, network: &str) -> Result<Vec<Lease>> {
-        let net = self
-            .raw()
-            .lookup_network_by_name(network)
-            .doing(|| format!("looking up network {network}"))?;
+        let net = self.raw().lookup_network_by_name(network).doing(|| format!("looking up network {network}"))?;
         fetch_leases(&net).doing(|| format!("reading the DHCP leases of network {network}"))
     }
 }

@@ -77,13 +77,19 @@ impl LockOwner {
 
     fn parse(text: &str) -> Option<LockOwner> {
         let mut words = text.split_whitespace();
-        let owner = LockOwner { host: words.next()?.to_string(), pid: words.next()?.parse().ok()?, since: words.next()?.parse().ok()? };
+        let owner = LockOwner {
+            host: words.next()?.to_string(),
+            pid: words.next()?.parse().ok()?,
+            since: words.next()?.parse().ok()?,
+        };
         words.next().is_none().then_some(owner)
     }
 
     /// True when the owner is a process of this host that no longer exists.
     fn is_gone(&self) -> bool {
-        self.host == local_hostname() && self.pid != std::process::id() && !Path::new(&format!("/proc/{}", self.pid)).exists()
+        self.host == local_hostname()
+            && self.pid != std::process::id()
+            && !Path::new(&format!("/proc/{}", self.pid)).exists()
     }
 }
 
@@ -163,7 +169,10 @@ impl Hypervisor {
     /// disks is in a storage pool (there is then no volume of ours to protect).
     pub fn lock_vm(&self, vm: &Vm, policy: &LockPolicy) -> Result<Option<DomainLock>> {
         let files: Vec<String> = vm.facts()?.disks.into_iter().filter_map(|d| d.file).collect();
-        let pools = self.raw().list_all_storage_pools(virt::sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE).doing(|| "listing storage pools".to_string())?;
+        let pools = self
+            .raw()
+            .list_all_storage_pools(virt::sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+            .doing(|| "listing storage pools".to_string())?;
         let mut dirs = Vec::new();
         for pool in &pools {
             let name = pool.name().doing(|| "reading a storage pool name".to_string())?;
@@ -272,7 +281,9 @@ fn mtime_seconds(volume_xml: &str) -> Option<i64> {
 }
 
 fn local_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".to_string())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 #[cfg(test)]

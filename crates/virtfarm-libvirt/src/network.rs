@@ -130,7 +130,8 @@ struct RawHost {
 
 impl RawNetwork {
     fn parse(xml: &str, name: &str) -> Result<Self> {
-        quick_xml::de::from_str(xml).map_err(|e| Error::Xml { doing: format!("reading network {name}"), message: e.to_string() })
+        quick_xml::de::from_str(xml)
+            .map_err(|e| Error::Xml { doing: format!("reading network {name}"), message: e.to_string() })
     }
 
     fn subnets(&self) -> Vec<Subnet> {
@@ -186,7 +187,8 @@ impl Hypervisor {
         };
         self.check_new_network_is_free(new)?;
         if !dry_run {
-            let network = self.raw().define_network_xml(&network_xml(new)?).doing(|| format!("defining network {name}"))?;
+            let network =
+                self.raw().define_network_xml(&network_xml(new)?).doing(|| format!("defining network {name}"))?;
             network.create().doing(|| format!("starting network {name}"))?;
             network.set_autostart(true).doing(|| format!("marking network {name} autostart"))?;
         }
@@ -224,8 +226,9 @@ impl Hypervisor {
     /// or when the address is currently leased to another MAC. libvirt itself refuses a
     /// duplicate added by a concurrent run, so two deployments cannot both win.
     pub fn ensure_reservation(&self, network_name: &str, reservation: &Reservation, dry_run: bool) -> Result<bool> {
-        let network =
-            self.find_network(network_name)?.ok_or_else(|| Error::NotFound { kind: "network", name: network_name.to_string() })?;
+        let network = self
+            .find_network(network_name)?
+            .ok_or_else(|| Error::NotFound { kind: "network", name: network_name.to_string() })?;
         let xml = network
             .xml_desc(virt::sys::VIR_NETWORK_XML_INACTIVE)
             .doing(|| format!("reading network {network_name}"))?;
@@ -260,7 +263,9 @@ impl Hypervisor {
             let leases = self.network_leases(network_name)?;
             let now = unix_now();
             let taken = leases.iter().find(|l| {
-                l.ip == ip && !l.mac.eq_ignore_ascii_case(&reservation.mac) && current_lease(&leases, &l.mac, now) == Some(*l)
+                l.ip == ip
+                    && !l.mac.eq_ignore_ascii_case(&reservation.mac)
+                    && current_lease(&leases, &l.mac, now) == Some(*l)
             });
             if let Some(lease) = taken {
                 return Err(Error::Refused(format!(
@@ -292,7 +297,9 @@ impl Hypervisor {
     /// Removes the DHCP reservation of `mac` from `network`, if it has one; true when removed.
     pub fn remove_reservation(&self, network_name: &str, mac: &str) -> Result<bool> {
         let Some(network) = self.find_network(network_name)? else { return Ok(false) };
-        let xml = network.xml_desc(virt::sys::VIR_NETWORK_XML_INACTIVE).doing(|| format!("reading network {network_name}"))?;
+        let xml = network
+            .xml_desc(virt::sys::VIR_NETWORK_XML_INACTIVE)
+            .doing(|| format!("reading network {network_name}"))?;
         let raw = RawNetwork::parse(&xml, network_name)?;
         let Some(host) = raw.hosts().find(|h| h.mac.as_deref().is_some_and(|m| m.eq_ignore_ascii_case(mac))) else {
             return Ok(false);
@@ -319,16 +326,23 @@ impl Hypervisor {
     }
 }
 
-fn write_xml(doing: &str, body: impl FnOnce(&mut crate::domain_xml::XmlWriter) -> std::io::Result<()>) -> Result<String> {
+fn write_xml(
+    doing: &str,
+    body: impl FnOnce(&mut crate::domain_xml::XmlWriter) -> std::io::Result<()>,
+) -> Result<String> {
     let mut writer = Writer::new(Cursor::new(Vec::new()));
     body(&mut writer).map_err(|e| Error::Xml { doing: doing.to_string(), message: e.to_string() })?;
-    String::from_utf8(writer.into_inner().into_inner()).map_err(|e| Error::Xml { doing: doing.to_string(), message: e.to_string() })
+    String::from_utf8(writer.into_inner().into_inner())
+        .map_err(|e| Error::Xml { doing: doing.to_string(), message: e.to_string() })
 }
 
 fn host_xml(reservation: &Reservation) -> Result<String> {
     write_xml("writing a DHCP host entry", |w| {
         let ip = reservation.ip.to_string();
-        let mut host = w.create_element("host").with_attribute(("mac", reservation.mac.as_str())).with_attribute(("ip", ip.as_str()));
+        let mut host = w
+            .create_element("host")
+            .with_attribute(("mac", reservation.mac.as_str()))
+            .with_attribute(("ip", ip.as_str()));
         if let Some(name) = &reservation.hostname {
             host = host.with_attribute(("name", name.as_str()));
         }
@@ -347,7 +361,10 @@ fn network_xml(new: &NewNetwork) -> Result<String> {
             crate::domain_xml::text_element(w, "name", &new.name)?;
             w.create_element("forward").with_attribute(("mode", "nat")).write_empty()?;
             if let Some(bridge) = &new.bridge {
-                w.create_element("bridge").with_attribute(("name", bridge.as_str())).with_attribute(("stp", "on")).write_empty()?;
+                w.create_element("bridge")
+                    .with_attribute(("name", bridge.as_str()))
+                    .with_attribute(("stp", "on"))
+                    .write_empty()?;
             }
             w.create_element("ip")
                 .with_attribute(("address", gateway.as_str()))
@@ -398,7 +415,11 @@ mod tests {
 
     #[test]
     fn new_network_definition() {
-        let new = NewNetwork { name: "t&n".into(), subnet: Subnet::parse("10.88.0.0/24").unwrap(), bridge: Some("vfbr9".into()) };
+        let new = NewNetwork {
+            name: "t&n".into(),
+            subnet: Subnet::parse("10.88.0.0/24").unwrap(),
+            bridge: Some("vfbr9".into()),
+        };
         let xml = network_xml(&new).unwrap();
         assert!(xml.contains("<name>t&amp;n</name>"));
         assert!(xml.contains("address=\"10.88.0.1\" prefix=\"24\""));

@@ -108,9 +108,15 @@ impl Host {
     /// Reads what `hypervisor` offers: three calls (capabilities, free memory, domain list).
     pub fn read(hypervisor: &Hypervisor) -> Result<Host> {
         let capabilities = hypervisor.capabilities()?;
-        let free = hypervisor.raw().free_memory().doing(|| format!("reading the free memory of {}", hypervisor.uri()))?;
+        let free =
+            hypervisor.raw().free_memory().doing(|| format!("reading the free memory of {}", hypervisor.uri()))?;
         let domains = hypervisor.all_vms()?.iter().map(|vm| vm.name().to_string()).collect();
-        Ok(Host { uri: hypervisor.uri().to_string(), arches: guest_arches(&capabilities)?, free_mib: free >> 20, domains })
+        Ok(Host {
+            uri: hypervisor.uri().to_string(),
+            arches: guest_arches(&capabilities)?,
+            free_mib: free >> 20,
+            domains,
+        })
     }
 
     /// Why this host cannot take `vm` with `free_mib` left, or `None` when it can.
@@ -141,7 +147,9 @@ pub fn survey(uris: &[String]) -> Vec<Surveyed> {
             .zip(handles)
             .map(|(uri, handle)| Surveyed {
                 uri: uri.clone(),
-                host: handle.join().unwrap_or_else(|_| Err(Error::Refused(format!("surveying {uri} failed unexpectedly")))),
+                host: handle
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Refused(format!("surveying {uri} failed unexpectedly")))),
             })
             .collect()
     })
@@ -187,9 +195,11 @@ fn where_it_is(vm: &Demand, hosts: &[&Host]) -> Result<Option<usize>> {
     match holders.as_slice() {
         [] => Ok(None),
         [one] => match &vm.pinned {
-            Some(pinned) if *pinned != hosts[*one].uri => {
-                Err(Error::Refused(format!("{}: exists on {} but is pinned to {pinned}; VMs are not moved", vm.name, uris())))
-            }
+            Some(pinned) if *pinned != hosts[*one].uri => Err(Error::Refused(format!(
+                "{}: exists on {} but is pinned to {pinned}; VMs are not moved",
+                vm.name,
+                uris()
+            ))),
             _ => Ok(Some(*one)),
         },
         _ => Err(Error::Refused(format!("{}: exists on several hypervisors ({})", vm.name, uris()))),
@@ -292,7 +302,10 @@ mod tests {
         let hosts = [host("h1", 8192, &["a", "c"]), host("h2", 8192, &["b", "d", "x"])];
         let again: Vec<Demand> = ["d", "e", "c", "b", "a"].iter().map(|n| vm(n, 512)).collect();
         let placed = place(&again, &hosts, Strategy::RoundRobin);
-        assert!(matches!(&placed[0], Ok(Placed { existing: true, .. })) && matches!(&placed[1], Ok(Placed { existing: false, .. })));
+        assert!(
+            matches!(&placed[0], Ok(Placed { existing: true, .. }))
+                && matches!(&placed[1], Ok(Placed { existing: false, .. }))
+        );
         assert_eq!(uris(placed), ["h2", "h1", "h1", "h2", "h1"]);
     }
 
@@ -314,7 +327,11 @@ mod tests {
         let mut pinned = vm("p", 100);
         pinned.pinned = Some("h9".into());
         let placed = uris(place(&[vm("big", 4096), arm, kvm, pinned, vm("old", 1)], &hosts, Strategy::RoundRobin));
-        assert!(placed[0].contains("big: no hypervisor can take it (h1 has 1000 MiB free, big needs 4096 MiB"), "{}", placed[0]);
+        assert!(
+            placed[0].contains("big: no hypervisor can take it (h1 has 1000 MiB free, big needs 4096 MiB"),
+            "{}",
+            placed[0]
+        );
         assert!(placed[1].contains("h1 does not run aarch64"), "{}", placed[1]);
         assert!(placed[2].contains("h2 does not run x86_64 with domain type kvm"), "{}", placed[2]);
         assert!(placed[3].contains("p: pinned to h9, which is not among the hypervisors"), "{}", placed[3]);
@@ -340,6 +357,9 @@ mod tests {
             <guest><os_type>hvm</os_type><arch name='x86_64'><wordsize>64</wordsize><domain type='qemu'/><domain type='kvm'/></arch></guest>\
             <guest><os_type>hvm</os_type><arch name='i686'><domain type='qemu'/></arch></guest></capabilities>";
         let arches = guest_arches(caps).unwrap();
-        assert_eq!(arches, [("x86_64".to_string(), vec!["qemu".to_string()]), ("i686".to_string(), vec!["qemu".to_string()])]);
+        assert_eq!(
+            arches,
+            [("x86_64".to_string(), vec!["qemu".to_string()]), ("i686".to_string(), vec!["qemu".to_string()])]
+        );
     }
 }

@@ -122,13 +122,19 @@ const XML_READERS: usize = 4;
 
 /// Scans `hypervisor` once (see the module documentation for the calls made).
 pub fn scan(hypervisor: &Hypervisor, options: &ScanOptions) -> Result<Scan> {
-    let mut pass = Pass { hypervisor, options, now: crate::wait::unix_now(), leases: HashMap::new(), reservations: HashMap::new(), arp_unreadable: false, scan: Scan::default() };
+    let mut pass = Pass {
+        hypervisor,
+        options,
+        now: crate::wait::unix_now(),
+        leases: HashMap::new(),
+        reservations: HashMap::new(),
+        arp_unreadable: false,
+        scan: Scan::default(),
+    };
     let listed = domains_with_state(hypervisor)?;
     pass.scan.calls += 1;
-    let wanted: Vec<(Vm, PowerState)> = listed
-        .into_iter()
-        .filter(|(_, state)| !(options.exclude_inactive && *state == PowerState::ShutOff))
-        .collect();
+    let wanted: Vec<(Vm, PowerState)> =
+        listed.into_iter().filter(|(_, state)| !(options.exclude_inactive && *state == PowerState::ShutOff)).collect();
     let xmls = read_xml_in_parallel(&wanted);
     pass.scan.calls += wanted.len() as u64;
     for ((vm, state), xml) in wanted.iter().zip(xmls) {
@@ -265,7 +271,10 @@ impl Pass<'_> {
             Ok(found) => {
                 let seen = found.into_iter().flat_map(|iface| {
                     let mac = iface.hwaddr.unwrap_or_default().to_ascii_lowercase();
-                    iface.addrs.into_iter().map(move |a| (mac.clone(), a.addr, a.typed == virt::sys::VIR_IP_ADDR_TYPE_IPV6 as i64))
+                    iface
+                        .addrs
+                        .into_iter()
+                        .map(move |a| (mac.clone(), a.addr, a.typed == virt::sys::VIR_IP_ADDR_TYPE_IPV6 as i64))
                 });
                 fill_by_mac(interfaces, &seen.collect::<Vec<_>>(), IpSource::Arp, self.options.ipv6);
             }
@@ -318,7 +327,12 @@ fn domains_with_state(hypervisor: &Hypervisor) -> Result<Vec<(Vm, PowerState)>> 
     // SAFETY: the connection is open for the lifetime of `hypervisor`; libvirt allocates
     // `records`, a NULL-terminated array we free below with its own free function.
     let count = unsafe {
-        virt::sys::virConnectGetAllDomainStats(hypervisor.raw().as_ptr(), virt::sys::VIR_DOMAIN_STATS_STATE, &mut records, 0)
+        virt::sys::virConnectGetAllDomainStats(
+            hypervisor.raw().as_ptr(),
+            virt::sys::VIR_DOMAIN_STATS_STATE,
+            &mut records,
+            0,
+        )
     };
     if count < 0 {
         return Err(virt::error::Error::last_error()).doing(doing);
@@ -331,7 +345,12 @@ fn domains_with_state(hypervisor: &Hypervisor) -> Result<Vec<(Vm, PowerState)>> 
         // SAFETY: `params`/`nparams` describe the record's typed parameters; the name is a
         // NUL-terminated constant. A missing parameter leaves `raw_state` at -1.
         unsafe {
-            virt::sys::virTypedParamsGetInt(record.params, record.nparams, virt::sys::VIR_DOMAIN_STATS_STATE_STATE.as_ptr(), &mut raw_state)
+            virt::sys::virTypedParamsGetInt(
+                record.params,
+                record.nparams,
+                virt::sys::VIR_DOMAIN_STATS_STATE_STATE.as_ptr(),
+                &mut raw_state,
+            )
         };
         // SAFETY: `record.dom` is a live domain; the extra reference is ours to keep after
         // the record list, which drops its own, is freed.
@@ -347,7 +366,8 @@ fn domains_with_state(hypervisor: &Hypervisor) -> Result<Vec<(Vm, PowerState)>> 
         .into_iter()
         .map(|(domain, raw_state)| {
             let name = domain.name().doing(|| "reading a domain name".to_string())?;
-            let state = PowerState::from_libvirt(DomainStateEnum::from_raw(raw_state as virt::sys::virDomainState), &name)?;
+            let state =
+                PowerState::from_libvirt(DomainStateEnum::from_raw(raw_state as virt::sys::virDomainState), &name)?;
             Ok((Vm::new(domain, name), state))
         })
         .collect()
@@ -363,7 +383,9 @@ fn read_xml_in_parallel(vms: &[(Vm, PowerState)]) -> Vec<Result<String>> {
             .collect();
         readers
             .into_iter()
-            .flat_map(|reader| reader.join().unwrap_or_else(|_| vec![Err(Error::Refused("a domain XML reader crashed".into()))]))
+            .flat_map(|reader| {
+                reader.join().unwrap_or_else(|_| vec![Err(Error::Refused("a domain XML reader crashed".into()))])
+            })
             .collect()
     })
 }
@@ -398,9 +420,11 @@ struct RawChannelTarget {
 /// agent is absent could block for the agent timeout.
 fn agent_channel_connected(live_xml: &str) -> bool {
     quick_xml::de::from_str::<RawAgentDomain>(live_xml).is_ok_and(|d| {
-        d.devices.channels.iter().filter_map(|c| c.target.as_ref()).any(|t| {
-            t.name.as_deref() == Some("org.qemu.guest_agent.0") && t.state.as_deref() == Some("connected")
-        })
+        d.devices
+            .channels
+            .iter()
+            .filter_map(|c| c.target.as_ref())
+            .any(|t| t.name.as_deref() == Some("org.qemu.guest_agent.0") && t.state.as_deref() == Some("connected"))
     })
 }
 

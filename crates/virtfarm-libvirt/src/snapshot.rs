@@ -115,7 +115,9 @@ pub fn choose_type(facts: &DomainFacts, running: bool, options: &CreateOptions) 
     };
     if kind == SnapshotType::External && options.memory == Some(true) {
         let why = impossible.map(|w| format!(" ({} needs an external one: {w})", facts.name)).unwrap_or_default();
-        return Err(Error::Refused(format!("memory: external snapshots are disk-only; RAM is kept by internal snapshots only{why}")));
+        return Err(Error::Refused(format!(
+            "memory: external snapshots are disk-only; RAM is kept by internal snapshots only{why}"
+        )));
     }
     Ok(kind)
 }
@@ -143,7 +145,8 @@ impl Vm {
     }
 
     fn existing_snapshot(&self, name: &str) -> Result<DomainSnapshot> {
-        self.snapshot_handle(name)?.ok_or_else(|| Error::NotFound { kind: "snapshot", name: format!("{name} of {}", self.name()) })
+        self.snapshot_handle(name)?
+            .ok_or_else(|| Error::NotFound { kind: "snapshot", name: format!("{name} of {}", self.name()) })
     }
 
     fn describe(&self, snapshot: &DomainSnapshot) -> Result<SnapshotInfo> {
@@ -163,7 +166,9 @@ fn take(vm: &Vm, facts: &DomainFacts, name: &str, kind: SnapshotType, memory: bo
                 .disks
                 .iter()
                 .map(|d| {
-                    let overlay = (d.device == "disk").then(|| d.file.as_deref().map(|f| sibling(f, &overlay_name(vm.name(), &d.target, name)))).flatten();
+                    let overlay = (d.device == "disk")
+                        .then(|| d.file.as_deref().map(|f| sibling(f, &overlay_name(vm.name(), &d.target, name))))
+                        .flatten();
                     (d.target.clone(), overlay)
                 })
                 .collect();
@@ -301,7 +306,10 @@ fn revert_external(hv: &Hypervisor, vm: &Vm, handle: &DomainSnapshot, info: &Sna
     vm.raw().create_snapshot_xml(&snapshot_xml, flags).doing(|| format!("marking snapshot {} current", info.name))?;
     match before {
         PowerState::ShutOff => {}
-        PowerState::Paused => vm.raw().create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED).doing(|| format!("starting {} paused", vm.name()))?,
+        PowerState::Paused => vm
+            .raw()
+            .create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED)
+            .doing(|| format!("starting {} paused", vm.name()))?,
         _ => vm.start()?,
     }
     let keep = files_in_use(hv, vm)?;
@@ -359,14 +367,20 @@ pub fn delete(hv: &Hypervisor, vm: &Vm, name: &str) -> Result<Deleted> {
     let doing = || format!("deleting snapshot {name} of {}", vm.name());
     if info.kind == SnapshotType::Internal {
         handle.delete(0).doing(doing)?;
-        return Ok(Deleted { kind: info.kind, seconds: started.elapsed().as_secs_f64(), method: "libvirt", removed_files: Vec::new() });
+        return Ok(Deleted {
+            kind: info.kind,
+            seconds: started.elapsed().as_secs_f64(),
+            method: "libvirt",
+            removed_files: Vec::new(),
+        });
     }
     let in_use = files_in_use(hv, vm)?;
     let on_current_branch = info.external_disks().all(|(_, _, overlay)| overlay.is_some_and(|o| in_use.contains(o)));
     if on_current_branch {
         // libvirt merges each overlay into the file below it: that file must be the snapshot's alone.
         for (target, frozen, overlay) in info.external_disks() {
-            let others: Vec<String> = chain::dependants(hv.raw(), frozen)?.into_iter().filter(|d| Some(d.as_str()) != overlay).collect();
+            let others: Vec<String> =
+                chain::dependants(hv.raw(), frozen)?.into_iter().filter(|d| Some(d.as_str()) != overlay).collect();
             if !others.is_empty() {
                 return Err(Error::Refused(format!(
                     "snapshot {name} of {} cannot be merged safely: disk {target}'s image {frozen} is also the base of {}",
@@ -376,7 +390,12 @@ pub fn delete(hv: &Hypervisor, vm: &Vm, name: &str) -> Result<Deleted> {
             }
         }
         handle.delete(0).doing(doing)?;
-        return Ok(Deleted { kind: info.kind, seconds: started.elapsed().as_secs_f64(), method: "libvirt", removed_files: Vec::new() });
+        return Ok(Deleted {
+            kind: info.kind,
+            seconds: started.elapsed().as_secs_f64(),
+            method: "libvirt",
+            removed_files: Vec::new(),
+        });
     }
     handle.delete(virt::sys::VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY).doing(doing)?;
     let keep = files_in_use(hv, vm)?;
@@ -384,7 +403,12 @@ pub fn delete(hv: &Hypervisor, vm: &Vm, name: &str) -> Result<Deleted> {
     for overlay in info.external_disks().filter_map(|(_, _, overlay)| overlay) {
         removed.extend(chain::prune_dangling(hv.raw(), overlay, &keep)?);
     }
-    Ok(Deleted { kind: info.kind, seconds: started.elapsed().as_secs_f64(), method: "metadata", removed_files: removed })
+    Ok(Deleted {
+        kind: info.kind,
+        seconds: started.elapsed().as_secs_f64(),
+        method: "metadata",
+        removed_files: removed,
+    })
 }
 
 #[cfg(test)]
@@ -393,7 +417,12 @@ mod tests {
     use crate::domain_facts::Disk;
 
     fn facts(format: &str, pflash: bool) -> DomainFacts {
-        let disk = Disk { device: "disk".into(), target: "vda".into(), format: Some(format.into()), file: Some("/p/a".into()) };
+        let disk = Disk {
+            device: "disk".into(),
+            target: "vda".into(),
+            format: Some(format.into()),
+            file: Some("/p/a".into()),
+        };
         DomainFacts { name: "web1".into(), disks: vec![disk], has_pflash: pflash, ..DomainFacts::default() }
     }
 
@@ -427,9 +456,12 @@ mod tests {
     fn impossible_combinations_name_the_option() {
         let err = choose_type(&facts("raw", false), true, &options(Requested::Internal, None)).unwrap_err().to_string();
         assert!(err.starts_with("type:") && err.contains("vda is raw"), "{err}");
-        let err = choose_type(&facts("qcow2", false), true, &options(Requested::External, Some(true))).unwrap_err().to_string();
+        let err = choose_type(&facts("qcow2", false), true, &options(Requested::External, Some(true)))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("memory:"), "{err}");
-        let err = choose_type(&facts("qcow2", true), true, &options(Requested::Auto, Some(true))).unwrap_err().to_string();
+        let err =
+            choose_type(&facts("qcow2", true), true, &options(Requested::Auto, Some(true))).unwrap_err().to_string();
         assert!(err.starts_with("memory:") && err.contains("pflash"), "{err}");
     }
 

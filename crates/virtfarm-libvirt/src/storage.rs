@@ -134,7 +134,9 @@ impl Hypervisor {
     pub fn base_image(&self, image: &str, pool: Option<&str>) -> Result<BaseImage> {
         let volume = if image.starts_with('/') {
             self.raw().lookup_storage_vol_by_path(image).map_err(|_| {
-                Error::Refused(format!("'{image}' is not a volume of any libvirt storage pool (define a pool over its directory)"))
+                Error::Refused(format!(
+                    "'{image}' is not a volume of any libvirt storage pool (define a pool over its directory)"
+                ))
             })?
         } else {
             let pools = match pool {
@@ -158,10 +160,7 @@ impl Hypervisor {
             .raw()
             .list_all_storage_pools(virt::sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
             .doing(|| "listing storage pools".to_string())?;
-        pools
-            .into_iter()
-            .map(|pool| Ok((pool.name().doing(|| "reading a pool name".to_string())?, pool)))
-            .collect()
+        pools.into_iter().map(|pool| Ok((pool.name().doing(|| "reading a pool name".to_string())?, pool))).collect()
     }
 
     /// Makes sure `pool` holds the guest disk `name` made from `base`, at least `size` bytes.
@@ -198,10 +197,14 @@ impl Hypervisor {
             match mode {
                 CloneMode::Linked => {
                     let xml = volume_xml(name, capacity, "qcow2", Some(base))?;
-                    StorageVol::create_xml(&pool, &xml, 0).doing(|| format!("creating the linked clone {name} of {}", base.path))?;
+                    StorageVol::create_xml(&pool, &xml, 0)
+                        .doing(|| format!("creating the linked clone {name} of {}", base.path))?;
                 }
                 CloneMode::Full => {
-                    let source = self.raw().lookup_storage_vol_by_path(&base.path).doing(|| format!("looking up {}", base.path))?;
+                    let source = self
+                        .raw()
+                        .lookup_storage_vol_by_path(&base.path)
+                        .doing(|| format!("looking up {}", base.path))?;
                     let xml = volume_xml(name, capacity, "qcow2", None)?;
                     StorageVol::create_xml_from(&pool, &xml, &source, 0)
                         .doing(|| format!("copying {} to {name}", base.path))?;
@@ -266,7 +269,9 @@ impl Hypervisor {
 fn describe_volume(volume: &StorageVol, asked: &str) -> Result<BaseImage> {
     let xml = volume.xml_desc(0).doing(|| format!("reading volume {asked}"))?;
     let described = VolumeXml::parse(&xml, asked)?;
-    let path = described.path.ok_or_else(|| Error::Xml { doing: format!("reading volume {asked}"), message: "no target path".into() })?;
+    let path = described
+        .path
+        .ok_or_else(|| Error::Xml { doing: format!("reading volume {asked}"), message: "no target path".into() })?;
     let capacity = volume.info().doing(|| format!("reading volume {asked}"))?.capacity;
     Ok(BaseImage { path, format: described.format, capacity })
 }
@@ -294,7 +299,10 @@ pub(crate) fn volume_xml(name: &str, capacity: u64, format: &str, backing: Optio
             }
             Ok(())
         })
-        .map_err(|e| Error::Xml { doing: format!("writing the definition of volume {name}"), message: e.to_string() })?;
+        .map_err(|e| Error::Xml {
+            doing: format!("writing the definition of volume {name}"),
+            message: e.to_string(),
+        })?;
     String::from_utf8(writer.into_inner().into_inner())
         .map_err(|e| Error::Xml { doing: format!("writing the definition of volume {name}"), message: e.to_string() })
 }
@@ -307,7 +315,10 @@ mod tests {
     fn linked_clone_definition_names_its_backing_store() {
         let base = BaseImage { path: "/images/base&1.qcow2".into(), format: "qcow2".into(), capacity: 4 << 30 };
         let xml = volume_xml("web1.qcow2", 8 << 30, "qcow2", Some(&base)).unwrap();
-        assert!(xml.contains("<backingStore><path>/images/base&amp;1.qcow2</path><format type=\"qcow2\"/></backingStore>"), "{xml}");
+        assert!(
+            xml.contains("<backingStore><path>/images/base&amp;1.qcow2</path><format type=\"qcow2\"/></backingStore>"),
+            "{xml}"
+        );
         assert!(xml.contains("<capacity unit=\"bytes\">8589934592</capacity>"), "{xml}");
     }
 

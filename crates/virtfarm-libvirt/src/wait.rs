@@ -189,7 +189,11 @@ pub fn unix_now() -> i64 {
 }
 
 /// Waits for many domains at once, each on its own connection to `uri`; results in input order.
-pub fn wait_all(uri: &str, domains: Vec<(String, LeaseBaseline)>, readiness: Readiness) -> Vec<(String, Result<Ready>)> {
+pub fn wait_all(
+    uri: &str,
+    domains: Vec<(String, LeaseBaseline)>,
+    readiness: Readiness,
+) -> Vec<(String, Result<Ready>)> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = domains
             .into_iter()
@@ -206,7 +210,9 @@ pub fn wait_all(uri: &str, domains: Vec<(String, LeaseBaseline)>, readiness: Rea
         handles
             .into_iter()
             .map(|(name, handle)| {
-                let result = handle.join().unwrap_or_else(|_| Err(Error::Refused(format!("{name}: the wait failed unexpectedly"))));
+                let result = handle
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Refused(format!("{name}: the wait failed unexpectedly"))));
                 (name, result)
             })
             .collect()

@@ -16,7 +16,11 @@ pub struct CacheNames {
 impl CacheNames {
     /// The names for `project` at `revision`.
     pub fn new(project: &str, revision: &str) -> Self {
-        CacheNames { project: project.to_string(), clean: format!("{project}.clean"), init: format!("{project}.{revision}.init") }
+        CacheNames {
+            project: project.to_string(),
+            clean: format!("{project}.clean"),
+            init: format!("{project}.{revision}.init"),
+        }
     }
 
     /// True for an init snapshot of this project at another revision. Revisions with a dot
@@ -32,8 +36,18 @@ impl CacheNames {
 }
 
 /// The lifecycle steps a user may allow, in the old role's names.
-pub const ALLOWED_PHASES: [&str; 10] =
-    ["startup", "restore init", "create init", "restore clean", "create clean", "dependencies", "init", "main", "terminate", "shutdown"];
+pub const ALLOWED_PHASES: [&str; 10] = [
+    "startup",
+    "restore init",
+    "create init",
+    "restore clean",
+    "create clean",
+    "dependencies",
+    "init",
+    "main",
+    "terminate",
+    "shutdown",
+];
 
 /// What to do with the snapshots before the phases run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +121,10 @@ mod tests {
     fn first_run_creates_clean_and_asks_for_init() {
         let names = CacheNames::new("web", "r1");
         let plan = decide(&[], &names, &ALLOWED_PHASES, true);
-        assert_eq!(plan, CachePlan { action: CacheAction::CreateClean, run_init: true, save_init: true, prune: vec![] });
+        assert_eq!(
+            plan,
+            CachePlan { action: CacheAction::CreateClean, run_init: true, save_init: true, prune: vec![] }
+        );
     }
 
     #[test]
@@ -121,7 +138,14 @@ mod tests {
     #[test]
     fn new_revision_restores_clean_and_prunes_only_own_stale_inits() {
         let names = CacheNames::new("web", "r2");
-        let snapshots = existing(&["web.clean", "web.r1.init", "web.x.r0.init", "webapp.r1.init", "other.r1.init", "web.r2.init.bak"]);
+        let snapshots = existing(&[
+            "web.clean",
+            "web.r1.init",
+            "web.x.r0.init",
+            "webapp.r1.init",
+            "other.r1.init",
+            "web.r2.init.bak",
+        ]);
         let plan = decide(&snapshots, &names, &ALLOWED_PHASES, true);
         assert_eq!(plan.action, CacheAction::RestoreClean);
         assert!(plan.run_init && plan.save_init);

@@ -74,17 +74,23 @@ impl<'a> Step<'a> {
         Ok(match params.str("state")? {
             "phases" => Step::Phases(phase_query(params)?),
             "reachable" => {
-                let port = u16::try_from(params.int("port")?).map_err(|_| anyhow!("port must be between 0 and 65535"))?;
+                let port =
+                    u16::try_from(params.int("port")?).map_err(|_| anyhow!("port must be between 0 and 65535"))?;
                 let banner = params.opt_str("banner")?.unwrap_or(if port == 22 { "SSH-" } else { "" });
                 Step::Reachable { host: params.str("host")?, port, banner, timeout: seconds(params, "timeout")? }
             }
-            "started" => Step::Started { wait: Signal::parse(params.str("wait")?), timeout: seconds(params, "timeout")? },
-            "cache_prepared" => {
-                Step::CachePrepared { names: cache_names(params)?, allowed: allowed_phases(params)?, prune: params.bool("prune")? }
+            "started" => {
+                Step::Started { wait: Signal::parse(params.str("wait")?), timeout: seconds(params, "timeout")? }
             }
+            "cache_prepared" => Step::CachePrepared {
+                names: cache_names(params)?,
+                allowed: allowed_phases(params)?,
+                prune: params.bool("prune")?,
+            },
             "cache_saved" => Step::CacheSaved { names: cache_names(params)?, quiesce: params.bool("quiesce")? },
             "stopped" => Step::Stopped {
-                retry_count: u32::try_from(params.int("retry_count")?).map_err(|_| anyhow!("retry_count must be 0 or more"))?,
+                retry_count: u32::try_from(params.int("retry_count")?)
+                    .map_err(|_| anyhow!("retry_count must be 0 or more"))?,
                 retry_delay: seconds(params, "retry_delay")?,
             },
             other => bail!("state: unknown step {other}"),
@@ -116,7 +122,9 @@ fn run(module: &Module) -> Result<Response> {
             let (hv, vm) = on_domain()?;
             steps::cache_saved(&hv, &vm, &names, quiesce, check_mode)
         }
-        Step::Stopped { retry_count, retry_delay } => steps::stopped(&on_domain()?.1, retry_count, retry_delay, check_mode),
+        Step::Stopped { retry_count, retry_delay } => {
+            steps::stopped(&on_domain()?.1, retry_count, retry_delay, check_mode)
+        }
     }
 }
 
@@ -201,13 +209,25 @@ mod tests {
     fn bad_arguments_fail_naming_the_parameter_before_touching_libvirt() {
         let unreachable = "qemu+unix:///system?socket=/nonexistent";
         let cases = [
-            (json!({"state": "cache_prepared", "name": "vm", "uri": unreachable, "project_id": "p", "revision": "auto"}), "revision"),
-            (json!({"state": "cache_saved", "name": "vm", "uri": unreachable, "project_id": "a/b", "revision": "r1"}), "project_id"),
-            (json!({"state": "cache_prepared", "name": "vm", "uri": unreachable, "project_id": "p", "revision": "r",
-                    "allowed_phases": ["main", "restore everything"]}), "allowed_phases"),
+            (
+                json!({"state": "cache_prepared", "name": "vm", "uri": unreachable, "project_id": "p", "revision": "auto"}),
+                "revision",
+            ),
+            (
+                json!({"state": "cache_saved", "name": "vm", "uri": unreachable, "project_id": "a/b", "revision": "r1"}),
+                "project_id",
+            ),
+            (
+                json!({"state": "cache_prepared", "name": "vm", "uri": unreachable, "project_id": "p", "revision": "r",
+                    "allowed_phases": ["main", "restore everything"]}),
+                "allowed_phases",
+            ),
             (json!({"state": "stopped", "name": "vm", "uri": unreachable, "retry_delay": -1}), "retry_delay"),
             (json!({"state": "reachable", "host": "localhost", "port": 70000}), "port"),
-            (json!({"state": "phases", "lookup_dir": "/nonexistent", "target_name": "..", "platform_name": "p"}), "target_name"),
+            (
+                json!({"state": "phases", "lookup_dir": "/nonexistent", "target_name": "..", "platform_name": "p"}),
+                "target_name",
+            ),
             (json!({"state": "started"}), "name"),
             (json!({"state": "started", "name": "vm", "uri": unreachable}), "uri"),
         ];

@@ -90,7 +90,12 @@ impl PhaseQuery {
 fn plain_name<'a>(parameter: &'static str, value: Option<&'a str>) -> Result<Option<&'a str>, PhaseError> {
     match value.filter(|v| !v.is_empty()) {
         None => Ok(None),
-        Some(v) if matches!(Path::new(v).components().collect::<Vec<_>>()[..], [Component::Normal(_)]) && !v.contains('/') => Ok(Some(v)),
+        Some(v)
+            if matches!(Path::new(v).components().collect::<Vec<_>>()[..], [Component::Normal(_)])
+                && !v.contains('/') =>
+        {
+            Ok(Some(v))
+        }
         Some(v) => Err(PhaseError::NotAPlainName { parameter, value: v.to_string() }),
     }
 }
@@ -108,7 +113,8 @@ pub fn plan(query: &PhaseQuery) -> Result<PhasePlan, PhaseError> {
     let found: Vec<_> = PHASES.iter().map(|&phase| (phase, find_phase_file(&searched, phase))).collect();
     // The key covers the files found, allowed or not: a run restricted by allowed_phases must
     // neither miss nor prune the cache that full runs use.
-    let revision = if query.revision == "auto" { auto_revision(&found, &query.revision_vars)? } else { query.revision.clone() };
+    let revision =
+        if query.revision == "auto" { auto_revision(&found, &query.revision_vars)? } else { query.revision.clone() };
     let files = found.into_iter().map(|(phase, file)| (phase, file.filter(|_| query.allows(phase)))).collect();
     Ok(PhasePlan { searched, files, revision })
 }
@@ -118,7 +124,8 @@ fn auto_revision(files: &[(&'static str, Option<PathBuf>)], revision_vars: &Valu
     let mut digest = Fnv1a::default();
     for (phase, file) in files.iter().filter(|(phase, _)| CACHED_PHASES.contains(phase)) {
         let Some(path) = file else { continue };
-        let content = std::fs::read(path).map_err(|e| PhaseError::Unreadable { path: path.clone(), message: e.to_string() })?;
+        let content =
+            std::fs::read(path).map_err(|e| PhaseError::Unreadable { path: path.clone(), message: e.to_string() })?;
         digest.write_framed(phase.as_bytes());
         digest.write_framed(&content);
     }
@@ -132,7 +139,8 @@ fn canonical_json(value: &Value) -> String {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            let body: Vec<String> = entries.iter().map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), canonical_json(v))).collect();
+            let body: Vec<String> =
+                entries.iter().map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), canonical_json(v))).collect();
             format!("{{{}}}", body.join(","))
         }
         Value::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
@@ -205,13 +213,16 @@ mod tests {
 
     #[test]
     fn most_specific_file_wins_per_phase() {
-        let root = tree("specific", &[
-            ("main.yaml", "generic"),
-            ("init.yml", "generic"),
-            ("debian/init.yaml", "platform"),
-            ("debian/amd64/dependencies.yml", "target"),
-            ("other/terminate.yaml", "elsewhere"),
-        ]);
+        let root = tree(
+            "specific",
+            &[
+                ("main.yaml", "generic"),
+                ("init.yml", "generic"),
+                ("debian/init.yaml", "platform"),
+                ("debian/amd64/dependencies.yml", "target"),
+                ("other/terminate.yaml", "elsewhere"),
+            ],
+        );
         let plan = plan(&query(&root, &PHASES)).unwrap();
         assert_eq!(file_of(&plan, "dependencies"), Some(root.join("debian/amd64/dependencies.yml").as_path()));
         assert_eq!(file_of(&plan, "init"), Some(root.join("debian/init.yaml").as_path()));

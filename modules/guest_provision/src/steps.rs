@@ -1,7 +1,7 @@
 //! The lifecycle steps that touch the hypervisor or the network, one function per `state`.
 
-use std::net::{TcpStream, ToSocketAddrs};
 use std::io::Read;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use ansible_module::{Diff, Response};
@@ -15,7 +15,13 @@ use virtfarm_libvirt::{Hypervisor, PowerState, Vm};
 use crate::cache::{self, CacheAction, CacheNames};
 
 /// Starts the VM unless it runs, then waits for `signal` (if any) within `timeout`.
-pub fn started(hv: &Hypervisor, vm: &Vm, signal: Option<Signal>, timeout: Duration, check_mode: bool) -> Result<Response> {
+pub fn started(
+    hv: &Hypervisor,
+    vm: &Vm,
+    signal: Option<Signal>,
+    timeout: Duration,
+    check_mode: bool,
+) -> Result<Response> {
     let before = vm.power_state()?;
     let changed = before != PowerState::Running;
     if check_mode {
@@ -45,7 +51,9 @@ pub fn reachable(host: &str, port: u16, banner: &str, timeout: Duration) -> Resu
     let started = Instant::now();
     let deadline = started + timeout;
     loop {
-        let attempt = Duration::from_secs(2).min(deadline.saturating_duration_since(Instant::now())).max(Duration::from_millis(100));
+        let attempt = Duration::from_secs(2)
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(100));
         if answers(host, port, banner.as_bytes(), attempt) {
             return Ok(Response::new().with("seconds", started.elapsed().as_secs_f64()));
         }
@@ -64,12 +72,22 @@ fn answers(host: &str, port: u16, banner: &[u8], timeout: Duration) -> bool {
     addresses.into_iter().any(|address| {
         let Ok(mut stream) = TcpStream::connect_timeout(&address, timeout) else { return false };
         let mut received = vec![0u8; banner.len()];
-        banner.is_empty() || (stream.set_read_timeout(Some(timeout)).is_ok() && stream.read_exact(&mut received).is_ok() && received == banner)
+        banner.is_empty()
+            || (stream.set_read_timeout(Some(timeout)).is_ok()
+                && stream.read_exact(&mut received).is_ok()
+                && received == banner)
     })
 }
 
 /// Restores or creates the cache snapshots as [`cache::decide`] says, then prunes.
-pub fn cache_prepared(hv: &Hypervisor, vm: &Vm, names: &CacheNames, allowed: &[&str], prune: bool, check_mode: bool) -> Result<Response> {
+pub fn cache_prepared(
+    hv: &Hypervisor,
+    vm: &Vm,
+    names: &CacheNames,
+    allowed: &[&str],
+    prune: bool,
+    check_mode: bool,
+) -> Result<Response> {
     let before = snapshot_names(vm)?;
     let plan = cache::decide(&before, names, allowed, prune);
     let started = Instant::now();
@@ -120,7 +138,11 @@ pub fn stopped(vm: &Vm, retry_count: u32, retry_delay: Duration, check_mode: boo
         power::StopOutcome::Graceful(seconds) => json!(seconds),
         _ => json!(null),
     };
-    Ok(Response::new().changed(true).with("state_before", before.as_str()).with("stop", outcome.as_str()).with("seconds", seconds))
+    Ok(Response::new()
+        .changed(true)
+        .with("state_before", before.as_str())
+        .with("stop", outcome.as_str())
+        .with("seconds", seconds))
 }
 
 fn snapshot_names(vm: &Vm) -> Result<Vec<String>> {
@@ -134,13 +156,19 @@ fn with_revert(response: Response, hv: &Hypervisor, vm: &Vm, name: &str) -> Resu
         snapshot::ClockSync::NotNeeded => "not_needed".to_string(),
         snapshot::ClockSync::Failed(why) => format!("failed: {why}"),
     };
-    Ok(response.with("restored", name).with("snapshot_seconds", reverted.seconds).with("clock", clock).with("state", reverted.power_state.as_str()))
+    Ok(response
+        .with("restored", name)
+        .with("snapshot_seconds", reverted.seconds)
+        .with("clock", clock)
+        .with("state", reverted.power_state.as_str()))
 }
 
 fn with_create(response: Response, hv: &Hypervisor, vm: &Vm, name: &str, quiesce: bool) -> Result<Response> {
     let options = CreateOptions { quiesce, ..CreateOptions::default() };
     let created = snapshot::create_group(hv, std::slice::from_ref(vm), name, &options)?;
-    let Some(created) = created.first() else { anyhow::bail!("taking snapshot {name} of {} gave no result", vm.name()) };
+    let Some(created) = created.first() else {
+        anyhow::bail!("taking snapshot {name} of {} gave no result", vm.name())
+    };
     Ok(response
         .with("created", name)
         .with("snapshot_type", created.kind.as_str())

@@ -149,7 +149,9 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool) -> Result<Outcom
         };
         outcome.did(if before.is_empty() { "defined".to_string() } else { "definition updated".to_string() });
         if !before.is_empty() && existing.as_ref().map(Vm::power_state).transpose()? == Some(PowerState::Running) {
-            outcome.warnings.push(format!("{}: the new definition applies from the next boot (it is running)", vm.name));
+            outcome
+                .warnings
+                .push(format!("{}: the new definition applies from the next boot (it is running)", vm.name));
         }
         outcome.diff = Some((before, after));
         defined.or(existing)
@@ -207,7 +209,8 @@ fn definition_xml(
     match &vm.domain {
         DomainSource::Given { xml, metadata } => {
             let hash = fingerprint(&[vm.name.as_bytes(), xml.as_bytes()]);
-            let metadata = InstanceMetadata { spec_hash: Some(hash.clone()), volumes: volumes.clone(), ..(**metadata).clone() };
+            let metadata =
+                InstanceMetadata { spec_hash: Some(hash.clone()), volumes: volumes.clone(), ..(**metadata).clone() };
             let xml = reconcile_identity(xml, &vm.name, uuid.as_deref(), &metadata).context("xml")?;
             Ok(Definition { xml, hash, seed: None, volumes })
         }
@@ -219,7 +222,14 @@ fn definition_xml(
             };
             if let Some(root) = &vm.root_disk {
                 let base = hypervisor.base_image(&root.image, root.image_pool.as_deref()).context("image")?;
-                let clone = hypervisor.ensure_clone(&vm.pool, &format!("{}.qcow2", vm.name), &base, root.size, root.mode, check)?;
+                let clone = hypervisor.ensure_clone(
+                    &vm.pool,
+                    &format!("{}.qcow2", vm.name),
+                    &base,
+                    root.size,
+                    root.mode,
+                    check,
+                )?;
                 if clone.created {
                     outcome.did(format!("disk {} cloned from {}", clone.path, base.path));
                     own(&clone.path);
@@ -227,7 +237,10 @@ fn definition_xml(
                 if clone.resized {
                     outcome.did(format!("disk {} grown", clone.path));
                 }
-                spec.disks.insert(0, DiskDevice { path: clone.path, format: "qcow2".into(), target: "vda".into(), cdrom: false });
+                spec.disks.insert(
+                    0,
+                    DiskDevice { path: clone.path, format: "qcow2".into(), target: "vda".into(), cdrom: false },
+                );
             }
             let mut seed = None;
             let mut iso = Vec::new();
@@ -236,7 +249,12 @@ fn definition_xml(
                 let name = format!("{}-seed.iso", vm.name);
                 let path = format!("{}/{name}", hypervisor.pool_path(&vm.pool)?);
                 own(&path);
-                spec.disks.push(DiskDevice { path: path.clone(), format: "raw".into(), target: "sda".into(), cdrom: true });
+                spec.disks.push(DiskDevice {
+                    path: path.clone(),
+                    format: "raw".into(),
+                    target: "sda".into(),
+                    cdrom: true,
+                });
                 seed = Some((name, path, iso.clone()));
             }
             // The fingerprint covers what the user asked for, not what libvirt or we add later.
@@ -253,7 +271,9 @@ fn definition_xml(
 fn wanted_macs(vm: &VmDefinition) -> Result<Vec<String>> {
     Ok(match &vm.domain {
         DomainSource::Generated(spec) => spec.nics.iter().map(|n| n.mac.clone()).collect(),
-        DomainSource::Given { xml, .. } => DomainFacts::parse(xml).context("xml")?.nics.into_iter().map(|n| n.mac).collect(),
+        DomainSource::Given { xml, .. } => {
+            DomainFacts::parse(xml).context("xml")?.nics.into_iter().map(|n| n.mac).collect()
+        }
     })
 }
 
@@ -313,7 +333,13 @@ fn expected_state(state: State, now: PowerState) -> String {
     }
 }
 
-fn remove(hypervisor: &Hypervisor, existing: Option<Vm>, remove_storage: bool, check: bool, outcome: &mut Outcome) -> Result<()> {
+fn remove(
+    hypervisor: &Hypervisor,
+    existing: Option<Vm>,
+    remove_storage: bool,
+    check: bool,
+    outcome: &mut Outcome,
+) -> Result<()> {
     outcome.state = "absent".to_string();
     let Some(vm) = existing else { return Ok(()) };
     let xml = vm.xml(true)?;

@@ -10,7 +10,9 @@ use ansible_module::{ArgSpec, Opt, Params, Type};
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Map, Value};
 use virtfarm_libvirt::cloud_init::CloudInit;
-use virtfarm_libvirt::domain_xml::{DirectKernel, DiskDevice, DomainSpec, InstanceMetadata, NicDevice, NicSource, Share};
+use virtfarm_libvirt::domain_xml::{
+    DirectKernel, DiskDevice, DomainSpec, InstanceMetadata, NicDevice, NicSource, Share,
+};
 use virtfarm_libvirt::leases::check_mac;
 use virtfarm_libvirt::naming::{derived_mac, pool_node};
 use virtfarm_libvirt::network::{NewNetwork, Reservation, Subnet};
@@ -106,8 +108,18 @@ pub struct NetworkWant {
 /// Keys whose values are secrets wherever they appear inside the free-form VM descriptions
 /// (`vm`, `vms`, `metadata`): ansible_farm's `auth`, cloud-init's, and inventory variables.
 const SECRET_KEYS: &[&str] = &[
-    "password", "passwd", "password_hash", "become_pass", "become_password", "user_data", "ansible_password",
-    "ansible_ssh_pass", "ansible_become_pass", "ansible_become_password", "ansible_ssh_private_key_file", "private_key",
+    "password",
+    "passwd",
+    "password_hash",
+    "become_pass",
+    "become_password",
+    "user_data",
+    "ansible_password",
+    "ansible_ssh_pass",
+    "ansible_become_pass",
+    "ansible_become_password",
+    "ansible_ssh_private_key_file",
+    "private_key",
 ];
 
 /// The module's argument spec: what to do, then the VM options, which at the top level are
@@ -299,9 +311,7 @@ fn check_object_name(field: &str, name: &str) -> Result<()> {
 
 /// Checks a file path on the hypervisor: absolute, no `..`, printable.
 fn check_path(field: &str, path: &str) -> Result<()> {
-    let ok = path.starts_with('/')
-        && !path.split('/').any(|part| part == "..")
-        && !path.chars().any(char::is_control);
+    let ok = path.starts_with('/') && !path.split('/').any(|part| part == "..") && !path.chars().any(char::is_control);
     if !ok {
         bail!("{field}: {path:?} is not an absolute path without '..'");
     }
@@ -321,7 +331,9 @@ fn check_text(field: &str, text: &str) -> Result<()> {
 fn check_texts(path: &str, value: &Value) -> Result<()> {
     match value {
         Value::String(text) => check_text(path, text),
-        Value::Array(items) => items.iter().enumerate().try_for_each(|(i, item)| check_texts(&format!("{path}[{i}]"), item)),
+        Value::Array(items) => {
+            items.iter().enumerate().try_for_each(|(i, item)| check_texts(&format!("{path}[{i}]"), item))
+        }
         Value::Object(map) => map.iter().try_for_each(|(key, item)| {
             let name = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
             check_text(&name, key)?;
@@ -361,7 +373,16 @@ fn parse_vm(path: &str, mut merged: Map<String, Value>, state: State, module: &s
             }
         }
         let domain = DomainSource::Given { xml: xml.to_string(), metadata: Box::new(metadata) };
-        return Ok(VmDefinition { name, uri, domain, domain_type, root_disk: None, pool, cloud_init: None, networks: vec![] });
+        return Ok(VmDefinition {
+            name,
+            uri,
+            domain,
+            domain_type,
+            root_disk: None,
+            pool,
+            cloud_init: None,
+            networks: vec![],
+        });
     }
     let memory_mib = match fields.get("memory") {
         Some(memory) => size(&fields.name_of("memory"), memory, 1 << 20)? >> 20,
@@ -515,11 +536,16 @@ fn parse_networks(fields: &Params, vm_name: &str) -> Result<(Vec<NicDevice>, Vec
             (Some("user"), None, None) => NicSource::User,
             (None | Some("network"), Some(network), None) => NicSource::Network(network),
             (None | Some("bridge"), None, Some(bridge)) => NicSource::Bridge(bridge),
-            _ => bail!("{}: give exactly one of network, bridge, or type: user", fields.name_of(&format!("networks[{i}]"))),
+            _ => bail!(
+                "{}: give exactly one of network, bridge, or type: user",
+                fields.name_of(&format!("networks[{i}]"))
+            ),
         };
         let ip = nic
             .opt_str("ip")?
-            .map(|ip| ip.parse::<Ipv4Addr>().map_err(|_| anyhow!("{}: {ip:?} is not an IPv4 address", nic.name_of("ip"))))
+            .map(|ip| {
+                ip.parse::<Ipv4Addr>().map_err(|_| anyhow!("{}: {ip:?} is not an IPv4 address", nic.name_of("ip")))
+            })
             .transpose()?;
         let hostname = nic.opt_str("hostname")?.map(str::to_string);
         if let Some(hostname) = &hostname {
@@ -527,15 +553,22 @@ fn parse_networks(fields: &Params, vm_name: &str) -> Result<(Vec<NicDevice>, Vec
         }
         let subnet = nic
             .opt_str("subnet")?
-            .map(|s| Subnet::parse(s).ok_or_else(|| anyhow!("{}: {s:?} is not a subnet such as 10.88.0.0/24", nic.name_of("subnet"))))
+            .map(|s| {
+                Subnet::parse(s)
+                    .ok_or_else(|| anyhow!("{}: {s:?} is not a subnet such as 10.88.0.0/24", nic.name_of("subnet")))
+            })
             .transpose()?;
         let bridge_name = name_checked("bridge_name")?;
         if let NicSource::Network(network) = &source {
             let create = subnet.map(|subnet| NewNetwork { name: network.clone(), subnet, bridge: bridge_name });
-            let reservation = ip.map(|ip| Reservation { mac: mac.clone(), ip, hostname: hostname.or(Some(vm_name.to_string())) });
+            let reservation =
+                ip.map(|ip| Reservation { mac: mac.clone(), ip, hostname: hostname.or(Some(vm_name.to_string())) });
             wants.push(NetworkWant { name: network.clone(), create, reservation });
         } else if ip.is_some() || subnet.is_some() {
-            bail!("{}: ip and subnet need a libvirt network (network: NAME)", fields.name_of(&format!("networks[{i}]")));
+            bail!(
+                "{}: ip and subnet need a libvirt network (network: NAME)",
+                fields.name_of(&format!("networks[{i}]"))
+            );
         }
         nics.push(NicDevice { source, mac });
     }
@@ -544,7 +577,8 @@ fn parse_networks(fields: &Params, vm_name: &str) -> Result<(Vec<NicDevice>, Vec
 
 fn parse_cloud_init(given: &Params, vm_name: &str) -> Result<CloudInit> {
     let text = |key: &str| -> Result<Option<String>> { Ok(given.opt_str(key)?.map(str::to_string)) };
-    let texts = |key: &str| -> Result<Vec<String>> { Ok(given.list_of_str(key)?.into_iter().map(str::to_string).collect()) };
+    let texts =
+        |key: &str| -> Result<Vec<String>> { Ok(given.list_of_str(key)?.into_iter().map(str::to_string).collect()) };
     let hostname = text("hostname")?.unwrap_or_else(|| vm_name.to_string());
     check_object_name(&given.name_of("hostname"), &hostname)?;
     Ok(CloudInit {
@@ -593,7 +627,12 @@ fn legacy_to_native(vm: Loose) -> Result<Map<String, Value>> {
     native.insert("name".into(), json!(meta.required_text("name")?));
     let pool_dir = meta.text("libvirt_pool_dir")?.unwrap_or_default();
     let mut metadata = Map::new();
-    for (from, to) in [("platform_name", "platform"), ("target_name", "target"), ("hostname", "hostname"), ("connection", "ansible_connection")] {
+    for (from, to) in [
+        ("platform_name", "platform"),
+        ("target_name", "target"),
+        ("hostname", "hostname"),
+        ("connection", "ansible_connection"),
+    ] {
         if let Some(value) = meta.text(from)? {
             metadata.insert(to.into(), json!(value));
         }
@@ -602,7 +641,16 @@ fn legacy_to_native(vm: Loose) -> Result<Map<String, Value>> {
         metadata.insert("ansible_user".into(), json!(user));
     }
     native.insert("metadata".into(), Value::Object(metadata));
-    for (from, to) in [("ram", "memory"), ("vcpus", "vcpus"), ("arch", "arch"), ("machine", "machine"), ("emulator", "emulator"), ("virt_domain", "domain_type"), ("cpu", "cpu"), ("firmware", "firmware")] {
+    for (from, to) in [
+        ("ram", "memory"),
+        ("vcpus", "vcpus"),
+        ("arch", "arch"),
+        ("machine", "machine"),
+        ("emulator", "emulator"),
+        ("virt_domain", "domain_type"),
+        ("cpu", "cpu"),
+        ("firmware", "firmware"),
+    ] {
         if let Some(value) = vm.get(from) {
             native.insert(to.into(), value.clone());
         }

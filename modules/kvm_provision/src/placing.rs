@@ -59,9 +59,7 @@ pub fn assign(params: &Params, request: &mut Request) -> Result<Vec<(usize, Outc
 /// The `uri` each `vms` item gave itself, by position (items are parsed in order).
 fn pinned_uris(params: &Params, count: usize) -> Vec<Option<String>> {
     let items = params.get("vms").and_then(Value::as_array);
-    (0..count)
-        .map(|i| items.and_then(|items| items.get(i)).and_then(Value::as_object).and_then(item_uri))
-        .collect()
+    (0..count).map(|i| items.and_then(|items| items.get(i)).and_then(Value::as_object).and_then(item_uri)).collect()
 }
 
 fn item_uri(item: &Map<String, Value>) -> Option<String> {
@@ -90,13 +88,19 @@ mod tests {
     #[test]
     fn conflicting_or_missing_uris_are_refused_before_any_connection() {
         let cases = [
-            (json!({"hypervisors": ["test:///default"], "uri": "test:///default", "name": "a", "image": "b"}), "uri: cannot be combined"),
+            (
+                json!({"hypervisors": ["test:///default"], "uri": "test:///default", "name": "a", "image": "b"}),
+                "uri: cannot be combined",
+            ),
             (
                 json!({"hypervisors": ["test:///default"], "placement": "pinned", "vms": [{"name": "a", "uri": "test:///default"}, {"name": "b"}], "image": "b"}),
                 "vms[1].uri: required with placement: pinned",
             ),
             (json!({"hypervisors": [], "name": "a", "image": "b"}), "hypervisors: give at least one"),
-            (json!({"hypervisors": ["test:///default"], "placement": "anywhere", "name": "a", "image": "b"}), "placement"),
+            (
+                json!({"hypervisors": ["test:///default"], "placement": "anywhere", "name": "a", "image": "b"}),
+                "placement",
+            ),
         ];
         for (args, says) in cases {
             let reply = ansible_module::execute(&crate::definition::spec(), args, crate::provision);

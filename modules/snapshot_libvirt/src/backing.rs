@@ -15,7 +15,13 @@ const DEFAULT_SHUTDOWN: Duration = Duration::from_secs(120);
 
 /// Runs the backing-file mode: domains are shut down first (the files of a running domain
 /// are not touched) and started again afterwards.
-pub fn run(hv: &Hypervisor, vms: &[Vm], volume_path: &str, request: &Request, check_mode: bool) -> Result<Report, String> {
+pub fn run(
+    hv: &Hypervisor,
+    vms: &[Vm],
+    volume_path: &str,
+    request: &Request,
+    check_mode: bool,
+) -> Result<Report, String> {
     let disk = |vm: &Vm| format!("{volume_path}/{}.qcow2", vm.name());
     let level = request.snapshot.as_deref();
     let before = level_names(hv, vms, &disk)?;
@@ -28,7 +34,9 @@ pub fn run(hv: &Hypervisor, vms: &[Vm], volume_path: &str, request: &Request, ch
         return Ok(report(false, results, before.clone(), before));
     }
     let level_file = |vm: &Vm| backing_file::level_path(&disk(vm), level);
-    let has_level = |vm: &Vm| before[vm.name()].as_array().is_some_and(|l| l.iter().any(|f| f.as_str() == Some(level_file(vm).as_str())));
+    let has_level = |vm: &Vm| {
+        before[vm.name()].as_array().is_some_and(|l| l.iter().any(|f| f.as_str() == Some(level_file(vm).as_str())))
+    };
     if request.state == State::Reverted {
         if let Some(vm) = vms.iter().find(|vm| !has_level(vm)) {
             return Err(format!("snapshot: no backing file {} for domain {}", level_file(vm), vm.name()));
@@ -50,7 +58,8 @@ pub fn run(hv: &Hypervisor, vms: &[Vm], volume_path: &str, request: &Request, ch
         let results = vms.iter().map(|vm| json!({ "name": vm.name(), "changed": touched.iter().any(|t| t.name() == vm.name()), "file": level_file(vm) })).collect();
         return Ok(report(!touched.is_empty(), results, before.clone(), before));
     }
-    let handles = touched.iter().map(|vm| hv.vm(vm.name())).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let handles =
+        touched.iter().map(|vm| hv.vm(vm.name())).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
     let stopped = shut_down(&handles, request.shutdown_first.unwrap_or(DEFAULT_SHUTDOWN))?;
     let mut results = Vec::new();
     let mut failure = None;

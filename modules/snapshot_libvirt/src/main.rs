@@ -119,7 +119,10 @@ mod tests {
             (json!({"name": "web1"}), "snapshot: is required"),
             (json!({"name": "web1", "mode": "backing_file"}), "volume_path: "),
             (json!({"names": ["a", "a"], "snapshot": "s"}), "names: "),
-            (json!({"name": "web1", "snapshot": "s", "shutdown_first": true, "shutdown_timeout": -1}), "shutdown_timeout: "),
+            (
+                json!({"name": "web1", "snapshot": "s", "shutdown_first": true, "shutdown_timeout": -1}),
+                "shutdown_timeout: ",
+            ),
         ];
         for (args, expected) in cases {
             let reply = reply(args.clone());

@@ -141,8 +141,12 @@ pub fn check_domains(option: &'static str, domains: &[String]) -> Result<(), Bad
 pub fn parse_mode(mode: &str, volume_path: Option<&str>) -> Result<Mode, BadOption> {
     match (mode, volume_path) {
         ("snapshot", _) => Ok(Mode::Snapshot),
-        ("backing_file", Some(dir)) if dir.starts_with('/') && !dir.split('/').any(|part| part == "..") => Ok(Mode::BackingFile { volume_path: dir.trim_end_matches('/').to_string() }),
-        ("backing_file", Some(dir)) => Err(bad("volume_path", format!("must be an absolute directory without '..', got '{dir}'"))),
+        ("backing_file", Some(dir)) if dir.starts_with('/') && !dir.split('/').any(|part| part == "..") => {
+            Ok(Mode::BackingFile { volume_path: dir.trim_end_matches('/').to_string() })
+        }
+        ("backing_file", Some(dir)) => {
+            Err(bad("volume_path", format!("must be an absolute directory without '..', got '{dir}'")))
+        }
         ("backing_file", None) => Err(bad("volume_path", "is required when mode is backing_file")),
         (other, _) => Err(bad("mode", format!("'{other}' is not one of snapshot, backing_file"))),
     }
@@ -162,7 +166,11 @@ pub fn check_snapshot(state: State, mode: &Mode, snapshot: Option<&str>) -> Resu
 
 /// Checks a duration in seconds.
 pub fn seconds(option: &'static str, value: i64) -> Result<Duration, BadOption> {
-    u64::try_from(value).ok().filter(|s| *s > 0).map(Duration::from_secs).ok_or_else(|| bad(option, format!("must be a positive number of seconds, got {value}")))
+    u64::try_from(value)
+        .ok()
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| bad(option, format!("must be a positive number of seconds, got {value}")))
 }
 
 #[cfg(test)]

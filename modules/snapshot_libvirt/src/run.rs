@@ -64,7 +64,10 @@ fn connect(request: &Request) -> Result<(Hypervisor, Vec<Vm>), String> {
 /// Locks every domain before any is changed: a concurrent run on one of them fails here,
 /// naming its holder. The locks are released when the run ends.
 fn lock_all(hv: &Hypervisor, vms: &[Vm]) -> Result<Vec<DomainLock>, String> {
-    vms.iter().filter_map(|vm| hv.lock_vm(vm, &LockPolicy::default()).transpose()).collect::<Result<_, _>>().map_err(|e| e.to_string())
+    vms.iter()
+        .filter_map(|vm| hv.lock_vm(vm, &LockPolicy::default()).transpose())
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())
 }
 
 /// `{domain: [snapshot names]}`.
@@ -119,7 +122,13 @@ fn has_snapshot(vm: &Vm, name: &str) -> Result<bool, String> {
     vm.find_snapshot(name).map(|s| s.is_some()).map_err(|e| e.to_string())
 }
 
-fn present(hv: &Hypervisor, vms: &[Vm], name: &str, request: &Request, check_mode: bool) -> Result<(bool, Vec<Value>), String> {
+fn present(
+    hv: &Hypervisor,
+    vms: &[Vm],
+    name: &str,
+    request: &Request,
+    check_mode: bool,
+) -> Result<(bool, Vec<Value>), String> {
     let mut results = Vec::new();
     let mut missing = Vec::new();
     for vm in vms {
@@ -138,7 +147,8 @@ fn present(hv: &Hypervisor, vms: &[Vm], name: &str, request: &Request, check_mod
         for vm in &targets {
             let facts = vm.facts().map_err(|e| e.to_string())?;
             let running = vm.power_state().map_err(|e| e.to_string())? != PowerState::ShutOff;
-            let kind = snapshot::choose_type(&facts, running && request.shutdown_first.is_none(), &request.create).map_err(|e| e.to_string())?;
+            let kind = snapshot::choose_type(&facts, running && request.shutdown_first.is_none(), &request.create)
+                .map_err(|e| e.to_string())?;
             results.push(json!({ "name": vm.name(), "snapshot": name, "changed": true, "type": kind.as_str() }));
         }
         return Ok((true, results));
@@ -211,16 +221,26 @@ fn absent(hv: &Hypervisor, vms: &[Vm], name: &str, check_mode: bool) -> Result<(
 
 /// libvirt records which snapshot is current but not whether the disks changed since, so
 /// every run reverts (and reports a change).
-fn reverted(hv: &Hypervisor, vms: &[Vm], name: &str, request: &Request, check_mode: bool) -> Result<(bool, Vec<Value>), String> {
+fn reverted(
+    hv: &Hypervisor,
+    vms: &[Vm],
+    name: &str,
+    request: &Request,
+    check_mode: bool,
+) -> Result<(bool, Vec<Value>), String> {
     for vm in vms {
         if !has_snapshot(vm, name)? {
             return Err(format!("snapshot: '{name}' not found on domain {}", vm.name()));
         }
     }
     if check_mode {
-        return Ok((true, vms.iter().map(|vm| json!({ "name": vm.name(), "snapshot": name, "changed": true })).collect()));
+        return Ok((
+            true,
+            vms.iter().map(|vm| json!({ "name": vm.name(), "snapshot": name, "changed": true })).collect(),
+        ));
     }
-    let options = RevertOptions { sync_clock: request.after_revert.sync_clock, agent_timeout: request.after_revert.timeout };
+    let options =
+        RevertOptions { sync_clock: request.after_revert.sync_clock, agent_timeout: request.after_revert.timeout };
     let mut results = Vec::new();
     for vm in vms {
         let done = snapshot::revert(hv, vm, name, &options).map_err(|e| e.to_string())?;
@@ -236,7 +256,8 @@ fn reverted(hv: &Hypervisor, vms: &[Vm], name: &str, request: &Request, check_mo
             let readiness = Readiness { signal, timeout: request.after_revert.timeout };
             // A guest resumed from a snapshot with RAM keeps the lease it held then and asks
             // for none: any current lease of its MAC is its address.
-            let ready = wait::wait_ready(hv, vm, &LeaseBaseline::any(), readiness).map_err(|e| format!("after_revert.wait: {e}"))?;
+            let ready = wait::wait_ready(hv, vm, &LeaseBaseline::any(), readiness)
+                .map_err(|e| format!("after_revert.wait: {e}"))?;
             result["ip"] = json!(ready.ip);
             result["ready_seconds"] = json!(round(ready.seconds));
         }

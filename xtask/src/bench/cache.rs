@@ -44,9 +44,14 @@ pub fn run(bench: &Bench) -> Result<Vec<Row>> {
     });
     remove(bench);
     measured?;
-    Ok(vec![Row::ours(SECTION, format!("cached run (init of {INIT_SECONDS} s restored from its snapshot)"), "s", cached)
-        .against("first run (dependencies, init, snapshots)", first)
-        .goal(0.3)])
+    Ok(vec![Row::ours(
+        SECTION,
+        format!("cached run (init of {INIT_SECONDS} s restored from its snapshot)"),
+        "s",
+        cached,
+    )
+    .against("first run (dependencies, init, snapshots)", first)
+    .goal(0.3)])
 }
 
 /// The guest defined and shut off: the role starts it, as users' playbooks have it.
@@ -60,6 +65,10 @@ fn remove(bench: &Bench) {
 }
 
 fn playbook(bench: &Bench, inventory: &Path, site: &Path) -> Result<()> {
-    let env = [("ANSIBLE_PRIVATE_KEY_FILE", bench.bed("ssh_key")?), ("ANSIBLE_REMOTE_USER", bench.bed("ssh_user")?), ("ANSIBLE_PIPELINING", "True")];
+    let env = [
+        ("ANSIBLE_PRIVATE_KEY_FILE", bench.bed("ssh_key")?),
+        ("ANSIBLE_REMOTE_USER", bench.bed("ssh_user")?),
+        ("ANSIBLE_PIPELINING", "True"),
+    ];
     bench.ansible("ansible-playbook", &["-i", path_str(inventory)?, path_str(site)?], &env).map(drop)
 }

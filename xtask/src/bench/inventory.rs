@@ -33,7 +33,8 @@ fn measure_sizes(bench: &Bench, fixture: &Fixture) -> Result<Vec<Row>> {
     for size in SIZES {
         fixture.grow(defined, size)?;
         defined = size;
-        let all = bench.virsh(fixture.uri, &["list", "--all", "--name"])?.lines().filter(|l| !l.trim().is_empty()).count();
+        let all =
+            bench.virsh(fixture.uri, &["list", "--all", "--name"])?.lines().filter(|l| !l.trim().is_empty()).count();
         eprintln!("bench: inventory at {size} fixture domains ({all} on the daemon)");
         rows.extend(measure_size(bench, &sources, size, all)?);
     }
@@ -60,12 +61,21 @@ fn measure_size(bench: &Bench, sources: &Sources, size: usize, all: usize) -> Re
     let goal = |row: Row, limit: f64| if size == 1000 { row.goal(limit) } else { row };
     let peer_name = "community.libvirt.libvirt plugin";
     Ok(vec![
-        goal(Row::ours(SECTION, format!("{at}: our executable as script inventory"), "s", script.clone()).against(peer_name, peer.clone()), 0.2),
+        goal(
+            Row::ours(SECTION, format!("{at}: our executable as script inventory"), "s", script.clone())
+                .against(peer_name, peer.clone()),
+            0.2,
+        ),
         Row::ours(SECTION, format!("{at}: our libvirt_leases plugin"), "s", plugin).against(peer_name, peer),
         goal(Row::ours(SECTION, format!("{at}: our executable alone, --list"), "s", alone), 0.05),
         Row::ours(SECTION, format!("{at}: of which the libvirt scan (--stats)"), "s", scan),
-        Row::ours(SECTION, format!("{at}: libvirt RPCs (executable / ansible-inventory)"), "calls", Samples(vec![ours_calls]))
-            .against(peer_name, Samples(vec![peer_calls])),
+        Row::ours(
+            SECTION,
+            format!("{at}: libvirt RPCs (executable / ansible-inventory)"),
+            "calls",
+            Samples(vec![ours_calls]),
+        )
+        .against(peer_name, Samples(vec![peer_calls])),
     ])
 }
 
@@ -108,17 +118,24 @@ impl Sources {
     }
 
     fn list(&self, bench: &Bench, source: &Path, env: &[(&str, &str)]) -> Result<String> {
-        let mut all = vec![("LIBVIRT_INVENTORY_URIS", self.uri.as_str()), ("ANSIBLE_INVENTORY_UNPARSED_FAILED", "True")];
+        let mut all =
+            vec![("LIBVIRT_INVENTORY_URIS", self.uri.as_str()), ("ANSIBLE_INVENTORY_UNPARSED_FAILED", "True")];
         all.extend_from_slice(env);
         bench.ansible("ansible-inventory", &["-i", path_str(source)?, "--list"], &all)
     }
 
     /// Runs the executable alone with `--stats`; returns the scan time it reports, in ms.
     fn scan_ms(&self) -> Result<f64> {
-        let output = std::process::Command::new(&self.script).args(["--list", "--stats", "--uri", &self.uri]).stdin(Stdio::null()).output()?;
+        let output = std::process::Command::new(&self.script)
+            .args(["--list", "--stats", "--uri", &self.uri])
+            .stdin(Stdio::null())
+            .output()?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         // "libvirt_inventory: <uri>: N domains, M libvirt calls, T ms"
-        let line = stderr.lines().find(|l| l.contains("libvirt calls")).with_context(|| format!("no --stats line in: {stderr}"))?;
+        let line = stderr
+            .lines()
+            .find(|l| l.contains("libvirt calls"))
+            .with_context(|| format!("no --stats line in: {stderr}"))?;
         let last = line.trim_end_matches("ms").trim().rsplit(' ').next().unwrap_or_default();
         last.parse().with_context(|| format!("no time in {line}"))
     }
@@ -153,7 +170,8 @@ impl<'a> Fixture<'a> {
         let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
         let mut leases = Vec::new();
         for index in from..to {
-            let (name, mac) = (format!("bn-inv-{index:04}"), format!("{MAC_PREFIX}:00:{:02x}:{:02x}", index / 256, index % 256));
+            let (name, mac) =
+                (format!("bn-inv-{index:04}"), format!("{MAC_PREFIX}:00:{:02x}:{:02x}", index / 256, index % 256));
             let xml = dir.join(format!("{name}.xml"));
             std::fs::write(&xml, idle_domain_xml(&name, &mac, self.network))?;
             commands += &format!("define {};", path_str(&xml)?);
@@ -167,17 +185,27 @@ impl<'a> Fixture<'a> {
     /// Undefines every `bn-inv-` domain and drops our lease entries; best effort.
     fn remove(&self) {
         let names = self.bench.virsh(self.uri, &["list", "--all", "--name"]).unwrap_or_default();
-        let commands: String = names.lines().map(str::trim).filter(|n| n.starts_with("bn-inv-")).map(|n| format!("undefine {n};")).collect();
+        let commands: String = names
+            .lines()
+            .map(str::trim)
+            .filter(|n| n.starts_with("bn-inv-"))
+            .map(|n| format!("undefine {n};"))
+            .collect();
         if !commands.is_empty() {
             let _ = self.bench.virsh(self.uri, &["-q", &commands]);
         }
-        let _ = self.edit_leases(|current| current.retain(|l| !l["mac-address"].as_str().unwrap_or("").starts_with(MAC_PREFIX)));
+        let _ = self.edit_leases(|current| {
+            current.retain(|l| !l["mac-address"].as_str().unwrap_or("").starts_with(MAC_PREFIX))
+        });
     }
 
     /// Rewrites the lease file atomically; dnsmasq's helper may rewrite it between read and
     /// rename, so the window is kept to one read and one write.
     fn edit_leases(&self, edit: impl FnOnce(&mut Vec<Value>)) -> Result<()> {
-        let mut leases: Vec<Value> = std::fs::read_to_string(&self.lease_file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let mut leases: Vec<Value> = std::fs::read_to_string(&self.lease_file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
         edit(&mut leases);
         let partial = self.lease_file.with_extension("status.bn-partial");
         std::fs::write(&partial, serde_json::to_string_pretty(&leases)?)?;

@@ -103,7 +103,11 @@ impl Row {
     fn verdict(&self) -> String {
         let Some(goal) = self.goal else { return String::new() };
         let value = if goal.on_ratio { self.ratios().map_or(f64::NAN, |r| r.median()) } else { self.ours.median() };
-        let what = if goal.on_ratio { format!("≤ {}×", number(goal.limit)) } else { format!("≤ {} {}", number(goal.limit), self.unit) };
+        let what = if goal.on_ratio {
+            format!("≤ {}×", number(goal.limit))
+        } else {
+            format!("≤ {} {}", number(goal.limit), self.unit)
+        };
         let met = if value <= goal.limit { "met" } else { "**not met**" };
         format!("{what}: {met}")
     }
@@ -126,7 +130,13 @@ pub fn table(rows: &[Row]) -> String {
             None => ("", String::new()),
         };
         let ratio = row.ratios().map(|r| r.render("×")).unwrap_or_default();
-        let _ = writeln!(out, "| {} | {} | {peer_name} | {peer} | {ratio} | {} |", row.figure, row.ours.render(row.unit), row.verdict());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {peer_name} | {peer} | {ratio} | {} |",
+            row.figure,
+            row.ours.render(row.unit),
+            row.verdict()
+        );
     }
     out
 }
@@ -137,10 +147,14 @@ mod tests {
 
     #[test]
     fn median_min_max_and_pairwise_ratio() {
-        let row = Row::ours("s", "f", "s", Samples(vec![3.0, 1.0, 2.0])).against("peer", Samples(vec![6.0, 4.0, 4.0])).goal(0.5);
+        let row = Row::ours("s", "f", "s", Samples(vec![3.0, 1.0, 2.0]))
+            .against("peer", Samples(vec![6.0, 4.0, 4.0]))
+            .goal(0.5);
         assert_eq!(row.ours.median(), 2.0);
         assert_eq!(row.ratios().unwrap().0, vec![0.5, 0.25, 0.5]);
-        assert!(table(&[row]).contains("| f | 2.00 s (1.00–3.00) | peer | 4.00 s (4.00–6.00) | 0.500 × (0.250–0.500) | ≤ 0.500×: met |"));
+        assert!(table(&[row]).contains(
+            "| f | 2.00 s (1.00–3.00) | peer | 4.00 s (4.00–6.00) | 0.500 × (0.250–0.500) | ≤ 0.500×: met |"
+        ));
     }
 
     #[test]

@@ -167,7 +167,8 @@ impl Inventories {
             // first try sftp and scp, a cost a normal host does not have.
             "ansible_ssh_transfer_method": "piped",
         } } } });
-        let inventories = Inventories { local: bench.work.join("per_task_local.json"), ssh: bench.work.join("per_task_ssh.json") };
+        let inventories =
+            Inventories { local: bench.work.join("per_task_local.json"), ssh: bench.work.join("per_task_ssh.json") };
         std::fs::write(&inventories.local, local.to_string())?;
         std::fs::write(&inventories.ssh, ssh.to_string())?;
         Ok(inventories)
@@ -175,7 +176,13 @@ impl Inventories {
 }
 
 /// Writes a playbook of `tasks` copies of a template (or none) and times it.
-fn time_playbook(bench: &Bench, inventories: &Inventories, body: Option<(&str, usize)>, target: Target, uri: Uri) -> Result<f64> {
+fn time_playbook(
+    bench: &Bench,
+    inventories: &Inventories,
+    body: Option<(&str, usize)>,
+    target: Target,
+    uri: Uri,
+) -> Result<f64> {
     let playbook = write_playbook(bench, body)?;
     let inventory = match target {
         Target::Local => &inventories.local,

@@ -38,7 +38,9 @@ pub fn run(bench: &Bench) -> Result<Vec<Row>> {
         }
         let apart = names("bn-s", count);
         eprintln!("bench: {count} guest(s) to ready in {count} calls");
-        let separate = timed_provision(bench, &apart, |names| names.iter().try_for_each(|n| provision(bench, std::slice::from_ref(n))));
+        let separate = timed_provision(bench, &apart, |names| {
+            names.iter().try_for_each(|n| provision(bench, std::slice::from_ref(n)))
+        });
         remove(bench, &apart);
         let (one_call, separate) = match (one_call, separate) {
             (Ok(one_call), Ok(separate)) => (one_call, separate),
@@ -86,7 +88,8 @@ pub(super) fn with(mut args: Value, extra: Value) -> Value {
 
 /// Guests `names` running and answering ssh, in one call.
 fn provision(bench: &Bench, names: &[String]) -> Result<()> {
-    let args = with(base_args(bench)?, json!({ "vms": vms(names), "state": "running", "wait": "ssh", "wait_timeout": 900 }));
+    let args =
+        with(base_args(bench)?, json!({ "vms": vms(names), "state": "running", "wait": "ssh", "wait_timeout": 900 }));
     bench.module("kvm_provision", &args).map(drop)
 }
 
@@ -101,8 +104,12 @@ pub(super) fn remove(bench: &Bench, names: &[String]) {
     if names.is_empty() {
         return;
     }
-    let removed = base_args(bench)
-        .and_then(|base| bench.module("kvm_provision", &with(base, json!({ "vms": vms(names), "state": "absent", "remove_storage": true, "stop_timeout": 5 }))));
+    let removed = base_args(bench).and_then(|base| {
+        bench.module(
+            "kvm_provision",
+            &with(base, json!({ "vms": vms(names), "state": "absent", "remove_storage": true, "stop_timeout": 5 })),
+        )
+    });
     if let Err(error) = removed {
         eprintln!("bench: removing {names:?}: {error:#}");
         for name in names {
@@ -134,7 +141,8 @@ fn clones(bench: &Bench) -> Result<Vec<Row>> {
     let [linked_size, full_size] = sizes;
     Ok(vec![
         Row::ours(CLONES, "define with a linked clone: time", "s", linked_time).against("clone: full", full_time),
-        Row::ours(CLONES, "define with a linked clone: disk space allocated", "MiB", linked_size).against("clone: full", full_size),
+        Row::ours(CLONES, "define with a linked clone: disk space allocated", "MiB", linked_size)
+            .against("clone: full", full_size),
     ])
 }
 
@@ -174,7 +182,10 @@ fn snapshots(bench: &Bench, group: &[String]) -> Result<Vec<Row>> {
                 virsh_each(names, &["snapshot-delete", "bn-virsh"])?;
             }
         }
-        let (create_row, revert_row) = (Row::ours(SNAPSHOTS, format!("{kind}: create"), "s", create), Row::ours(SNAPSHOTS, format!("{kind}: revert"), "s", revert));
+        let (create_row, revert_row) = (
+            Row::ours(SNAPSHOTS, format!("{kind}: create"), "s", create),
+            Row::ours(SNAPSHOTS, format!("{kind}: revert"), "s", revert),
+        );
         if virsh_peer {
             rows.push(create_row.against("virsh snapshot-create-as (one by one)", virsh_create));
             rows.push(revert_row.against("virsh snapshot-revert (one by one, no clock sync)", virsh_revert));

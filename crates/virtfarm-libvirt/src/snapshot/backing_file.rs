@@ -121,7 +121,10 @@ pub fn save(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>) -> Result
     }
     let others: Vec<String> = dependants(conn, &bak)?.into_iter().filter(|d| d != disk).collect();
     if !others.is_empty() {
-        return Err(Error::Refused(format!("{bak} is also the base of {}: committing into it would change them", others.join(", "))));
+        return Err(Error::Refused(format!(
+            "{bak} is also the base of {}: committing into it would change them",
+            others.join(", ")
+        )));
     }
     commit_into(hv, vm, &target, disk, &bak)?;
     delete_image(conn, disk)?;
@@ -149,8 +152,12 @@ const MAX_L1_BYTES: u64 = 32 << 20;
 fn overlay_is_empty(conn: &Connect, path: &str) -> Result<bool> {
     let volume = volume_at(conn, path)?;
     let header = read_bytes(conn, &volume, path, 0, 72)?;
-    let field = |at: usize, len: usize| header.get(at..at + len).map(|b| b.iter().fold(0u64, |n, byte| n << 8 | u64::from(*byte)));
-    let (Some(magic), Some(l1_entries), Some(l1_offset), Some(snapshots)) = (field(0, 4), field(36, 4), field(40, 8), field(60, 4)) else {
+    let field = |at: usize, len: usize| {
+        header.get(at..at + len).map(|b| b.iter().fold(0u64, |n, byte| n << 8 | u64::from(*byte)))
+    };
+    let (Some(magic), Some(l1_entries), Some(l1_offset), Some(snapshots)) =
+        (field(0, 4), field(36, 4), field(40, 8), field(60, 4))
+    else {
         return Ok(false);
     };
     let l1_bytes = l1_entries * 8;
@@ -211,7 +218,10 @@ pub fn remove(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>) -> Resu
             delete_image(conn, &bak)?;
         }
         others => {
-            return Err(Error::Refused(format!("{bak} is the base of {}: remove or restore those levels first", others.join(", "))))
+            return Err(Error::Refused(format!(
+                "{bak} is the base of {}: remove or restore those levels first",
+                others.join(", ")
+            )))
         }
     }
     Ok(true)
@@ -250,7 +260,9 @@ fn redefine_on_overlay(hv: &Hypervisor, definition: &str, target: &str, disk: &s
 /// then puts the definition back as it was.
 fn commit_into(hv: &Hypervisor, vm: &Vm, target: &str, disk: &str, base: &str) -> Result<()> {
     let definition = vm.xml(true)?;
-    vm.raw().create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED).doing(|| format!("starting {} paused to merge {disk}", vm.name()))?;
+    vm.raw()
+        .create_with_flags(virt::sys::VIR_DOMAIN_START_PAUSED)
+        .doing(|| format!("starting {} paused to merge {disk}", vm.name()))?;
     let merged = blockjob::commit_active_into(vm.raw(), target, base, COMMIT_TIMEOUT);
     let stopped = vm.destroy();
     merged?;
@@ -293,7 +305,11 @@ fn copy_image(conn: &Connect, from: &str, name: &str) -> Result<String> {
     let source = volume_at(conn, from)?;
     let size = source.info_flags(virt::sys::VIR_STORAGE_VOL_GET_PHYSICAL).doing(doing)?.allocation;
     let pool = source.lookup_storage_pool().doing(doing)?;
-    let xml = serialise(&RawVolume { name, capacity: Bytes { unit: "bytes", value: size }, target: RawTarget { format: RawFormat { kind: "raw" } } })?;
+    let xml = serialise(&RawVolume {
+        name,
+        capacity: Bytes { unit: "bytes", value: size },
+        target: RawTarget { format: RawFormat { kind: "raw" } },
+    })?;
     let copy = StorageVol::create_xml(&pool, &xml, 0).doing(doing)?;
     let download = Stream::new(conn, 0).doing(doing)?;
     let upload = Stream::new(conn, 0).doing(doing)?;

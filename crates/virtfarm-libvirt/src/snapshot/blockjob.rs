@@ -17,7 +17,14 @@ pub(crate) fn commit_active_into(domain: &Domain, target: &str, base: &str, time
     // SAFETY: `domain` is a live handle; both strings are NUL-terminated and outlive the call;
     // a null `top` means the active image.
     let started = unsafe {
-        virt::sys::virDomainBlockCommit(domain.as_ptr(), disk.as_ptr(), base_c.as_ptr(), std::ptr::null(), 0, virt::sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
+        virt::sys::virDomainBlockCommit(
+            domain.as_ptr(),
+            disk.as_ptr(),
+            base_c.as_ptr(),
+            std::ptr::null(),
+            0,
+            virt::sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE,
+        )
     };
     check(started).doing(doing)?;
     let deadline = Instant::now() + timeout;
@@ -31,7 +38,9 @@ pub(crate) fn commit_active_into(domain: &Domain, target: &str, base: &str, time
         std::thread::sleep(Duration::from_millis(100));
     }
     // SAFETY: as above.
-    let pivoted = unsafe { virt::sys::virDomainBlockJobAbort(domain.as_ptr(), disk.as_ptr(), virt::sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT) };
+    let pivoted = unsafe {
+        virt::sys::virDomainBlockJobAbort(domain.as_ptr(), disk.as_ptr(), virt::sys::VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+    };
     check(pivoted).doing(doing)
 }
 

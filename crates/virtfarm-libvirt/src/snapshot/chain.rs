@@ -81,7 +81,8 @@ pub(crate) fn create_overlay(conn: &Connect, backing: &str, name: &str) -> Resul
         target: NewTarget { format: Format { kind: "qcow2".to_string() } },
         backing: NewBacking { path: backing, format: Format { kind: image.format } },
     })?;
-    let volume = StorageVol::create_xml(&pool, &xml, 0).doing(|| format!("creating the overlay {name} on {backing}"))?;
+    let volume =
+        StorageVol::create_xml(&pool, &xml, 0).doing(|| format!("creating the overlay {name} on {backing}"))?;
     volume.path().doing(|| format!("reading the path of {name}"))
 }
 
@@ -92,7 +93,9 @@ pub(crate) fn delete_image(conn: &Connect, path: &str) -> Result<()> {
 
 /// Every image, in any active pool, whose backing file is `path`.
 pub(crate) fn dependants(conn: &Connect, path: &str) -> Result<Vec<String>> {
-    let pools = conn.list_all_storage_pools(virt::sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE).doing(|| "listing storage pools".to_string())?;
+    let pools = conn
+        .list_all_storage_pools(virt::sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+        .doing(|| "listing storage pools".to_string())?;
     let mut found = Vec::new();
     for pool in pools {
         for volume in pool_volumes(&pool)? {

@@ -20,7 +20,9 @@ pub(crate) fn repoint_disks(domain_xml: &str, files: &HashMap<String, String>) -
         let event = reader.read_event().map_err(xml_error)?;
         match (&mut disk, event) {
             (_, Event::Eof) => break,
-            (None, Event::Start(start)) if start.name().as_ref() == b"disk" => disk = Some(vec![Event::Start(start.into_owned())]),
+            (None, Event::Start(start)) if start.name().as_ref() == b"disk" => {
+                disk = Some(vec![Event::Start(start.into_owned())])
+            }
             (Some(buffer), Event::End(end)) if end.name().as_ref() == b"disk" => {
                 buffer.push(Event::End(end.into_owned()));
                 for event in rewrite_disk(std::mem::take(buffer), files)? {
@@ -55,9 +57,15 @@ fn rewrite_disk(events: Vec<Event<'static>>, files: &HashMap<String, String>) ->
         match event {
             Event::Start(e) if e.name().as_ref() == b"backingStore" => skipping = 1,
             Event::Empty(e) if e.name().as_ref() == b"backingStore" => {}
-            Event::Empty(e) if e.name().as_ref() == b"source" => out.push(Event::Empty(with_attribute(&e, "file", new_file)?)),
-            Event::Start(e) if e.name().as_ref() == b"source" => out.push(Event::Start(with_attribute(&e, "file", new_file)?)),
-            Event::Empty(e) if e.name().as_ref() == b"driver" => out.push(Event::Empty(with_attribute(&e, "type", "qcow2")?)),
+            Event::Empty(e) if e.name().as_ref() == b"source" => {
+                out.push(Event::Empty(with_attribute(&e, "file", new_file)?))
+            }
+            Event::Start(e) if e.name().as_ref() == b"source" => {
+                out.push(Event::Start(with_attribute(&e, "file", new_file)?))
+            }
+            Event::Empty(e) if e.name().as_ref() == b"driver" => {
+                out.push(Event::Empty(with_attribute(&e, "type", "qcow2")?))
+            }
             other => out.push(other),
         }
     }

@@ -259,7 +259,8 @@ pub(crate) fn external_request(name: &str, disks: &[ExternalDisk<'_>]) -> Result
 }
 
 pub(crate) fn serialise(value: &impl Serialize) -> Result<String> {
-    quick_xml::se::to_string(value).map_err(|e| Error::Xml { doing: "writing XML for libvirt".to_string(), message: e.to_string() })
+    quick_xml::se::to_string(value)
+        .map_err(|e| Error::Xml { doing: "writing XML for libvirt".to_string(), message: e.to_string() })
 }
 
 #[cfg(test)]
@@ -316,7 +317,12 @@ mod tests {
     fn requests_escape_what_they_carry() {
         let xml = external_request("a<b&'c", &[("vda", Some("/p/x&y.qcow2")), ("sda", None)]).unwrap();
         assert!(xml.contains("<name>a&lt;b&amp;'c</name>"), "{xml}");
-        assert!(xml.contains(r#"<disk name="vda" snapshot="external"><driver type="qcow2"/><source file="/p/x&amp;y.qcow2"/></disk>"#), "{xml}");
+        assert!(
+            xml.contains(
+                r#"<disk name="vda" snapshot="external"><driver type="qcow2"/><source file="/p/x&amp;y.qcow2"/></disk>"#
+            ),
+            "{xml}"
+        );
         assert!(xml.contains(r#"<disk name="sda" snapshot="no"/>"#), "{xml}");
         assert!(internal_request("clean", true).unwrap().starts_with("<domainsnapshot><name>clean</name>"));
     }
