@@ -63,6 +63,11 @@ impl<'a> GuestAgent<'a> {
         Ok(self.command("guest-fsfreeze-freeze", None, COMMAND_TIMEOUT_S)?.as_u64().unwrap_or(0))
     }
 
+    /// True when the guest reports its file systems frozen; asks for at most 2 s.
+    pub fn is_frozen(&self) -> Result<bool> {
+        Ok(self.command("guest-fsfreeze-status", None, 2)?.as_str() == Some("frozen"))
+    }
+
     /// Thaws file systems frozen by [`GuestAgent::freeze`].
     pub fn thaw(&self) -> Result<()> {
         self.command("guest-fsfreeze-thaw", None, COMMAND_TIMEOUT_S).map(drop)

@@ -411,6 +411,22 @@ pub fn delete(hv: &Hypervisor, vm: &Vm, name: &str) -> Result<Deleted> {
     })
 }
 
+/// Thaws a running guest whose file systems a killed run left frozen; true when it did.
+///
+/// Call it holding the domain's lock: then no run of ours is between a freeze and its thaw,
+/// so a frozen guest is a leftover. A guest without an answering agent is left alone.
+pub fn thaw_if_left_frozen(vm: &Vm) -> Result<bool> {
+    if vm.power_state()? != PowerState::Running {
+        return Ok(false);
+    }
+    let agent = vm.agent();
+    if !agent.is_frozen().unwrap_or(false) {
+        return Ok(false);
+    }
+    agent.thaw()?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,15 @@ pub struct Report {
 /// Runs the request; a failure is the message for `msg`.
 pub fn run(request: &Request, check_mode: bool) -> Result<Report, String> {
     let (hv, vms) = connect(request)?;
-    let _locks = if check_mode || matches!(request.state, State::List) { Vec::new() } else { lock_all(&hv, &vms)? };
+    let changing = !check_mode && !matches!(request.state, State::List);
+    let _locks = if changing { lock_all(&hv, &vms)? } else { Vec::new() };
+    // Holding the locks, a frozen guest is what a killed run left: repair it before anything.
+    let mut thawed = Vec::new();
+    for vm in vms.iter().filter(|_| changing) {
+        if snapshot::thaw_if_left_frozen(vm).map_err(|e| e.to_string())? {
+            thawed.push(Value::String(vm.name().to_string()));
+        }
+    }
     if let Mode::BackingFile { volume_path } = &request.mode {
         return crate::backing::run(&hv, &vms, volume_path, request, check_mode);
     }
@@ -43,6 +51,9 @@ pub fn run(request: &Request, check_mode: bool) -> Result<Report, String> {
         }
     }
     fields.insert("vms".to_string(), Value::Array(results));
+    if !thawed.is_empty() {
+        fields.insert("thawed_left_frozen".to_string(), Value::Array(thawed));
+    }
     Ok(Report { changed, fields, diff: (before, after) })
 }
 

@@ -139,9 +139,8 @@ fn quiesce(plan: &Plan<'_>, asked: bool) -> Quiesce {
         return Quiesce::NotNeeded;
     }
     let agent = plan.vm.agent();
-    // A run killed between freeze and thaw left the guest frozen (snapshot_libvirt holds the
-    // domain's lock, so no run of ours is mid-snapshot now): thaw it, or it stays frozen.
-    let _ = agent.thaw();
+    // A run killed between freeze and thaw may have left the guest frozen.
+    let _ = super::thaw_if_left_frozen(plan.vm);
     if agent.freeze().is_ok() {
         Quiesce::Fsfreeze
     } else if agent.sync(SYNC_TIMEOUT).is_ok() {
