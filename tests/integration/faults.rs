@@ -4,7 +4,7 @@
 //!
 //! Every domain here is named `fx-...`; each test removes what it made, however it ends.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -457,13 +457,19 @@ fn daemon_restart_while_waiting_for_a_lease() {
     assert!(hypervisor().find_vm(&name).expect("the bed answers again").is_some());
 }
 
+/// True while `pid` runs; a zombie (stopped, not yet reaped by init) counts as gone.
+fn process_alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or_default().trim_start().starts_with('Z'))
+}
+
 fn restart_libvirtd(bed: &Bed) {
     let pid = std::fs::read_to_string("/run/libvirtd.pid").expect("libvirtd pid file");
     let pid = pid.trim();
     let killed = Command::new("kill").arg(pid).status().expect("kill");
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Path::new(&format!("/proc/{pid}")).exists() {
+    while process_alive(pid) {
         assert!(Instant::now() < deadline, "libvirtd {pid} did not stop");
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -36,7 +36,8 @@ fn virsh(args: &[&str]) -> Result<String> {
 }
 
 fn libvirtd_running() -> bool {
-    sh::succeeds("pgrep", &["-x", "libvirtd"])
+    // Running, sleeping or in I/O: a stopped daemon's zombie, not yet reaped, does not count.
+    sh::succeeds("pgrep", &["-x", "-r", "R,S,D", "libvirtd"])
 }
 
 /// True when the bed described by `bed.json` answers.
