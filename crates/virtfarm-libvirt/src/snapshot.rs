@@ -365,18 +365,13 @@ pub fn delete(hv: &Hypervisor, vm: &Vm, name: &str) -> Result<Deleted> {
     let info = vm.describe(&handle)?;
     let started = Instant::now();
     let doing = || format!("deleting snapshot {name} of {}", vm.name());
-    if info.kind == SnapshotType::Internal {
-        handle.delete(0).doing(doing)?;
-        return Ok(Deleted {
-            kind: info.kind,
-            seconds: started.elapsed().as_secs_f64(),
-            method: "libvirt",
-            removed_files: Vec::new(),
-        });
-    }
-    let in_use = files_in_use(hv, vm)?;
-    let on_current_branch = info.external_disks().all(|(_, _, overlay)| overlay.is_some_and(|o| in_use.contains(o)));
-    if on_current_branch {
+    if info.kind == SnapshotType::External {
+        let in_use = files_in_use(hv, vm)?;
+        let on_current_branch =
+            info.external_disks().all(|(_, _, overlay)| overlay.is_some_and(|o| in_use.contains(o)));
+        if !on_current_branch {
+            return delete_off_branch(hv, vm, &handle, &info, started);
+        }
         // libvirt merges each overlay into the file below it: that file must be the snapshot's alone.
         for (target, frozen, overlay) in info.external_disks() {
             let others: Vec<String> =
@@ -389,15 +384,28 @@ pub fn delete(hv: &Hypervisor, vm: &Vm, name: &str) -> Result<Deleted> {
                 )));
             }
         }
-        handle.delete(0).doing(doing)?;
-        return Ok(Deleted {
-            kind: info.kind,
-            seconds: started.elapsed().as_secs_f64(),
-            method: "libvirt",
-            removed_files: Vec::new(),
-        });
     }
-    handle.delete(virt::sys::VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY).doing(doing)?;
+    handle.delete(0).doing(doing)?;
+    Ok(Deleted {
+        kind: info.kind,
+        seconds: started.elapsed().as_secs_f64(),
+        method: "libvirt",
+        removed_files: Vec::new(),
+    })
+}
+
+/// An external snapshot off the current branch: libvirt cannot merge it, so only its
+/// metadata goes, then the overlays nothing depends on any more.
+fn delete_off_branch(
+    hv: &Hypervisor,
+    vm: &Vm,
+    handle: &DomainSnapshot,
+    info: &SnapshotInfo,
+    started: Instant,
+) -> Result<Deleted> {
+    handle
+        .delete(virt::sys::VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        .doing(|| format!("deleting the metadata of snapshot {} of {}", info.name, vm.name()))?;
     let keep = files_in_use(hv, vm)?;
     let mut removed = Vec::new();
     for overlay in info.external_disks().filter_map(|(_, _, overlay)| overlay) {
