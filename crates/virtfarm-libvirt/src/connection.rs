@@ -7,8 +7,9 @@ use crate::vm::Vm;
 
 /// An open connection to a libvirt daemon (`qemu:///system`, `qemu+ssh://host/system`, ...).
 ///
-/// Closed on drop (by `virt`). Each thread that works in parallel opens its own: a libvirt connection
-/// serialises its calls, so sharing one would undo the parallelism.
+/// Closed on drop (by `virt`). Threads may share one: libvirt's client multiplexes their calls
+/// over the connection and the daemon works on several of them at once (`max_client_requests`,
+/// 5 by default), so one connection per hypervisor is enough; see [`Connections`].
 pub struct Hypervisor {
     conn: Connect,
     uri: String,
@@ -107,6 +108,51 @@ impl Hypervisor {
 
     pub(crate) fn raw(&self) -> &Connect {
         &self.conn
+    }
+}
+
+/// One connection per hypervisor, opened in parallel and shared by every thread that works on
+/// it: a `qemu+ssh://` connection costs an ssh session and a round trip to open, so a run over
+/// many VMs on a few hypervisors opens a few.
+#[derive(Default)]
+pub struct Connections {
+    opened: Vec<(String, Result<Hypervisor>)>,
+}
+
+impl Connections {
+    /// Opens each of `uris` not opened yet, all at once; a URI that cannot be opened keeps its
+    /// error, for [`Connections::get`] to report to every user of that hypervisor.
+    pub fn open<'u>(&mut self, uris: impl IntoIterator<Item = &'u str>) {
+        let mut missing: Vec<&str> = uris.into_iter().filter(|uri| self.find(uri).is_none()).collect();
+        missing.sort_unstable();
+        missing.dedup();
+        let opened: Vec<(String, Result<Hypervisor>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = missing.iter().map(|uri| scope.spawn(move || Hypervisor::open(uri))).collect();
+            missing
+                .iter()
+                .zip(handles)
+                .map(|(uri, handle)| {
+                    let opened = handle
+                        .join()
+                        .unwrap_or_else(|_| Err(Error::Refused(format!("connecting to {uri} failed unexpectedly"))));
+                    (uri.to_string(), opened)
+                })
+                .collect()
+        });
+        self.opened.extend(opened);
+    }
+
+    /// The connection to `uri`, or why there is none.
+    pub fn get(&self, uri: &str) -> Result<&Hypervisor> {
+        match self.find(uri) {
+            Some(Ok(hypervisor)) => Ok(hypervisor),
+            Some(Err(e)) => Err(Error::Refused(e.to_string())),
+            None => Err(Error::Refused(format!("no connection to {uri} was opened"))),
+        }
+    }
+
+    fn find(&self, uri: &str) -> Option<&Result<Hypervisor>> {
+        self.opened.iter().find(|(opened, _)| opened == uri).map(|(_, result)| result)
     }
 }
 

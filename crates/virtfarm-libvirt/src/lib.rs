@@ -36,6 +36,6 @@ pub mod storage;
 pub mod vm;
 pub mod wait;
 
-pub use connection::{DomainType, Hypervisor};
+pub use connection::{Connections, DomainType, Hypervisor};
 pub use error::{Error, Result};
 pub use vm::{PowerState, Vm};

@@ -1,7 +1,7 @@
 //! Placement: which hypervisor each new VM goes to, given several.
 //!
 //! Each hypervisor is surveyed once (its capabilities, its free memory as libvirt reports it,
-//! the names of its domains), all in parallel with one connection each. Then, VM by VM in the
+//! the names of its domains), all in parallel on the caller's connections. Then, VM by VM in the
 //! order given:
 //!
 //! - a VM that already exists on a hypervisor stays there, whatever the strategy: re-runs keep
@@ -14,9 +14,12 @@
 //!
 //! ```no_run
 //! use virtfarm_libvirt::placement::{place, survey, Demand, Strategy};
+//! use virtfarm_libvirt::Connections;
 //!
 //! let uris = vec!["qemu+ssh://root@h1/system".to_string(), "qemu+ssh://root@h2/system".to_string()];
-//! let hosts = survey(&uris);
+//! let mut connections = Connections::default();
+//! connections.open(uris.iter().map(String::as_str));
+//! let hosts = survey(&connections, &uris);
 //! let web = Demand { name: "web1".into(), memory_mib: 1024, arch: Some("x86_64".into()), domain_type: None, pinned: None };
 //! for placed in place(&[web], &hosts, Strategy::RoundRobin) {
 //!     println!("web1 -> {:?}", placed.map(|p| p.uri));
@@ -27,7 +30,7 @@ use std::collections::BTreeSet;
 
 use serde::Deserialize;
 
-use crate::connection::{domain_type_from_capabilities, DomainType, Hypervisor};
+use crate::connection::{domain_type_from_capabilities, Connections, DomainType, Hypervisor};
 use crate::error::{Doing, Error, Result};
 
 /// How a VM that exists nowhere yet is given a hypervisor.
@@ -138,11 +141,12 @@ impl Host {
     }
 }
 
-/// Surveys every URI in parallel, one thread and connection each; results in `uris` order.
-pub fn survey(uris: &[String]) -> Vec<Surveyed> {
+/// Surveys every URI in parallel, one thread each on its connection in `connections` (opened
+/// by the caller); results in `uris` order.
+pub fn survey(connections: &Connections, uris: &[String]) -> Vec<Surveyed> {
     std::thread::scope(|scope| {
         let handles: Vec<_> =
-            uris.iter().map(|uri| scope.spawn(move || Hypervisor::open(uri).and_then(|h| Host::read(&h)))).collect();
+            uris.iter().map(|uri| scope.spawn(move || connections.get(uri).and_then(Host::read))).collect();
         uris.iter()
             .zip(handles)
             .map(|(uri, handle)| Surveyed {

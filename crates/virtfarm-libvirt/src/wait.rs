@@ -1,6 +1,6 @@
 //! Bounded waits until domains are ready: a DHCP lease, a guest agent, an SSH banner.
 //!
-//! Many domains are waited for together, one thread and one connection each, so the wait
+//! Many domains are waited for together, one thread each on the hypervisor's connection, so the wait
 //! for N guests takes as long as the slowest, not the sum.
 
 use std::collections::HashMap;
@@ -188,9 +188,10 @@ pub fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Waits for many domains at once, each on its own connection to `uri`; results in input order.
+/// Waits for many domains of one hypervisor at once, one thread each on the shared
+/// connection; results in input order.
 pub fn wait_all(
-    uri: &str,
+    hypervisor: &Hypervisor,
     domains: Vec<(String, LeaseBaseline)>,
     readiness: Readiness,
 ) -> Vec<(String, Result<Ready>)> {
@@ -200,9 +201,8 @@ pub fn wait_all(
             .map(|(name, baseline)| {
                 let wanted = name.clone();
                 let handle = scope.spawn(move || {
-                    let hypervisor = Hypervisor::open(uri)?;
                     let vm = hypervisor.vm(&wanted)?;
-                    wait_ready(&hypervisor, &vm, &baseline, readiness)
+                    wait_ready(hypervisor, &vm, &baseline, readiness)
                 });
                 (name, handle)
             })

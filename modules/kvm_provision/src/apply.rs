@@ -1,6 +1,6 @@
 //! Bringing one VM to its wanted state on its hypervisor, then waiting for all of them.
 //!
-//! Every VM is handled on its own thread with its own connection; check mode walks the same
+//! Every VM is handled on its own thread, on one connection per hypervisor; check mode walks the same
 //! path with every change turned into a report of what would change.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
 use virtfarm_libvirt::naming::fingerprint;
 use virtfarm_libvirt::power::{stop, StopOutcome, StopPolicy};
 use virtfarm_libvirt::wait::{wait_all, LeaseBaseline, Readiness, Signal};
-use virtfarm_libvirt::{Hypervisor, PowerState, Vm};
+use virtfarm_libvirt::{Connections, Error, Hypervisor, PowerState, Vm};
 
 use crate::definition::{DomainSource, Request, State, VmDefinition};
 
@@ -79,10 +79,15 @@ impl Outcome {
     }
 }
 
-/// Applies every VM in parallel, then waits for the ones that should be ready.
-pub fn apply_all(request: &Request, check: bool) -> Vec<Outcome> {
+/// Applies every VM in parallel, one thread each on its hypervisor's shared connection, then
+/// waits for the ones that should be ready. A hypervisor that cannot be reached fails its VMs
+/// only.
+pub fn apply_all(request: &Request, check: bool, connections: &mut Connections) -> Vec<Outcome> {
+    connections.open(request.vms.iter().map(|vm| vm.uri.as_str()));
+    let connections = &*connections;
     let mut outcomes: Vec<Outcome> = std::thread::scope(|scope| {
-        let handles: Vec<_> = request.vms.iter().map(|vm| scope.spawn(move || apply_one(vm, request, check))).collect();
+        let handles: Vec<_> =
+            request.vms.iter().map(|vm| scope.spawn(move || apply_one(vm, request, check, connections))).collect();
         handles
             .into_iter()
             .zip(&request.vms)
@@ -98,22 +103,22 @@ pub fn apply_all(request: &Request, check: bool) -> Vec<Outcome> {
             .collect()
     });
     if let (Some(signal), false, State::Running) = (request.wait, check, request.state) {
-        wait_for_all(&mut outcomes, signal, request.wait_timeout);
+        wait_for_all(&mut outcomes, signal, request.wait_timeout, connections);
     }
     outcomes
 }
 
-fn apply_one(vm: &VmDefinition, request: &Request, check: bool) -> Result<Outcome> {
-    let hypervisor = Hypervisor::open(&vm.uri).with_context(|| format!("uri {}", vm.uri))?;
-    let _lock = if check { None } else { lock(&hypervisor, vm)? };
+fn apply_one(vm: &VmDefinition, request: &Request, check: bool, connections: &Connections) -> Result<Outcome> {
+    let hypervisor = connections.get(&vm.uri).with_context(|| format!("uri {}", vm.uri))?;
+    let _lock = if check { None } else { lock(hypervisor, vm)? };
     let existing = hypervisor.find_vm(&vm.name)?;
     let mut outcome = Outcome::new(vm);
     if request.state == State::Absent {
-        remove(&hypervisor, existing, request.remove_storage, check, &mut outcome)?;
+        remove(hypervisor, existing, request.remove_storage, check, &mut outcome)?;
         return Ok(outcome);
     }
     // Before anything is created: a refusal must leave nothing behind.
-    check_macs_are_free(&hypervisor, &vm.name, &wanted_macs(vm)?)?;
+    check_macs_are_free(hypervisor, &vm.name, &wanted_macs(vm)?)?;
     for network in &vm.networks {
         if hypervisor.ensure_network(&network.name, network.create.as_ref(), check)? {
             outcome.did(format!("network {} created or started", network.name));
@@ -128,7 +133,7 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool) -> Result<Outcom
     let old_xml = existing.as_ref().map(|vm| vm.xml(true)).transpose()?;
     let old_metadata = old_xml.as_deref().map(InstanceMetadata::from_domain_xml).transpose()?.unwrap_or_default();
     let uuid = existing.as_ref().map(Vm::uuid).transpose()?;
-    let definition = definition_xml(&hypervisor, vm, uuid, &old_metadata, check, &mut outcome)?;
+    let definition = definition_xml(hypervisor, vm, uuid, &old_metadata, check, &mut outcome)?;
     let unchanged = existing.is_some() && old_metadata.spec_hash.as_deref() == Some(definition.hash.as_str());
     if let Some((name, path, content)) = &definition.seed {
         if !unchanged || !hypervisor.volume_exists(path)? {
@@ -162,7 +167,7 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool) -> Result<Outcom
     match vm_handle {
         Some(domain) => {
             outcome.uuid = Some(domain.uuid()?);
-            set_power(&hypervisor, &domain, request, check, &mut outcome)?;
+            set_power(hypervisor, &domain, request, check, &mut outcome)?;
         }
         None => {
             // Check mode on a VM that does not exist yet.
@@ -378,8 +383,8 @@ fn remove(
     Ok(())
 }
 
-/// Waits for every started or running VM at once (one thread and connection each).
-fn wait_for_all(outcomes: &mut [Outcome], signal: Signal, timeout: Duration) {
+/// Waits for every started or running VM at once (one thread each, on its hypervisor's connection).
+fn wait_for_all(outcomes: &mut [Outcome], signal: Signal, timeout: Duration, connections: &Connections) {
     let mut by_uri: BTreeMap<String, Vec<(String, LeaseBaseline)>> = BTreeMap::new();
     for outcome in outcomes.iter_mut().filter(|o| o.error.is_none()) {
         if let Some(baseline) = outcome.baseline.take() {
@@ -388,8 +393,15 @@ fn wait_for_all(outcomes: &mut [Outcome], signal: Signal, timeout: Duration) {
     }
     let readiness = Readiness { signal, timeout };
     let results: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            by_uri.into_iter().map(|(uri, domains)| scope.spawn(move || wait_all(&uri, domains, readiness))).collect();
+        let handles: Vec<_> = by_uri
+            .into_iter()
+            .map(|(uri, domains)| {
+                scope.spawn(move || match connections.get(&uri) {
+                    Ok(hypervisor) => wait_all(hypervisor, domains, readiness),
+                    Err(e) => domains.into_iter().map(|(name, _)| (name, Err(Error::Refused(e.to_string())))).collect(),
+                })
+            })
+            .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
     });
     for (name, result) in results {

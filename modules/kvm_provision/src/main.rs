@@ -22,8 +22,9 @@ fn main() {
 fn provision(module: &Module) -> anyhow::Result<Response> {
     let context = module.context();
     let mut request = Request::from_params(module.params(), &context.module_name)?;
-    let unplaced = placing::assign(module.params(), &mut request)?;
-    let mut outcomes = apply::apply_all(&request, context.check_mode);
+    let mut connections = virtfarm_libvirt::Connections::default();
+    let unplaced = placing::assign(module.params(), &mut request, &mut connections)?;
+    let mut outcomes = apply::apply_all(&request, context.check_mode, &mut connections);
     // Back in input order: the others were applied in order without them.
     for (index, outcome) in unplaced {
         outcomes.insert(index, outcome);

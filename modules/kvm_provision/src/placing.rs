@@ -6,6 +6,7 @@ use ansible_module::Params;
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 use virtfarm_libvirt::placement::{place, survey, Demand, Strategy};
+use virtfarm_libvirt::Connections;
 
 use crate::apply::Outcome;
 use crate::definition::{DomainSource, Request, State};
@@ -21,8 +22,9 @@ pub fn options() -> [ansible_module::Opt; 2] {
 
 /// Sets `uri` on every VM of `request` that did not give one and removes the VMs that cannot
 /// be placed, returned as failed outcomes with their position in `vms`, in ascending order.
-/// Nothing happens without `hypervisors`.
-pub fn assign(params: &Params, request: &mut Request) -> Result<Vec<(usize, Outcome)>> {
+/// Nothing happens without `hypervisors`; they are opened in `connections`, where the VMs are
+/// then applied.
+pub fn assign(params: &Params, request: &mut Request, connections: &mut Connections) -> Result<Vec<(usize, Outcome)>> {
     let Some(hypervisors) = params.get("hypervisors").and_then(Value::as_array) else { return Ok(Vec::new()) };
     let uris: Vec<String> = hypervisors.iter().filter_map(Value::as_str).map(str::to_string).collect();
     if uris.is_empty() {
@@ -40,7 +42,8 @@ pub fn assign(params: &Params, request: &mut Request) -> Result<Vec<(usize, Outc
     }
     let demands: Vec<Demand> =
         request.vms.iter().zip(pinned).map(|(vm, pinned)| demand(vm, request.state, pinned)).collect();
-    let placed = place(&demands, &survey(&uris), strategy);
+    connections.open(uris.iter().map(String::as_str));
+    let placed = place(&demands, &survey(connections, &uris), strategy);
     let mut refused = Vec::new();
     let mut kept = Vec::new();
     for (index, (mut vm, placed)) in std::mem::take(&mut request.vms).into_iter().zip(placed).enumerate() {
