@@ -141,6 +141,9 @@ fn four_vms_on_two_hypervisors_from_one_playbook() {
     let (doc, two_hypervisors) = ok(&vars(&two, &names, "up"), "provisioning on two hypervisors");
     let provisioned = task(&doc, "Place and provision");
     let placement = provisioned["placement"].as_object().expect("a placement map").clone();
+    let snapshotted = task(&doc, "Snapshot the group in one call");
+    let taken = snapshotted["vms"].as_array().expect("one result per VM");
+    assert_eq!(taken.len(), 4, "one call snapshots the group on both hypervisors: {snapshotted}");
     for (index, name) in names.iter().enumerate() {
         assert_eq!(placement[name], two[index % 2], "round robin: {placement:?}");
         let uri = local(two[index % 2]);
@@ -177,6 +180,17 @@ fn four_vms_on_two_hypervisors_from_one_playbook() {
         );
     }
 
+    // Revert the group across both hypervisors in one call: all back, each with its lease.
+    let mut revert_vars = vars(&two, &names, "revert");
+    revert_vars["placement_map"] = json!(placement);
+    let (reverted, revert_seconds) = ok(&revert_vars, "group revert across hypervisors");
+    let results = task(&reverted, "Revert the group in one call")["vms"].as_array().expect("revert results").clone();
+    assert_eq!(results.len(), 4, "{results:?}");
+    for result in &results {
+        assert_eq!(result["power_state"], "running", "{result}");
+        assert!(result["ip"].as_str().is_some_and(|ip| ip.starts_with("10.7")), "{result}");
+    }
+
     // The second hypervisor's daemon stops: its VMs fail, by name and why; the others are fine.
     fleet.stop_libvirtd();
     let (run, _) = playbook(&vars(&two, &names, "up"));
@@ -211,6 +225,7 @@ fn four_vms_on_two_hypervisors_from_one_playbook() {
     ok(&vars(&[bed.uri.as_str()], &one_names, "down"), "removal from one hypervisor");
     eprintln!(
         "fleet figures: 4 VMs provisioned (running with a lease) and snapshotted: {two_hypervisors:.1} s on 2 hypervisors, \
-         {one_hypervisor:.1} s on 1 (both share this machine's 2 cores); re-run {rerun:.1} s"
+         {one_hypervisor:.1} s on 1 (both share this machine's 2 cores); re-run {rerun:.1} s; \
+         group revert of the 4 across both in one call {revert_seconds:.1} s"
     );
 }

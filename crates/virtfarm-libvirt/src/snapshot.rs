@@ -8,13 +8,14 @@
 //!
 //! ```no_run
 //! use virtfarm_libvirt::Hypervisor;
-//! use virtfarm_libvirt::snapshot::{self, CreateOptions, RevertOptions};
+//! use virtfarm_libvirt::snapshot::{self, CreateOptions, Member, RevertOptions};
 //!
-//! let hypervisor = Hypervisor::open("qemu:///system")?;
-//! let vms = vec![hypervisor.vm("web1")?, hypervisor.vm("db1")?];
-//! let taken = snapshot::create_group(&hypervisor, &vms, "before-upgrade", &CreateOptions::default())?;
+//! let (here, there) = (Hypervisor::open("qemu:///system")?, Hypervisor::open("qemu+ssh://root@h2/system")?);
+//! let vms = vec![here.vm("web1")?, there.vm("db1")?];
+//! let group = [Member { hypervisor: &here, vm: &vms[0] }, Member { hypervisor: &there, vm: &vms[1] }];
+//! let taken = snapshot::create_group(&group, "before-upgrade", &CreateOptions::default())?;
 //! println!("{} snapshots, quiesced by {}", taken.len(), taken[0].quiesce.as_str());
-//! snapshot::revert(&hypervisor, &vms[0], "before-upgrade", &RevertOptions::default())?;
+//! snapshot::revert(&here, &vms[0], "before-upgrade", &RevertOptions::default())?;
 //! # Ok::<(), virtfarm_libvirt::Error>(())
 //! ```
 
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use virt::domain_snapshot::DomainSnapshot;
 
-pub use group::{create_group, Created, Quiesce};
+pub use group::{create_group, Created, Member, Quiesce};
 pub use xml::{SnapshotDisk, SnapshotInfo, SnapshotType};
 
 use crate::connection::Hypervisor;

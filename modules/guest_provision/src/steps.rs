@@ -165,7 +165,7 @@ fn with_revert(response: Response, hv: &Hypervisor, vm: &Vm, name: &str) -> Resu
 
 fn with_create(response: Response, hv: &Hypervisor, vm: &Vm, name: &str, quiesce: bool) -> Result<Response> {
     let options = CreateOptions { quiesce, ..CreateOptions::default() };
-    let created = snapshot::create_group(hv, std::slice::from_ref(vm), name, &options)?;
+    let created = snapshot::create_group(&[snapshot::Member { hypervisor: hv, vm }], name, &options)?;
     let Some(created) = created.first() else {
         anyhow::bail!("taking snapshot {name} of {} gave no result", vm.name())
     };

@@ -6,15 +6,16 @@ mod request;
 mod run;
 
 use ansible_module::{ArgSpec, Diff, Error, Module, Opt, Params, Response, Type};
-use serde_json::json;
+use serde_json::{json, Value};
 use virtfarm_libvirt::snapshot::CreateOptions;
 
-use request::{AfterRevert, BadOption, Request, State};
+use request::{AfterRevert, BadOption, Domain, Request, State};
 
 fn spec() -> ArgSpec {
     ArgSpec::new([
         Opt::str("name").aliases(&["domain"]),
         Opt::list("names").elements(Type::Str),
+        Opt::dict("placement"),
         Opt::str("uri").default("qemu:///system"),
         Opt::str("snapshot"),
         Opt::str("mode").choices(&["snapshot", "backing_file"]).default("snapshot"),
@@ -33,16 +34,22 @@ fn spec() -> ArgSpec {
             ]))
             .apply_defaults(),
     ])
-    .mutually_exclusive(&["name", "names"])
-    .required_one_of(&["name", "names"])
+    .mutually_exclusive(&["name", "names", "placement"])
+    .mutually_exclusive(&["placement", "uri"])
+    .required_one_of(&["name", "names", "placement"])
     .supports_check_mode()
 }
 
 /// Second stage of parsing: typed, checked, in domain terms.
 fn to_request(params: &Params) -> Result<Result<Request, BadOption>, Error> {
-    let (domains, domains_option) = match params.opt_str("name")? {
-        Some(name) => (vec![name.to_string()], "name"),
-        None => (params.list_of_str("names")?.into_iter().map(str::to_string).collect(), "names"),
+    let uri = params.str("uri")?;
+    let on_uri = |name: &str| Domain { name: name.to_string(), uri: uri.to_string() };
+    let (domains, domains_option) = if let Some(name) = params.opt_str("name")? {
+        (Ok(vec![on_uri(name)]), "name")
+    } else if let Some(placement) = params.get("placement").and_then(Value::as_object) {
+        (request::placed_domains(placement), "placement")
+    } else {
+        (Ok(params.list_of_str("names")?.into_iter().map(on_uri).collect()), "names")
     };
     let after = params.dict("after_revert")?;
     let state = State::parse(params.str("state")?);
@@ -52,18 +59,18 @@ fn to_request(params: &Params) -> Result<Result<Request, BadOption>, Error> {
     let wait_timeout = request::seconds("after_revert.timeout", after.int("timeout")?);
     let snapshot = params.opt_str("snapshot")?.map(str::to_string);
     let shutdown_first = params.bool("shutdown_first")?;
-    let uri = params.str("uri")?.to_string();
     let memory = params.opt_bool("memory")?;
     let quiesce = params.bool("quiesce")?;
     let sync_clock = after.bool("sync_clock")?;
     let mode = request::parse_mode(params.str("mode")?, params.opt_str("volume_path")?);
     let build = move || -> Result<Request, BadOption> {
         let state = state?;
+        let domains = domains?;
         request::check_domains(domains_option, &domains)?;
         let mode = mode?;
+        request::check_one_host(&mode, &domains)?;
         request::check_snapshot(state, &mode, snapshot.as_deref())?;
         Ok(Request {
-            uri,
             domains,
             domains_option,
             mode,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde_json::{Map, Value};
+
 use virtfarm_libvirt::snapshot::{check_name, CreateOptions, Requested};
 use virtfarm_libvirt::wait::Signal;
 
@@ -41,14 +43,21 @@ pub enum Mode {
     },
 }
 
+/// A domain the request is about, and the hypervisor it runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Domain {
+    /// Its name.
+    pub name: String,
+    /// The libvirt URI of its hypervisor.
+    pub uri: String,
+}
+
 /// One validated call of the module.
 #[derive(Clone, Debug)]
 pub struct Request {
-    /// The libvirt URI.
-    pub uri: String,
-    /// The domains, in the order given.
-    pub domains: Vec<String>,
-    /// The option the domains came from (`name` or `names`), for error messages.
+    /// The domains, in the order given; they may live on several hypervisors.
+    pub domains: Vec<Domain>,
+    /// The option the domains came from (`name`, `names` or `placement`), for error messages.
     pub domains_option: &'static str,
     /// libvirt snapshots or backing files.
     pub mode: Mode,
@@ -117,12 +126,12 @@ pub fn parse_wait(value: &str) -> Result<Option<Signal>, BadOption> {
     }
 }
 
-/// Checks the domain list: at least one, no empty or repeated names.
-pub fn check_domains(option: &'static str, domains: &[String]) -> Result<(), BadOption> {
+/// Checks the domain list: at least one, no empty or repeated names, a URI for each.
+pub fn check_domains(option: &'static str, domains: &[Domain]) -> Result<(), BadOption> {
     if domains.is_empty() {
         return Err(bad(option, "names at least one domain"));
     }
-    for (index, name) in domains.iter().enumerate() {
+    for (index, Domain { name, uri }) in domains.iter().enumerate() {
         if name.trim().is_empty() {
             return Err(bad(option, "contains an empty domain name"));
         }
@@ -130,11 +139,35 @@ pub fn check_domains(option: &'static str, domains: &[String]) -> Result<(), Bad
         if name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
             return Err(bad(option, "contains a domain name longer than 255 bytes, with '/' or control characters"));
         }
-        if domains[..index].contains(name) {
+        if domains[..index].iter().any(|d| d.name == *name) {
             return Err(bad(option, format!("names domain '{name}' twice")));
+        }
+        if uri.trim().is_empty() {
+            return Err(bad(option, format!("gives domain '{name}' no libvirt URI")));
         }
     }
     Ok(())
+}
+
+/// Reads `placement: {domain: uri}` (what kvm_provision returns as `placement`), in its order.
+pub fn placed_domains(placement: &Map<String, Value>) -> Result<Vec<Domain>, BadOption> {
+    placement
+        .iter()
+        .map(|(name, uri)| match uri {
+            Value::String(uri) => Ok(Domain { name: name.clone(), uri: uri.clone() }),
+            other => Err(bad("placement", format!("the URI of domain '{name}' must be a string, got {other}"))),
+        })
+        .collect()
+}
+
+/// The backing-file mode works on the image directory of one host.
+pub fn check_one_host(mode: &Mode, domains: &[Domain]) -> Result<(), BadOption> {
+    match (mode, domains) {
+        (Mode::BackingFile { .. }, [first, rest @ ..]) if rest.iter().any(|d| d.uri != first.uri) => {
+            Err(bad("placement", "spans several URIs; mode backing_file works on the domains of one URI"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Reads `mode` and `volume_path` together: the backing-file mode needs the directory.
@@ -191,8 +224,15 @@ mod tests {
             let err = check_snapshot(State::Present, &backing, Some(bad_name)).unwrap_err();
             assert!(err.to_string().starts_with("snapshot: "), "{err}");
         }
+        let on = |name: &str, uri: &str| Domain { name: name.into(), uri: uri.into() };
         assert_eq!(check_domains("names", &[]).unwrap_err().option, "names");
-        assert!(check_domains("names", &["a".into(), "a".into()]).unwrap_err().problem.contains("twice"));
+        let twice = [on("a", "qemu:///system"), on("a", "qemu+ssh://h2/system")];
+        assert!(check_domains("placement", &twice).unwrap_err().problem.contains("twice"));
+        assert!(check_domains("placement", &[on("a", " ")]).unwrap_err().problem.contains("no libvirt URI"));
+        let spread = [on("a", "qemu:///system"), on("b", "qemu+ssh://h2/system")];
+        assert!(check_domains("placement", &spread).is_ok());
+        assert!(check_one_host(&Mode::Snapshot, &spread).is_ok());
+        assert_eq!(check_one_host(&backing, &spread).unwrap_err().option, "placement");
         assert_eq!(State::parse("gone").unwrap_err().option, "state");
         assert_eq!(parse_type("both").unwrap_err().option, "type");
         assert_eq!(parse_wait("ping").unwrap_err().option, "after_revert.wait");

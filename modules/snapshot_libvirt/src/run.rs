@@ -5,11 +5,11 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
 use virtfarm_libvirt::power::{self, StopPolicy};
-use virtfarm_libvirt::snapshot::{self, ClockSync, RevertOptions, SnapshotInfo};
+use virtfarm_libvirt::snapshot::{self, ClockSync, Member, RevertOptions, SnapshotInfo};
 use virtfarm_libvirt::wait::{self, LeaseBaseline, Readiness};
-use virtfarm_libvirt::{Hypervisor, PowerState, Vm};
+use virtfarm_libvirt::{Connections, Hypervisor, PowerState, Vm};
 
-use crate::request::{Mode, Request, State};
+use crate::request::{Domain, Mode, Request, State};
 
 /// What the module reports on success.
 pub struct Report {
@@ -21,29 +21,39 @@ pub struct Report {
     pub diff: (Value, Value),
 }
 
+/// A domain of the request, found on its hypervisor.
+pub struct Target<'c> {
+    hv: &'c Hypervisor,
+    vm: Vm,
+}
+
 /// Runs the request; a failure is the message for `msg`.
 pub fn run(request: &Request, check_mode: bool) -> Result<Report, String> {
-    let (hv, vms) = connect(request)?;
+    let mut connections = Connections::default();
+    let targets = connect(request, &mut connections)?;
     let changing = !check_mode && !matches!(request.state, State::List);
-    let _locks = if changing { lock_all(&hv, &vms)? } else { Vec::new() };
+    let _locks = if changing { lock_all(&targets)? } else { Vec::new() };
     // Holding the locks, a frozen guest is what a killed run left: repair it before anything.
     let mut thawed = Vec::new();
-    for vm in vms.iter().filter(|_| changing) {
+    for Target { vm, .. } in targets.iter().filter(|_| changing) {
         if snapshot::thaw_if_left_frozen(vm).map_err(|e| e.to_string())? {
             thawed.push(Value::String(vm.name().to_string()));
         }
     }
-    if let Mode::BackingFile { volume_path } = &request.mode {
-        return crate::backing::run(&hv, &vms, volume_path, request, check_mode);
+    if let (Mode::BackingFile { volume_path }, Some(first)) = (&request.mode, targets.first()) {
+        // One hypervisor: the request was checked for that.
+        let hv = first.hv;
+        let vms: Vec<Vm> = targets.into_iter().map(|t| t.vm).collect();
+        return crate::backing::run(hv, &vms, volume_path, request, check_mode);
     }
-    let before = snapshot_names(&vms)?;
+    let before = snapshot_names(&targets)?;
     let (changed, results) = match (request.state, request.snapshot.as_deref()) {
-        (State::List, _) | (_, None) => (false, list(&vms)?),
-        (State::Present, Some(name)) => present(&hv, &vms, name, request, check_mode)?,
-        (State::Absent, Some(name)) => absent(&hv, &vms, name, check_mode)?,
-        (State::Reverted, Some(name)) => reverted(&hv, &vms, name, request, check_mode)?,
+        (State::List, _) | (_, None) => (false, list(&targets)?),
+        (State::Present, Some(name)) => present(&targets, name, request, check_mode)?,
+        (State::Absent, Some(name)) => absent(&targets, name, check_mode)?,
+        (State::Reverted, Some(name)) => reverted(&targets, name, request, check_mode)?,
     };
-    let after = if changed && !check_mode { snapshot_names(&vms)? } else { predicted(&before, request, changed) };
+    let after = if changed && !check_mode { snapshot_names(&targets)? } else { predicted(&before, request, changed) };
     let mut fields = Map::new();
     if let [only] = results.as_slice() {
         if let Some(snapshots) = only.get("snapshots") {
@@ -57,34 +67,40 @@ pub fn run(request: &Request, check_mode: bool) -> Result<Report, String> {
     Ok(Report { changed, fields, diff: (before, after) })
 }
 
-/// Opens the URI and finds every domain, failing on the first unknown one.
-fn connect(request: &Request) -> Result<(Hypervisor, Vec<Vm>), String> {
-    let hv = Hypervisor::open(&request.uri).map_err(|e| format!("uri: {e}"))?;
-    let vms = request
+/// Opens each hypervisor once (all at once) and finds every domain, failing on the first
+/// unknown one.
+fn connect<'c>(request: &Request, connections: &'c mut Connections) -> Result<Vec<Target<'c>>, String> {
+    connections.open(request.domains.iter().map(|d| d.uri.as_str()));
+    let connections = &*connections;
+    let uri_option = if request.domains_option == "placement" { "placement" } else { "uri" };
+    request
         .domains
         .iter()
-        .map(|name| match hv.find_vm(name) {
-            Ok(Some(vm)) => Ok(vm),
-            Ok(None) => Err(format!("{}: domain '{name}' not found on {}", request.domains_option, request.uri)),
-            Err(e) => Err(e.to_string()),
+        .map(|Domain { name, uri }| {
+            let hv = connections.get(uri).map_err(|e| format!("{uri_option}: {e}"))?;
+            match hv.find_vm(name) {
+                Ok(Some(vm)) => Ok(Target { hv, vm }),
+                Ok(None) => Err(format!("{}: domain '{name}' not found on {uri}", request.domains_option)),
+                Err(e) => Err(e.to_string()),
+            }
         })
-        .collect::<Result<Vec<Vm>, String>>()?;
-    Ok((hv, vms))
+        .collect()
 }
 
 /// Locks every domain before any is changed: a concurrent run on one of them fails here,
 /// naming its holder. The locks are released when the run ends.
-fn lock_all(hv: &Hypervisor, vms: &[Vm]) -> Result<Vec<DomainLock>, String> {
-    vms.iter()
-        .filter_map(|vm| hv.lock_vm(vm, &LockPolicy::default()).transpose())
+fn lock_all(targets: &[Target<'_>]) -> Result<Vec<DomainLock>, String> {
+    targets
+        .iter()
+        .filter_map(|t| t.hv.lock_vm(&t.vm, &LockPolicy::default()).transpose())
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())
 }
 
 /// `{domain: [snapshot names]}`.
-fn snapshot_names(vms: &[Vm]) -> Result<Value, String> {
+fn snapshot_names(targets: &[Target<'_>]) -> Result<Value, String> {
     let mut names = Map::new();
-    for vm in vms {
+    for Target { vm, .. } in targets {
         let list = vm.snapshots().map_err(|e| e.to_string())?;
         names.insert(vm.name().to_string(), list.into_iter().map(|s| Value::String(s.name)).collect());
     }
@@ -106,9 +122,10 @@ fn predicted(before: &Value, request: &Request, changed: bool) -> Value {
     after
 }
 
-fn list(vms: &[Vm]) -> Result<Vec<Value>, String> {
-    vms.iter()
-        .map(|vm| {
+fn list(targets: &[Target<'_>]) -> Result<Vec<Value>, String> {
+    targets
+        .iter()
+        .map(|Target { vm, .. }| {
             let snapshots = vm.snapshots().map_err(|e| e.to_string())?;
             Ok(json!({ "name": vm.name(), "changed": false, "snapshots": snapshots.iter().map(describe).collect::<Vec<_>>() }))
         })
@@ -134,28 +151,26 @@ fn has_snapshot(vm: &Vm, name: &str) -> Result<bool, String> {
 }
 
 fn present(
-    hv: &Hypervisor,
-    vms: &[Vm],
+    targets: &[Target<'_>],
     name: &str,
     request: &Request,
     check_mode: bool,
 ) -> Result<(bool, Vec<Value>), String> {
     let mut results = Vec::new();
     let mut missing = Vec::new();
-    for vm in vms {
-        if has_snapshot(vm, name)? {
-            results.push(json!({ "name": vm.name(), "snapshot": name, "changed": false }));
+    for target in targets {
+        if has_snapshot(&target.vm, name)? {
+            results.push(json!({ "name": target.vm.name(), "snapshot": name, "changed": false }));
         } else {
-            missing.push(vm.name().to_string());
+            missing.push(Member { hypervisor: target.hv, vm: &target.vm });
         }
     }
     if missing.is_empty() {
         return Ok((false, results));
     }
-    // Fresh handles: create_group wants the domains to snapshot, in a slice.
-    let targets = missing.iter().map(|n| hv.vm(n)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let vms = || missing.iter().map(|m| m.vm);
     if check_mode {
-        for vm in &targets {
+        for vm in vms() {
             let facts = vm.facts().map_err(|e| e.to_string())?;
             let running = vm.power_state().map_err(|e| e.to_string())? != PowerState::ShutOff;
             let kind = snapshot::choose_type(&facts, running && request.shutdown_first.is_none(), &request.create)
@@ -165,11 +180,11 @@ fn present(
         return Ok((true, results));
     }
     let stopped = match request.shutdown_first {
-        Some(timeout) => shut_down(&targets, timeout)?,
+        Some(timeout) => shut_down(vms(), timeout)?,
         None => Vec::new(),
     };
-    let taken = snapshot::create_group(hv, &targets, name, &request.create);
-    let restarted = restart(&targets, &stopped);
+    let taken = snapshot::create_group(&missing, name, &request.create);
+    let restarted = restart(vms(), &stopped);
     let taken = taken.map_err(|e| e.to_string())?;
     restarted?;
     for created in taken {
@@ -188,7 +203,10 @@ fn present(
 }
 
 /// Stops the running domains; returns (domain, how it stopped) for those that were running.
-pub fn shut_down(vms: &[Vm], timeout: Duration) -> Result<Vec<(String, &'static str)>, String> {
+pub fn shut_down<'v>(
+    vms: impl IntoIterator<Item = &'v Vm>,
+    timeout: Duration,
+) -> Result<Vec<(String, &'static str)>, String> {
     let policy = StopPolicy { timeout, ..StopPolicy::default() };
     let mut stopped = Vec::new();
     for vm in vms {
@@ -201,17 +219,17 @@ pub fn shut_down(vms: &[Vm], timeout: Duration) -> Result<Vec<(String, &'static 
 }
 
 /// Starts again the domains that [`shut_down`] stopped: the previous power state comes back.
-pub fn restart(vms: &[Vm], stopped: &[(String, &'static str)]) -> Result<(), String> {
-    for vm in vms.iter().filter(|vm| stopped.iter().any(|(n, _)| n == vm.name())) {
+pub fn restart<'v>(vms: impl IntoIterator<Item = &'v Vm>, stopped: &[(String, &'static str)]) -> Result<(), String> {
+    for vm in vms.into_iter().filter(|vm| stopped.iter().any(|(n, _)| n == vm.name())) {
         vm.start().map_err(|e| e.to_string())?;
     }
     Ok(())
 }
 
-fn absent(hv: &Hypervisor, vms: &[Vm], name: &str, check_mode: bool) -> Result<(bool, Vec<Value>), String> {
+fn absent(targets: &[Target<'_>], name: &str, check_mode: bool) -> Result<(bool, Vec<Value>), String> {
     let mut changed = false;
     let mut results = Vec::new();
-    for vm in vms {
+    for Target { hv, vm } in targets {
         let Some(info) = vm.find_snapshot(name).map_err(|e| e.to_string())? else {
             results.push(json!({ "name": vm.name(), "snapshot": name, "changed": false }));
             continue;
@@ -232,14 +250,17 @@ fn absent(hv: &Hypervisor, vms: &[Vm], name: &str, check_mode: bool) -> Result<(
 
 /// libvirt records which snapshot is current but not whether the disks changed since, so
 /// every run reverts (and reports a change).
+///
+/// The domains are reverted all at once, one thread each: a revert that restores RAM, the
+/// agent wait before the clock sync and `after_revert.wait` take seconds per guest, and the
+/// guests are independent. Every failure is reported, each naming its domain.
 fn reverted(
-    hv: &Hypervisor,
-    vms: &[Vm],
+    targets: &[Target<'_>],
     name: &str,
     request: &Request,
     check_mode: bool,
 ) -> Result<(bool, Vec<Value>), String> {
-    for vm in vms {
+    for Target { vm, .. } in targets {
         if !has_snapshot(vm, name)? {
             return Err(format!("snapshot: '{name}' not found on domain {}", vm.name()));
         }
@@ -247,34 +268,51 @@ fn reverted(
     if check_mode {
         return Ok((
             true,
-            vms.iter().map(|vm| json!({ "name": vm.name(), "snapshot": name, "changed": true })).collect(),
+            targets.iter().map(|t| json!({ "name": t.vm.name(), "snapshot": name, "changed": true })).collect(),
         ));
     }
+    let outcomes: Vec<Result<Value, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            targets.iter().map(|target| scope.spawn(move || revert_one(target, name, request))).collect();
+        handles
+            .into_iter()
+            .zip(targets)
+            .map(|(handle, t)| {
+                handle.join().unwrap_or_else(|_| Err(format!("{}: the revert failed unexpectedly", t.vm.name())))
+            })
+            .collect()
+    });
+    let failures: Vec<&str> = outcomes.iter().filter_map(|o| o.as_ref().err()).map(String::as_str).collect();
+    if !failures.is_empty() {
+        return Err(failures.join("; "));
+    }
+    Ok((true, outcomes.into_iter().flatten().collect()))
+}
+
+/// Reverts one domain, syncs its clock and waits for it as `after_revert` says.
+fn revert_one(target: &Target<'_>, name: &str, request: &Request) -> Result<Value, String> {
+    let Target { hv, vm } = target;
     let options =
         RevertOptions { sync_clock: request.after_revert.sync_clock, agent_timeout: request.after_revert.timeout };
-    let mut results = Vec::new();
-    for vm in vms {
-        let done = snapshot::revert(hv, vm, name, &options).map_err(|e| e.to_string())?;
-        let mut result = json!({
-            "name": vm.name(), "snapshot": name, "changed": true, "type": done.kind.as_str(),
-            "seconds": round(done.seconds), "power_state": done.power_state.as_str(),
-            "clock": clock_word(&done.clock), "removed_files": done.removed_files,
-        });
-        if let ClockSync::Failed(why) = &done.clock {
-            result["clock_error"] = json!(why);
-        }
-        if let (Some(signal), PowerState::Running) = (request.after_revert.wait, done.power_state) {
-            let readiness = Readiness { signal, timeout: request.after_revert.timeout };
-            // A guest resumed from a snapshot with RAM keeps the lease it held then and asks
-            // for none: any current lease of its MAC is its address.
-            let ready = wait::wait_ready(hv, vm, &LeaseBaseline::any(), readiness)
-                .map_err(|e| format!("after_revert.wait: {e}"))?;
-            result["ip"] = json!(ready.ip);
-            result["ready_seconds"] = json!(round(ready.seconds));
-        }
-        results.push(result);
+    let done = snapshot::revert(hv, vm, name, &options).map_err(|e| e.to_string())?;
+    let mut result = json!({
+        "name": vm.name(), "snapshot": name, "changed": true, "type": done.kind.as_str(),
+        "seconds": round(done.seconds), "power_state": done.power_state.as_str(),
+        "clock": clock_word(&done.clock), "removed_files": done.removed_files,
+    });
+    if let ClockSync::Failed(why) = &done.clock {
+        result["clock_error"] = json!(why);
     }
-    Ok((true, results))
+    if let (Some(signal), PowerState::Running) = (request.after_revert.wait, done.power_state) {
+        let readiness = Readiness { signal, timeout: request.after_revert.timeout };
+        // A guest resumed from a snapshot with RAM keeps the lease it held then and asks
+        // for none: any current lease of its MAC is its address.
+        let ready = wait::wait_ready(hv, vm, &LeaseBaseline::any(), readiness)
+            .map_err(|e| format!("after_revert.wait: {}: {e}", vm.name()))?;
+        result["ip"] = json!(ready.ip);
+        result["ready_seconds"] = json!(round(ready.seconds));
+    }
+    Ok(result)
 }
 
 fn clock_word(clock: &ClockSync) -> &'static str {
@@ -297,8 +335,7 @@ mod tests {
 
     fn request(state: State) -> Request {
         Request {
-            uri: "test:///default".into(),
-            domains: vec!["a".into(), "b".into()],
+            domains: ["a", "b"].map(|name| Domain { name: name.into(), uri: "test:///default".into() }).into(),
             domains_option: "names",
             mode: Mode::Snapshot,
             snapshot: Some("s2".into()),

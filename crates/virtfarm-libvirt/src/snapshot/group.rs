@@ -4,7 +4,8 @@
 //! then every running domain is paused, each snapshot taken, all resumed and thawed. A
 //! domain whose snapshot keeps its RAM is resumed just before its own snapshot, because the
 //! snapshot records the power state (libvirt pauses it during the save anyway). If one
-//! domain fails, the snapshots already taken of the others are deleted again.
+//! domain fails, the snapshots already taken of the others are deleted again. The domains may
+//! live on different hypervisors: each comes with its own connection.
 
 use std::time::{Duration, Instant};
 
@@ -56,7 +57,17 @@ pub struct Created {
 /// Time allowed for `sync` in a guest whose file systems could not be frozen.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A domain of a group, with the connection to the hypervisor it runs on.
+#[derive(Clone, Copy)]
+pub struct Member<'a> {
+    /// Its hypervisor.
+    pub hypervisor: &'a Hypervisor,
+    /// The domain.
+    pub vm: &'a Vm,
+}
+
 struct Plan<'a> {
+    hypervisor: &'a Hypervisor,
     vm: &'a Vm,
     facts: crate::domain_facts::DomainFacts,
     kind: SnapshotType,
@@ -64,9 +75,9 @@ struct Plan<'a> {
     running: bool,
 }
 
-/// Takes snapshot `name` of every domain in `vms`; all or none.
-pub fn create_group(hv: &Hypervisor, vms: &[Vm], name: &str, options: &CreateOptions) -> Result<Vec<Created>> {
-    let plans = vms.iter().map(|vm| plan(vm, options)).collect::<Result<Vec<_>>>()?;
+/// Takes snapshot `name` of every member; all or none.
+pub fn create_group(members: &[Member<'_>], name: &str, options: &CreateOptions) -> Result<Vec<Created>> {
+    let plans = members.iter().map(|member| plan(*member, options)).collect::<Result<Vec<_>>>()?;
     let quiesced: Vec<Quiesce> = plans.iter().map(|p| quiesce(p, options.quiesce)).collect();
     let paused: Vec<&Vm> = if plans.len() > 1 {
         plans.iter().filter(|p| p.running).map(|p| p.vm).filter(|vm| vm.suspend().is_ok()).collect()
@@ -114,7 +125,7 @@ pub fn create_group(hv: &Hypervisor, vms: &[Vm], name: &str, options: &CreateOpt
         }
     }
     if let Some(error) = failure {
-        let rolled_back = roll_back(hv, vms, name, &created);
+        let rolled_back = roll_back(&plans, name, &created);
         problems.insert(0, error.to_string());
         problems.push(rolled_back);
         return Err(Error::Refused(problems.join("; ")));
@@ -125,12 +136,13 @@ pub fn create_group(hv: &Hypervisor, vms: &[Vm], name: &str, options: &CreateOpt
     Ok(created)
 }
 
-fn plan<'a>(vm: &'a Vm, options: &CreateOptions) -> Result<Plan<'a>> {
+fn plan<'a>(member: Member<'a>, options: &CreateOptions) -> Result<Plan<'a>> {
+    let Member { hypervisor, vm } = member;
     let running = vm.power_state()? != PowerState::ShutOff;
     let facts = vm.facts()?;
     let kind = choose_type(&facts, running, options)?;
     let memory = kind == SnapshotType::Internal && options.memory.unwrap_or(running);
-    Ok(Plan { vm, facts, kind, memory, running })
+    Ok(Plan { hypervisor, vm, facts, kind, memory, running })
 }
 
 /// Freezes (or syncs) the guest's file systems when a disk-only snapshot of a running guest is planned.
@@ -151,13 +163,13 @@ fn quiesce(plan: &Plan<'_>, asked: bool) -> Quiesce {
 }
 
 /// Deletes the snapshots already taken; says what happened, for the error message.
-fn roll_back(hv: &Hypervisor, vms: &[Vm], name: &str, created: &[Created]) -> String {
+fn roll_back(plans: &[Plan<'_>], name: &str, created: &[Created]) -> String {
     if created.is_empty() {
         return "no snapshot was taken".to_string();
     }
     let mut outcome = Vec::new();
     for done in created {
-        let result = vms.iter().find(|vm| vm.name() == done.domain).map(|vm| delete(hv, vm, name));
+        let result = plans.iter().find(|p| p.vm.name() == done.domain).map(|p| delete(p.hypervisor, p.vm, name));
         outcome.push(match result {
             Some(Ok(_)) => format!("rolled back on {}", done.domain),
             Some(Err(e)) => format!("rolling back on {} failed: {e}", done.domain),
