@@ -378,6 +378,10 @@ impl InstanceMetadata {
 
     /// Our metadata inside a domain XML document; empty when the domain has none.
     pub fn from_domain_xml(xml: &str) -> Result<Self> {
+        // Most domains of a large hypervisor were not made by us: skip the parse.
+        if !xml.contains(METADATA_NS) {
+            return Ok(InstanceMetadata::default());
+        }
         let mut reader = NsReader::from_str(xml);
         let mut metadata = InstanceMetadata::default();
         let mut current: Option<(String, Option<String>)> = None;
