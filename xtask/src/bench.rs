@@ -171,7 +171,8 @@ fn path_str(path: &Path) -> Result<&str> {
 type Section = fn(&Bench) -> Result<Vec<Row>>;
 
 /// Runs every section (or those whose name contains one of `only`), then writes
-/// bench/results/<date>[-quick].md and prints it.
+/// bench/results/<date>[-quick][-<only>…].md and prints it: a partial run never overwrites a
+/// full one.
 pub fn run(root: &Path, bed_json: &Path, fleet_json: &Path, quick: bool, only: &[&str]) -> Result<()> {
     let bench = Bench::new(root, bed_json, fleet_json, quick)?;
     bench.ensure_peer_requirements()?;
@@ -179,11 +180,12 @@ pub fn run(root: &Path, bed_json: &Path, fleet_json: &Path, quick: bool, only: &
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
     let mut failures = Vec::new();
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("binary sizes", binary_sizes),
         ("per-task cost", per_task::run),
         ("inventory", inventory::run),
-        ("provisioning and snapshots", provision::run),
+        ("provisioning", provision::run),
+        ("snapshots", provision::snapshots),
         ("guest_provision cache", cache::run),
     ];
     for (name, section) in
@@ -202,7 +204,11 @@ pub fn run(root: &Path, bed_json: &Path, fleet_json: &Path, quick: bool, only: &
     let date = sh::output("date", &["-u", "+%F"])?.trim().to_string();
     let results = root.join("bench/results");
     std::fs::create_dir_all(&results)?;
-    let file = results.join(if quick { format!("{date}-quick.md") } else { format!("{date}.md") });
+    let mut name = date;
+    for part in quick.then_some("quick").into_iter().chain(only.iter().copied()) {
+        name = format!("{name}-{}", part.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+    }
+    let file = results.join(format!("{name}.md"));
     std::fs::write(&file, &report)?;
     println!("{report}");
     eprintln!("bench: written to {}", file.display());

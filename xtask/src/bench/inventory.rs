@@ -43,8 +43,10 @@ fn measure_sizes(bench: &Bench, fixture: &Fixture) -> Result<Vec<Row>> {
 
 /// The figures at one size: ansible-inventory with each source, the executable alone, RPCs.
 fn measure_size(bench: &Bench, sources: &Sources, size: usize, all: usize) -> Result<Vec<Row>> {
-    let [mut script, mut plugin, mut peer, mut alone, mut scan] = [(); 5].map(|()| Samples::default());
+    let hosts_only = sources.hosts_only(bench, size)?;
+    let [mut script, mut plugin, mut peer, mut alone, mut scan, mut floor] = [(); 6].map(|()| Samples::default());
     for _ in 0..bench.reps(5) {
+        floor.push(seconds(|| sources.list(bench, &hosts_only, &[]).map(drop))?);
         script.push(seconds(|| sources.list(bench, &sources.script, &[]).map(drop))?);
         plugin.push(seconds(|| sources.list(bench, &sources.plugin, &[]).map(drop))?);
         peer.push(seconds(|| sources.list(bench, &sources.peer, &[]).map(drop))?);
@@ -61,6 +63,13 @@ fn measure_size(bench: &Bench, sources: &Sources, size: usize, all: usize) -> Re
     let goal = |row: Row, limit: f64| if size == 1000 { row.goal(limit) } else { row };
     let peer_name = "community.libvirt.libvirt plugin";
     Ok(vec![
+        Row::ours(
+            SECTION,
+            format!("{at}: floor: the same {size} hosts, no variables, from a static script"),
+            "s",
+            floor,
+        )
+        .against(peer_name, peer.clone()),
         goal(
             Row::ours(SECTION, format!("{at}: our executable as script inventory"), "s", script.clone())
                 .against(peer_name, peer.clone()),
@@ -117,6 +126,20 @@ impl Sources {
         Ok(Sources { script: bench.collection_file("libexec/libvirt_inventory")?, plugin, peer, uri })
     }
 
+    /// A script that prints the fixture's first `size` hosts in one group with no variables:
+    /// what ansible-inventory costs for that many hosts whatever the source, the floor of any
+    /// ratio against the peer.
+    fn hosts_only(&self, bench: &Bench, size: usize) -> Result<PathBuf> {
+        let hosts: Vec<String> = (0..size).map(fixture_name).collect();
+        let hostvars: serde_json::Map<String, Value> = hosts.iter().map(|h| (h.clone(), json!({}))).collect();
+        let document = bench.work.join(format!("hosts-only-{size}.json"));
+        std::fs::write(&document, json!({"fixture": {"hosts": hosts}, "_meta": {"hostvars": hostvars}}).to_string())?;
+        let script = bench.work.join(format!("hosts-only-{size}.sh"));
+        std::fs::write(&script, format!("#!/bin/sh\nexec cat '{}'\n", path_str(&document)?))?;
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(script)
+    }
+
     fn list(&self, bench: &Bench, source: &Path, env: &[(&str, &str)]) -> Result<String> {
         let mut all =
             vec![("LIBVIRT_INVENTORY_URIS", self.uri.as_str()), ("ANSIBLE_INVENTORY_UNPARSED_FAILED", "True")];
@@ -147,6 +170,11 @@ impl Sources {
     }
 }
 
+/// The name of the fixture's domain number `index`.
+fn fixture_name(index: usize) -> String {
+    format!("bn-inv-{index:04}")
+}
+
 /// `bn-inv-NNNN` domains on the bed's daemon, each with a lease entry in the bed network's
 /// lease status file; both removed by [`Fixture::remove`].
 struct Fixture<'a> {
@@ -170,8 +198,7 @@ impl<'a> Fixture<'a> {
         let expiry = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3600;
         let mut leases = Vec::new();
         for index in from..to {
-            let (name, mac) =
-                (format!("bn-inv-{index:04}"), format!("{MAC_PREFIX}:00:{:02x}:{:02x}", index / 256, index % 256));
+            let (name, mac) = (fixture_name(index), format!("{MAC_PREFIX}:00:{:02x}:{:02x}", index / 256, index % 256));
             let xml = dir.join(format!("{name}.xml"));
             std::fs::write(&xml, idle_domain_xml(&name, &mac, self.network))?;
             commands += &format!("define {};", path_str(&xml)?);
