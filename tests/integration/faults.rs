@@ -263,6 +263,26 @@ fn a_full_pool_fails_clearly_and_leaves_nothing() {
     }
 }
 
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn a_definition_libvirt_refuses_leaves_no_volumes() {
+    let bed = Bed::get();
+    let name = bed.unique_name("fx-undefinable");
+    let mut args = vm_args(&name, &bed.disks_pool);
+    args["cloud_init"] = json!({ "runcmd": ["true"] });
+    // Valid for the module, refused by libvirt at define time: after the clone and the seed exist.
+    args["machine"] = json!("no-such-machine");
+    let _cleanup = Provisioned(vec![args.clone()]);
+    let reply = bed.run_module("kvm_provision", args);
+    assert!(failed(&reply), "{reply}");
+    assert!(msg(&reply).contains("no-such-machine"), "{reply}");
+    assert!(hypervisor().find_vm(&name).expect("lookup").is_none(), "{reply}");
+    let _ = virsh(&["pool-refresh", &bed.disks_pool]);
+    let volumes = String::from_utf8_lossy(&virsh(&["vol-list", &bed.disks_pool, "--name"]).stdout).to_string();
+    let left: Vec<&str> = volumes.lines().map(str::trim).filter(|v| v.starts_with(&name)).collect();
+    assert!(left.is_empty(), "volumes of a domain that was never defined: {left:?} ({reply})");
+}
+
 /// Runs a command in the mount namespace of the bed's libvirtd.
 fn in_daemon_mounts(command: &[&str]) {
     let pid = std::fs::read_to_string("/run/libvirtd.pid").expect("libvirtd pid file");

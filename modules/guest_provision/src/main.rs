@@ -14,6 +14,7 @@ use std::time::Duration;
 use ansible_module::{ArgSpec, Module, Opt, Params, Response, Type};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
+use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
 use virtfarm_libvirt::snapshot;
 use virtfarm_libvirt::wait::Signal;
 use virtfarm_libvirt::{Hypervisor, Vm};
@@ -102,28 +103,32 @@ fn run(module: &Module) -> Result<Response> {
     let params = module.params();
     let check_mode = module.context().check_mode;
     let step = Step::parse(params)?;
-    let on_domain = || -> Result<(Hypervisor, Vm)> {
+    // The domain, locked against other runs (kvm_provision, snapshot_libvirt, a second
+    // lifecycle of the same VM) for as long as this step changes it; check mode takes no lock.
+    let on_domain = || -> Result<(Hypervisor, Vm, Option<DomainLock>)> {
         let hypervisor = Hypervisor::open(params.str("uri")?).context("uri")?;
         let vm = hypervisor.vm(params.str("name")?).context("name")?;
-        Ok((hypervisor, vm))
+        let lock = if check_mode { None } else { hypervisor.lock_vm(&vm, &LockPolicy::default())? };
+        Ok((hypervisor, vm, lock))
     };
     match step {
         Step::Phases(query) => phases(&query),
         Step::Reachable { host, port, banner, timeout } => steps::reachable(host, port, banner, timeout),
         Step::Started { wait, timeout } => {
-            let (hv, vm) = on_domain()?;
+            let (hv, vm, _lock) = on_domain()?;
             steps::started(&hv, &vm, wait, timeout, check_mode)
         }
         Step::CachePrepared { names, allowed, prune } => {
-            let (hv, vm) = on_domain()?;
+            let (hv, vm, _lock) = on_domain()?;
             steps::cache_prepared(&hv, &vm, &names, &allowed, prune, check_mode)
         }
         Step::CacheSaved { names, quiesce } => {
-            let (hv, vm) = on_domain()?;
+            let (hv, vm, _lock) = on_domain()?;
             steps::cache_saved(&hv, &vm, &names, quiesce, check_mode)
         }
         Step::Stopped { retry_count, retry_delay } => {
-            steps::stopped(&on_domain()?.1, retry_count, retry_delay, check_mode)
+            let (_, vm, _lock) = on_domain()?;
+            steps::stopped(&vm, retry_count, retry_delay, check_mode)
         }
     }
 }

@@ -133,12 +133,29 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool, connections: &Co
     let old_xml = existing.as_ref().map(|vm| vm.xml(true)).transpose()?;
     let old_metadata = old_xml.as_deref().map(InstanceMetadata::from_domain_xml).transpose()?.unwrap_or_default();
     let uuid = existing.as_ref().map(Vm::uuid).transpose()?;
-    let definition = definition_xml(hypervisor, vm, uuid, &old_metadata, check, &mut outcome)?;
+    let mut definition = definition_xml(hypervisor, vm, uuid, &old_metadata, check, &mut outcome)?;
+    // Until the domain is defined, nothing records the volumes this run made: undo them on failure.
+    let undo = |definition: &Definition, error: anyhow::Error| {
+        let left: Vec<String> = definition
+            .created
+            .iter()
+            .filter_map(|path| hypervisor.delete_volume(path).err().map(|e| format!("{path} left behind: {e}")))
+            .collect();
+        if left.is_empty() {
+            error
+        } else {
+            error.context(left.join("; "))
+        }
+    };
     let unchanged = existing.is_some() && old_metadata.spec_hash.as_deref() == Some(definition.hash.as_str());
     if let Some((name, path, content)) = &definition.seed {
         if !unchanged || !hypervisor.volume_exists(path)? {
             if !check {
-                hypervisor.put_volume(&vm.pool, name, content)?;
+                let existed = hypervisor.volume_exists(path)?;
+                hypervisor.put_volume(&vm.pool, name, content).map_err(|e| undo(&definition, e.into()))?;
+                if !existed {
+                    definition.created.push(path.clone());
+                }
             }
             outcome.did(format!("cloud-init seed {path} written"));
         }
@@ -147,7 +164,11 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool, connections: &Co
         existing
     } else {
         let before = old_xml.unwrap_or_default();
-        let defined = if check { None } else { Some(hypervisor.define_vm(&definition.xml)?) };
+        let defined = if check {
+            None
+        } else {
+            Some(hypervisor.define_vm(&definition.xml).map_err(|e| undo(&definition, e.into()))?)
+        };
         let after = match &defined {
             Some(vm) => vm.xml(true)?,
             None => definition.xml.clone(),
@@ -195,6 +216,8 @@ struct Definition {
     hash: String,
     seed: Option<(String, String, Vec<u8>)>,
     volumes: Vec<String>,
+    /// Volumes this run created (not in check mode): removed again if the domain cannot be defined.
+    created: Vec<String>,
 }
 
 fn definition_xml(
@@ -206,6 +229,7 @@ fn definition_xml(
     outcome: &mut Outcome,
 ) -> Result<Definition> {
     let mut volumes = old.volumes.clone();
+    let mut created = Vec::new();
     let mut own = |path: &str| {
         if !volumes.iter().any(|v| v == path) {
             volumes.push(path.to_string());
@@ -217,7 +241,7 @@ fn definition_xml(
             let metadata =
                 InstanceMetadata { spec_hash: Some(hash.clone()), volumes: volumes.clone(), ..(**metadata).clone() };
             let xml = reconcile_identity(xml, &vm.name, uuid.as_deref(), &metadata).context("xml")?;
-            Ok(Definition { xml, hash, seed: None, volumes })
+            Ok(Definition { xml, hash, seed: None, volumes, created: Vec::new() })
         }
         DomainSource::Generated(spec) => {
             let mut spec: DomainSpec = (**spec).clone();
@@ -238,6 +262,9 @@ fn definition_xml(
                 if clone.created {
                     outcome.did(format!("disk {} cloned from {}", clone.path, base.path));
                     own(&clone.path);
+                    if !check {
+                        created.push(clone.path.clone());
+                    }
                 }
                 if clone.resized {
                     outcome.did(format!("disk {} grown", clone.path));
@@ -267,7 +294,7 @@ fn definition_xml(
             spec.uuid = uuid;
             spec.metadata.spec_hash = Some(hash.clone());
             spec.metadata.volumes = volumes.clone();
-            Ok(Definition { xml: spec.to_xml()?, hash, seed, volumes })
+            Ok(Definition { xml: spec.to_xml()?, hash, seed, volumes, created })
         }
     }
 }
