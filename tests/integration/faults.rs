@@ -275,7 +275,7 @@ fn a_definition_libvirt_refuses_leaves_no_volumes() {
     let _cleanup = Provisioned(vec![args.clone()]);
     let reply = bed.run_module("kvm_provision", args);
     assert!(failed(&reply), "{reply}");
-    assert!(msg(&reply).contains("no-such-machine"), "{reply}");
+    assert!(msg(&reply).contains(&format!("{name}: defining a domain")), "{reply}");
     assert!(hypervisor().find_vm(&name).expect("lookup").is_none(), "{reply}");
     let _ = virsh(&["pool-refresh", &bed.disks_pool]);
     let volumes = String::from_utf8_lossy(&virsh(&["vol-list", &bed.disks_pool, "--name"]).stdout).to_string();
