@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bed::Bed;
 use serde_json::{json, Value};
-use virtfarm_libvirt::lock::{LockPolicy, LOCK_SUFFIX};
+use virtfarm_libvirt::lock::{LockPolicy, LOCK_SUFFIX, UNWRITTEN_GRACE};
 use virtfarm_libvirt::{Error, Hypervisor, PowerState};
 
 fn hypervisor() -> Hypervisor {
@@ -135,6 +135,14 @@ fn concurrent_runs_on_one_domain_take_turns() {
         .expect("plant a dead owner's lock");
     let reply = bed.run_module("kvm_provision", args.clone());
     assert!(!failed(&reply) && reply["changed"] == true, "{reply}");
+    assert!(!lock_volume(bed, &name).exists(), "kvm_provision left its lock behind");
+    // A run killed between creating its lock volume and writing its owner left zeros: the next
+    // run waits out the grace (the creator may be about to write) and then takes it over.
+    hv.put_volume(&bed.disks_pool, &format!("{name}{LOCK_SUFFIX}"), &[0u8; 24]).expect("plant an unwritten lock");
+    let started = Instant::now();
+    let reply = bed.run_module("kvm_provision", args.clone());
+    assert!(!failed(&reply), "{reply}");
+    assert!(started.elapsed() >= UNWRITTEN_GRACE, "taken over after {:?}", started.elapsed());
     assert!(!lock_volume(bed, &name).exists(), "kvm_provision left its lock behind");
     // A fresh lock of another host is respected; the same lock, old, is taken over.
     let other = format!("ctl9.invalid 4242 {}\n", virtfarm_libvirt::wait::unix_now());

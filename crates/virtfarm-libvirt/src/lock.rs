@@ -7,7 +7,9 @@
 //! The volume holds its owner (`host pid since`) for the message the losers get; it is
 //! deleted when the [`DomainLock`] is dropped. A run killed while holding it leaves it behind:
 //! the next run on the same host sees that the owner process is gone and takes it over;
-//! from other hosts a lock is taken over once older than [`LockPolicy::stale_after`].
+//! from other hosts a lock is taken over once older than [`LockPolicy::stale_after`]. A run
+//! killed between creating the volume and writing its owner leaves a lock with no owner:
+//! it is taken over once it has stayed so for [`UNWRITTEN_GRACE`].
 //!
 //! ```no_run
 //! use virtfarm_libvirt::{Hypervisor, lock::LockPolicy};
@@ -38,6 +40,10 @@ pub const LOCK_SUFFIX: &str = ".virtfarm-lock";
 
 /// An owner record is a host name, a pid and a time: never more than this.
 const MAX_OWNER_BYTES: usize = 512;
+
+/// A live run writes its owner record right after creating the lock volume (one call): a
+/// record still missing after this long, as seen by the run waiting, was never going to come.
+pub const UNWRITTEN_GRACE: Duration = Duration::from_secs(5);
 
 /// How to take a lock that another run holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,8 +140,28 @@ fn delete_lock_volume(volume: &StorageVol, path: &str) -> Result<()> {
 /// What an attempt to create the lock volume found.
 enum Attempt {
     Taken(DomainLock),
-    /// Held by someone else: its volume, path and owner (when readable).
-    Held(StorageVol, String, Option<LockOwner>),
+    /// Held by someone else: its volume, path and holder.
+    Held(StorageVol, String, Holder),
+}
+
+/// Who holds a lock volume, as far as it tells.
+enum Holder {
+    /// Its owner record.
+    Known(LockOwner),
+    /// Read, but no record in it: a run between creating the volume and writing it, or one
+    /// killed there. `since` is the volume's modification time (the hypervisor's clock).
+    Unwritten { since: Option<i64> },
+    /// It could not be read at all.
+    Unreadable { since: Option<i64> },
+}
+
+impl Holder {
+    fn since(&self) -> Option<i64> {
+        match self {
+            Holder::Known(owner) => Some(owner.since),
+            Holder::Unwritten { since } | Holder::Unreadable { since } => *since,
+        }
+    }
 }
 
 impl Hypervisor {
@@ -147,19 +173,27 @@ impl Hypervisor {
         let pool = self.pool(pool_name)?;
         let name = format!("{domain}{LOCK_SUFFIX}");
         let deadline = Instant::now() + policy.wait;
+        // Measured on this side: the hypervisor's clock may differ from ours.
+        let mut unwritten_since: Option<Instant> = None;
         loop {
-            let (volume, path, owner) = match self.try_lock(&pool, pool_name, &name)? {
+            let (volume, path, holder) = match self.try_lock(&pool, pool_name, &name)? {
                 Attempt::Taken(lock) => return Ok(lock),
-                Attempt::Held(volume, path, owner) => (volume, path, owner),
+                Attempt::Held(volume, path, holder) => (volume, path, holder),
             };
-            let age = owner.as_ref().map(|o| unix_now().saturating_sub(o.since));
+            let age = holder.since().map(|since| unix_now().saturating_sub(since));
             let stale = age.is_some_and(|age| age >= policy.stale_after.as_secs() as i64);
-            if owner.as_ref().is_some_and(LockOwner::is_gone) || stale {
+            let unwritten = matches!(holder, Holder::Unwritten { .. });
+            unwritten_since = if unwritten { Some(unwritten_since.unwrap_or_else(Instant::now)) } else { None };
+            let abandoned = unwritten_since.is_some_and(|since| since.elapsed() >= UNWRITTEN_GRACE);
+            let gone = matches!(&holder, Holder::Known(owner) if owner.is_gone());
+            if gone || stale || abandoned {
                 delete_lock_volume(&volume, &path)?;
+                unwritten_since = None;
                 continue;
             }
-            if Instant::now() >= deadline {
-                return Err(Error::Refused(held_message(domain, pool_name, &name, owner.as_ref(), policy)));
+            // An unwritten lock is waited on even without `policy.wait`, for at most the grace.
+            if Instant::now() >= deadline && !unwritten {
+                return Err(Error::Refused(held_message(domain, pool_name, &name, &holder, policy)));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -206,20 +240,21 @@ impl Hypervisor {
                     return Err(create_error).doing(|| format!("creating the lock volume {name} in pool {pool_name}"));
                 };
                 let path = volume.path().doing(|| format!("reading the path of the lock volume {name}"))?;
-                let owner = self.read_owner(&volume, &path);
-                Ok(Attempt::Held(volume, path, owner))
+                let holder = self.read_holder(&volume, &path);
+                Ok(Attempt::Held(volume, path, holder))
             }
         }
     }
 
-    /// The owner written in a lock volume; from the file's time when the text is unreadable
-    /// (a run killed between creating and writing it).
-    fn read_owner(&self, volume: &StorageVol, path: &str) -> Option<LockOwner> {
-        let text = self.download(volume, path).ok();
-        text.as_deref().and_then(LockOwner::parse).or_else(|| {
-            let since = modified_time(volume)?;
-            Some(LockOwner { host: "unknown".to_string(), pid: 0, since })
-        })
+    /// Who holds a lock volume: the owner it records, else the file's time.
+    fn read_holder(&self, volume: &StorageVol, path: &str) -> Holder {
+        match self.download(volume, path) {
+            Ok(text) => match LockOwner::parse(&text) {
+                Some(owner) => Holder::Known(owner),
+                None => Holder::Unwritten { since: modified_time(volume) },
+            },
+            Err(_) => Holder::Unreadable { since: modified_time(volume) },
+        }
     }
 
     fn download(&self, volume: &StorageVol, path: &str) -> Result<String> {
@@ -242,10 +277,10 @@ impl Hypervisor {
     }
 }
 
-fn held_message(domain: &str, pool: &str, name: &str, owner: Option<&LockOwner>, policy: &LockPolicy) -> String {
-    let holder = match owner {
-        Some(o) => format!("process {} on {} since {} s", o.pid, o.host, unix_now().saturating_sub(o.since)),
-        None => "a run that could not be identified".to_string(),
+fn held_message(domain: &str, pool: &str, name: &str, holder: &Holder, policy: &LockPolicy) -> String {
+    let holder = match holder {
+        Holder::Known(o) => format!("process {} on {} since {} s", o.pid, o.host, unix_now().saturating_sub(o.since)),
+        Holder::Unwritten { .. } | Holder::Unreadable { .. } => "a run that could not be identified".to_string(),
     };
     format!(
         "domain {domain} is being changed by another run ({holder}): it holds the lock volume {name} in pool {pool}; \
