@@ -24,14 +24,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use virt::storage_pool::StoragePool;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
 use crate::connection::Hypervisor;
 use crate::error::{Doing, Error, Result};
-use crate::storage::volume_xml;
+use crate::storage::{volume_xml, VolumeXml};
 use crate::vm::Vm;
 use crate::wait::unix_now;
 
@@ -289,30 +288,9 @@ fn held_message(domain: &str, pool: &str, name: &str, holder: &Holder, policy: &
     )
 }
 
-#[derive(Deserialize)]
-struct RawVolume {
-    target: RawTarget,
-}
-
-#[derive(Deserialize)]
-struct RawTarget {
-    timestamps: Option<RawTimestamps>,
-}
-
-#[derive(Deserialize)]
-struct RawTimestamps {
-    mtime: Option<String>,
-}
-
 /// The volume file's modification time, when the pool reports one.
 fn modified_time(volume: &StorageVol) -> Option<i64> {
-    mtime_seconds(&volume.xml_desc(0).ok()?)
-}
-
-fn mtime_seconds(volume_xml: &str) -> Option<i64> {
-    let raw: RawVolume = quick_xml::de::from_str(volume_xml).ok()?;
-    let mtime = raw.target.timestamps?.mtime?;
-    mtime.split('.').next()?.parse().ok()
+    VolumeXml::parse(&volume.xml_desc(0).ok()?, "lock").ok()?.modified
 }
 
 fn local_hostname() -> String {
@@ -340,12 +318,5 @@ mod tests {
         assert!(gone.is_gone());
         assert!(!LockOwner { host: "elsewhere.invalid".into(), ..gone.clone() }.is_gone());
         assert!(!LockOwner { pid: std::process::id(), ..gone }.is_gone());
-    }
-
-    #[test]
-    fn volume_times_are_read_to_the_second() {
-        let xml = "<volume><target><path>/p</path><timestamps><atime>1.5</atime><mtime>1700000000.123456</mtime></timestamps></target></volume>";
-        assert_eq!(mtime_seconds(xml), Some(1_700_000_000));
-        assert_eq!(mtime_seconds("<volume><target><path>/dev/vg/lv</path></target></volume>"), None);
     }
 }

@@ -54,6 +54,8 @@ pub(crate) struct VolumeXml {
     pub(crate) format: String,
     /// Path of the backing image, for an overlay.
     pub(crate) backing: Option<String>,
+    /// The file's modification time in whole seconds, when the pool reports it.
+    pub(crate) modified: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +74,14 @@ struct RawVolumeTarget {
     path: Option<String>,
     #[serde(default)]
     format: Option<RawFormat>,
+    #[serde(default)]
+    timestamps: Option<RawTimestamps>,
+}
+
+#[derive(Deserialize)]
+struct RawTimestamps {
+    /// Seconds with a fraction: `1700000000.123456`.
+    mtime: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -85,12 +95,14 @@ impl VolumeXml {
     pub(crate) fn parse(xml: &str, what: &str) -> Result<VolumeXml> {
         let raw: RawVolume = quick_xml::de::from_str(xml)
             .map_err(|e| Error::Xml { doing: format!("reading the volume {what}"), message: e.to_string() })?;
-        let (path, format) = raw.target.map_or((None, None), |t| (t.path, t.format));
+        let (path, format, timestamps) = raw.target.map_or((None, None, None), |t| (t.path, t.format, t.timestamps));
+        let modified = timestamps.and_then(|t| t.mtime?.split('.').next()?.parse().ok());
         Ok(VolumeXml {
             capacity: raw.capacity,
             path,
             format: format.map_or_else(|| "raw".to_string(), |f| f.kind),
             backing: raw.backing.and_then(|b| b.path),
+            modified,
         })
     }
 }
@@ -272,8 +284,7 @@ fn describe_volume(volume: &StorageVol, asked: &str) -> Result<BaseImage> {
     let path = described
         .path
         .ok_or_else(|| Error::Xml { doing: format!("reading volume {asked}"), message: "no target path".into() })?;
-    let capacity = volume.info().doing(|| format!("reading volume {asked}"))?.capacity;
-    Ok(BaseImage { path, format: described.format, capacity })
+    Ok(BaseImage { path, format: described.format, capacity: described.capacity })
 }
 
 /// A volume definition; with `backing`, a qcow2 overlay on it.
@@ -331,5 +342,8 @@ mod tests {
         .unwrap();
         assert_eq!(described.path.as_deref(), Some("/i/b.qcow2"));
         assert_eq!((described.format.as_str(), described.capacity, described.backing), ("qcow2", 5, None));
+        assert_eq!(described.modified, None);
+        let timed = "<volume><target><path>/p</path><timestamps><atime>1.5</atime><mtime>1700000000.123456</mtime></timestamps></target></volume>";
+        assert_eq!(VolumeXml::parse(timed, "p").unwrap().modified, Some(1_700_000_000));
     }
 }
