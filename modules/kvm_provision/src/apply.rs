@@ -149,9 +149,9 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool, connections: &Co
     };
     let unchanged = existing.is_some() && old_metadata.spec_hash.as_deref() == Some(definition.hash.as_str());
     if let Some((name, path, content)) = &definition.seed {
-        if !unchanged || !hypervisor.volume_exists(path)? {
+        let existed = hypervisor.volume_exists(path)?;
+        if !unchanged || !existed {
             if !check {
-                let existed = hypervisor.volume_exists(path)?;
                 hypervisor.put_volume(&vm.pool, name, content).map_err(|e| undo(&definition, e.into()))?;
                 if !existed {
                     definition.created.push(path.clone());

@@ -22,7 +22,7 @@ pub struct Report {
 }
 
 /// A domain of the request, found on its hypervisor.
-pub struct Target<'c> {
+struct Target<'c> {
     hv: &'c Hypervisor,
     vm: Vm,
 }
