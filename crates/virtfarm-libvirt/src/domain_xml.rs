@@ -416,6 +416,10 @@ impl InstanceMetadata {
     }
 
     fn absorb(&mut self, name: &str, key: Option<String>, value: String) {
+        // A secret written into our namespace by hand (`virsh metadata`) is never passed on.
+        if name == "var" && key.as_deref().is_some_and(is_secret_key) {
+            return;
+        }
         match name {
             "spec" => self.spec_hash = Some(value),
             "platform" => self.platform = Some(value),
@@ -428,6 +432,17 @@ impl InstanceMetadata {
             _ => {}
         }
     }
+}
+
+/// True when a metadata key names a secret (a password, passphrase, token, ...): such values
+/// are never stored in a domain definition, which libvirt's read-only clients can read.
+pub fn is_secret_key(key: &str) -> bool {
+    const SECRET_WORDS: &[&str] =
+        &["pass", "passwd", "password", "passphrase", "secret", "token", "credential", "credentials", "apikey"];
+    let words: Vec<String> = key.split(['_', '-', '.']).map(str::to_ascii_lowercase).collect();
+    words.iter().any(|w| SECRET_WORDS.contains(&w.as_str()))
+        || words.windows(2).any(|pair| matches!((pair[0].as_str(), pair[1].as_str()), ("private" | "api", "key")))
+            && words.last().is_some_and(|last| last != "file")
 }
 
 fn qualified(name: &str) -> String {
@@ -544,6 +559,35 @@ impl Hypervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_keys_are_told_from_ordinary_ones() {
+        for key in [
+            "ansible_password",
+            "ansible_ssh_pass",
+            "ansible_become_pass",
+            "db-Password",
+            "api_token",
+            "vault_secret",
+            "ssh_private_key",
+            "smtp_passphrase",
+        ] {
+            assert!(is_secret_key(key), "{key}");
+        }
+        for key in ["ansible_user", "ansible_port", "ansible_ssh_private_key_file", "bypass_proxy", "passenger", "role"]
+        {
+            assert!(!is_secret_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_secret_written_into_our_namespace_by_hand_is_not_read() {
+        let xml = format!(
+            "<domain><name>a</name><metadata><vf:instance xmlns:vf='{METADATA_NS}'><vf:var name='ansible_password'>s3cret</vf:var><vf:var name='role'>web</vf:var></vf:instance></metadata></domain>"
+        );
+        let metadata = InstanceMetadata::from_domain_xml(&xml).unwrap();
+        assert_eq!(metadata.vars, vec![("role".to_string(), "web".to_string())]);
+    }
 
     fn spec() -> DomainSpec {
         DomainSpec {
