@@ -79,7 +79,7 @@ impl<'a> GuestAgent<'a> {
             self.command("guest-exec", Some(json!({ "path": "sync", "capture-output": false })), COMMAND_TIMEOUT_S)?;
         let pid =
             started.get("pid").and_then(Value::as_i64).ok_or_else(|| self.error("guest-exec gave no pid".into()))?;
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = crate::wait::deadline(timeout);
         loop {
             let status = self.command("guest-exec-status", Some(json!({ "pid": pid })), COMMAND_TIMEOUT_S)?;
             if status.get("exited").and_then(Value::as_bool) == Some(true) {

@@ -171,7 +171,7 @@ impl Hypervisor {
     pub fn lock_domain(&self, pool_name: &str, domain: &str, policy: &LockPolicy) -> Result<DomainLock> {
         let pool = self.pool(pool_name)?;
         let name = format!("{domain}{LOCK_SUFFIX}");
-        let deadline = Instant::now() + policy.wait;
+        let deadline = crate::wait::deadline(policy.wait);
         // Measured on this side: the hypervisor's clock may differ from ours.
         let mut unwritten_since: Option<Instant> = None;
         loop {

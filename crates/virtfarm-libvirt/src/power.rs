@@ -62,7 +62,7 @@ pub fn stop(vm: &Vm, policy: &StopPolicy) -> Result<StopOutcome> {
             let through_agent = policy.prefer_agent && vm.agent().ping();
             // The guest may be between states; the next round asks again or finds it off.
             let _ = vm.request_shutdown(through_agent);
-            next_request = Instant::now() + policy.ask_every;
+            next_request = crate::wait::deadline(policy.ask_every);
         }
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -100,10 +100,17 @@ pub struct Readiness {
 
 const POLL: Duration = Duration::from_millis(500);
 
+/// The instant `timeout` from now; a timeout too large for the clock (a user may give any
+/// number of seconds) ends in a century instead of overflowing.
+pub fn deadline(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 /// Waits until `vm` gives `readiness.signal`, or fails naming the domain and the missing signal.
 pub fn wait_ready(hypervisor: &Hypervisor, vm: &Vm, baseline: &LeaseBaseline, readiness: Readiness) -> Result<Ready> {
     let started = Instant::now();
-    let deadline = started + readiness.timeout;
+    let deadline = deadline(readiness.timeout);
     let name = vm.name();
     let network_nic = vm.facts()?.nics.into_iter().find(|n| n.network.is_some());
     let mut address: Option<(String, AddressSource)> = None;
@@ -217,4 +224,15 @@ pub fn wait_all(
             })
             .collect()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_of_any_size_gives_a_deadline() {
+        assert!(deadline(Duration::from_secs(u64::MAX)) > Instant::now());
+        assert!(deadline(Duration::from_secs(i64::MAX as u64)) > Instant::now());
+    }
 }

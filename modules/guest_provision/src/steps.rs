@@ -49,7 +49,7 @@ pub fn started(
 /// Waits until `host:port` accepts connections (and sends `banner`, when given) within `timeout`.
 pub fn reachable(host: &str, port: u16, banner: &str, timeout: Duration) -> Result<Response> {
     let started = Instant::now();
-    let deadline = started + timeout;
+    let deadline = wait::deadline(timeout);
     loop {
         let attempt = Duration::from_secs(2)
             .min(deadline.saturating_duration_since(Instant::now()))
@@ -132,7 +132,11 @@ pub fn stopped(vm: &Vm, retry_count: u32, retry_delay: Duration, check_mode: boo
     if check_mode || before == PowerState::ShutOff {
         return Ok(Response::new().changed(before != PowerState::ShutOff).with("state_before", before.as_str()));
     }
-    let policy = StopPolicy { timeout: retry_delay * retry_count.max(1), ask_every: retry_delay, prefer_agent: true };
+    let policy = StopPolicy {
+        timeout: retry_delay.saturating_mul(retry_count.max(1)),
+        ask_every: retry_delay,
+        prefer_agent: true,
+    };
     let outcome = power::stop(vm, &policy)?;
     let seconds = match outcome {
         power::StopOutcome::Graceful(seconds) => json!(seconds),
