@@ -21,8 +21,9 @@ use crate::spec::ArgSpec;
 /// validates them against `spec`, calls `body`, prints exactly one JSON
 /// object on standard output and exits, with 1 on failure.
 ///
-/// A panic anywhere still prints a failed result, even with
-/// `panic = "abort"`. Nothing else may write to standard output.
+/// A panic on the main thread still prints a failed result, even with
+/// `panic = "abort"`; one on another thread is left to whoever joins it.
+/// Nothing else may write to standard output.
 pub fn run<E: Display>(spec: ArgSpec, body: impl FnOnce(&Module) -> Result<Response, E>) -> ! {
     std::panic::set_hook(Box::new(report_panic));
     let reply = match read_args(std::env::args_os().nth(1).map(PathBuf::from)) {
@@ -81,15 +82,24 @@ fn exit_code(reply: &Value) -> i32 {
 }
 
 fn report_panic(info: &PanicHookInfo<'_>) {
-    let payload = info.payload();
-    let message = payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)");
+    // A worker thread's panic unwinds to its `join`, whose caller fails that piece of work
+    // alone while the other threads finish theirs and release what they hold.
+    if std::thread::current().name() != Some("main") {
+        return;
+    }
+    let message = panic_text(info.payload());
     let location =
         info.location().map(|location| format!("{}:{}:{}", location.file(), location.line(), location.column()));
     emit(&panic_reply(message, location.as_deref(), PANIC_NO_LOG.get()));
+}
+
+/// The message a panic carried (its payload, as `join` or the hook gets it).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 fn panic_reply(message: &str, location: Option<&str>, no_log: Option<&NoLogValues>) -> Value {

@@ -77,7 +77,7 @@ mod runtime;
 mod spec;
 mod validate;
 
-pub use entry::run;
+pub use entry::{panic_text, run};
 pub use error::Error;
 pub use params::Params;
 pub use response::{Diff, Response};
