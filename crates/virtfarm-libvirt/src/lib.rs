@@ -21,6 +21,7 @@
 pub mod agent;
 pub mod cloud_init;
 pub mod connection;
+pub mod disk_use;
 pub mod domain_facts;
 pub mod domain_xml;
 pub mod error;

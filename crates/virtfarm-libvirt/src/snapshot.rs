@@ -22,7 +22,7 @@
 pub mod backing_file;
 mod blockjob;
 mod chain;
-mod domain_disks;
+pub(crate) mod domain_disks;
 mod group;
 mod xml;
 

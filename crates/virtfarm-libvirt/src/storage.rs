@@ -40,8 +40,6 @@ pub struct CloneOutcome {
     pub path: String,
     /// The volume did not exist and was (or would be) created.
     pub created: bool,
-    /// The volume was (or would be) grown to the requested size.
-    pub resized: bool,
 }
 
 /// What a storage volume's XML says about its image.
@@ -175,10 +173,15 @@ impl Hypervisor {
         pools.into_iter().map(|pool| Ok((pool.name().doing(|| "reading a pool name".to_string())?, pool))).collect()
     }
 
-    /// Makes sure `pool` holds the guest disk `name` made from `base`, at least `size` bytes.
+    /// Makes sure `pool` holds the guest disk `name` made from `base`, at least `size` bytes when
+    /// it is created now.
     ///
-    /// An existing volume is kept (and only ever grown): a guest's disk is never recreated.
-    /// With `dry_run`, nothing changes and the outcome says what would.
+    /// An existing volume is kept (a guest's disk is never recreated) when it is `owned` by the
+    /// domain, or is what this call would have made (a linked clone of `base`, or a standalone
+    /// image for a full copy: a run killed after the copy and before the definition); anything
+    /// else, the base image itself first of all, is refused. With `dry_run`, nothing changes
+    /// and the outcome says what would.
+    #[allow(clippy::too_many_arguments)]
     pub fn ensure_clone(
         &self,
         pool_name: &str,
@@ -186,22 +189,29 @@ impl Hypervisor {
         base: &BaseImage,
         size: Option<u64>,
         mode: CloneMode,
+        owned: bool,
         dry_run: bool,
     ) -> Result<CloneOutcome> {
         let pool = self.pool(pool_name)?;
         if let Some(volume) = self.volume_in(&pool, pool_name, name)? {
-            let path = volume.path().doing(|| format!("reading the path of volume {name}"))?;
-            let capacity = volume.info().doing(|| format!("reading volume {name}"))?.capacity;
-            let resized = match size {
-                Some(size) if size > capacity => {
-                    if !dry_run {
-                        volume.resize(size, 0).doing(|| format!("growing volume {name} to {size} bytes"))?;
-                    }
-                    true
-                }
-                _ => false,
+            let xml = volume.xml_desc(0).doing(|| format!("reading volume {name}"))?;
+            let found = VolumeXml::parse(&xml, name)?;
+            let path = found.path.clone().unwrap_or_default();
+            let made_here = match mode {
+                CloneMode::Linked => found.backing.as_deref() == Some(base.path.as_str()),
+                CloneMode::Full => found.backing.is_none(),
             };
-            return Ok(CloneOutcome { path, created: false, resized });
+            if path == base.path {
+                return Err(Error::Refused(format!("volume {path} is the base image itself")));
+            }
+            if !owned && !made_here {
+                return Err(Error::Refused(format!(
+                    "volume {path} exists and is not a {} of {}: it is not this VM's disk to take over",
+                    if mode == CloneMode::Linked { "linked clone" } else { "copy" },
+                    base.path
+                )));
+            }
+            return Ok(CloneOutcome { path, created: false });
         }
         let capacity = size.unwrap_or(base.capacity).max(base.capacity);
         let path = format!("{}/{name}", self.pool_path(pool_name)?);
@@ -223,7 +233,21 @@ impl Hypervisor {
                 }
             }
         }
-        Ok(CloneOutcome { path, created: true, resized: false })
+        Ok(CloneOutcome { path, created: true })
+    }
+
+    /// Grows the volume at `path` to `size` bytes when it is smaller (volumes only ever grow);
+    /// true when it was (or, with `dry_run`, would be) grown.
+    pub fn grow_volume(&self, path: &str, size: u64, dry_run: bool) -> Result<bool> {
+        let volume = self.raw().lookup_storage_vol_by_path(path).doing(|| format!("looking up volume {path}"))?;
+        let capacity = volume.info().doing(|| format!("reading volume {path}"))?.capacity;
+        if size <= capacity {
+            return Ok(false);
+        }
+        if !dry_run {
+            volume.resize(size, 0).doing(|| format!("growing volume {path} to {size} bytes"))?;
+        }
+        Ok(true)
     }
 
     /// Stores `content` as the raw volume `name` in `pool`, replacing an older one; returns its path.

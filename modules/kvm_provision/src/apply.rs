@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
+use virtfarm_libvirt::disk_use::DiskUse;
 use virtfarm_libvirt::domain_facts::DomainFacts;
 use virtfarm_libvirt::domain_xml::{reconcile_identity, DiskDevice, DomainSpec, InstanceMetadata};
 use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
 use virtfarm_libvirt::naming::fingerprint;
 use virtfarm_libvirt::power::{stop, StopOutcome, StopPolicy};
+use virtfarm_libvirt::snapshot::backing_file;
 use virtfarm_libvirt::wait::{wait_all, LeaseBaseline, Readiness, Signal};
 use virtfarm_libvirt::{Connections, Error, Hypervisor, PowerState, Vm};
 
@@ -86,17 +88,34 @@ pub fn apply_all(request: &Request, check: bool, connections: &mut Connections) 
     connections.open(request.vms.iter().map(|vm| vm.uri.as_str()));
     let connections = &*connections;
     let mut outcomes: Vec<Outcome> = std::thread::scope(|scope| {
-        let handles: Vec<_> =
-            request.vms.iter().map(|vm| scope.spawn(move || apply_one(vm, request, check, connections))).collect();
+        let handles: Vec<_> = request
+            .vms
+            .iter()
+            .map(|vm| {
+                scope.spawn(move || {
+                    // What was done before a failure is reported with it: `changed` stays true.
+                    let mut outcome = Outcome::new(vm);
+                    let result = apply_one(vm, request, check, connections, &mut outcome);
+                    (outcome, result)
+                })
+            })
+            .collect();
         handles
             .into_iter()
             .zip(&request.vms)
             .map(|(handle, vm)| {
                 let mut outcome = Outcome::new(vm);
                 match handle.join() {
-                    Ok(Ok(done)) => outcome = done,
-                    Ok(Err(e)) => outcome.error = Some(format!("{}: {e:#}", vm.name)),
-                    Err(_) => outcome.error = Some(format!("{}: provisioning failed unexpectedly", vm.name)),
+                    Ok((done, Ok(()))) => outcome = done,
+                    Ok((done, Err(e))) => {
+                        outcome = done;
+                        outcome.error = Some(format!("{}: {e:#}", vm.name));
+                    }
+                    Err(panic) => {
+                        let why = ansible_module::panic_text(panic.as_ref());
+                        outcome.error =
+                            Some(format!("{}: provisioning failed unexpectedly: {why} (this is a bug)", vm.name))
+                    }
                 }
                 outcome
             })
@@ -108,17 +127,24 @@ pub fn apply_all(request: &Request, check: bool, connections: &mut Connections) 
     outcomes
 }
 
-fn apply_one(vm: &VmDefinition, request: &Request, check: bool, connections: &Connections) -> Result<Outcome> {
+fn apply_one(
+    vm: &VmDefinition,
+    request: &Request,
+    check: bool,
+    connections: &Connections,
+    outcome: &mut Outcome,
+) -> Result<()> {
     let hypervisor = connections.get(&vm.uri).with_context(|| format!("uri {}", vm.uri))?;
     let _lock = if check { None } else { lock(hypervisor, vm)? };
     let existing = hypervisor.find_vm(&vm.name)?;
-    let mut outcome = Outcome::new(vm);
+    // What stands on what, read under the lock: every disk this run writes or deletes is checked
+    // against it.
+    let disks = hypervisor.disk_use()?;
     if request.state == State::Absent {
-        remove(hypervisor, existing, request.remove_storage, check, &mut outcome)?;
-        return Ok(outcome);
+        return remove(hypervisor, existing, &disks, request.remove_storage, check, outcome);
     }
     // Before anything is created: a refusal must leave nothing behind.
-    check_macs_are_free(hypervisor, &vm.name, &wanted_macs(vm)?)?;
+    check_macs_are_free(&disks, &vm.name, &vm.macs()?)?;
     for network in &vm.networks {
         if hypervisor.ensure_network(&network.name, network.create.as_ref(), check)? {
             outcome.did(format!("network {} created or started", network.name));
@@ -132,8 +158,9 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool, connections: &Co
     }
     let old_xml = existing.as_ref().map(|vm| vm.xml(true)).transpose()?;
     let old_metadata = old_xml.as_deref().map(InstanceMetadata::from_domain_xml).transpose()?.unwrap_or_default();
+    let current = old_xml.as_deref().map(DomainFacts::parse).transpose()?;
     let uuid = existing.as_ref().map(Vm::uuid).transpose()?;
-    let mut definition = definition_xml(hypervisor, vm, uuid, &old_metadata, check, &mut outcome)?;
+    let mut definition = definition_xml(hypervisor, vm, uuid, &old_metadata, check, outcome)?;
     // Until the domain is defined, nothing records the volumes this run made: undo them on failure.
     let undo = |definition: &Definition, error: anyhow::Error| {
         let left: Vec<String> = definition
@@ -147,6 +174,8 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool, connections: &Co
             error.context(left.join("; "))
         }
     };
+    definition.xml = safe_disks(hypervisor, vm, &definition, current.as_ref(), &disks, check, outcome)
+        .map_err(|e| undo(&definition, e))?;
     let unchanged = existing.is_some() && old_metadata.spec_hash.as_deref() == Some(definition.hash.as_str());
     if let Some((name, path, content)) = &definition.seed {
         let existed = hypervisor.volume_exists(path)?;
@@ -188,7 +217,7 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool, connections: &Co
     match vm_handle {
         Some(domain) => {
             outcome.uuid = Some(domain.uuid()?);
-            set_power(hypervisor, &domain, request, check, &mut outcome)?;
+            set_power(hypervisor, &domain, request, check, outcome)?;
         }
         None => {
             // Check mode on a VM that does not exist yet.
@@ -198,7 +227,7 @@ fn apply_one(vm: &VmDefinition, request: &Request, check: bool, connections: &Co
             outcome.state = if request.state == State::Running { "running" } else { "shutoff" }.to_string();
         }
     }
-    Ok(outcome)
+    Ok(())
 }
 
 /// One run at a time changes a domain, from whichever controller it runs; a VM whose pool
@@ -218,6 +247,8 @@ struct Definition {
     volumes: Vec<String>,
     /// Volumes this run created (not in check mode): removed again if the domain cannot be defined.
     created: Vec<String>,
+    /// The size the existing root disk must have at least.
+    grow_root: Option<u64>,
 }
 
 fn definition_xml(
@@ -241,7 +272,7 @@ fn definition_xml(
             let metadata =
                 InstanceMetadata { spec_hash: Some(hash.clone()), volumes: volumes.clone(), ..(**metadata).clone() };
             let xml = reconcile_identity(xml, &vm.name, uuid.as_deref(), &metadata).context("xml")?;
-            Ok(Definition { xml, hash, seed: None, volumes, created: Vec::new() })
+            Ok(Definition { xml, hash, seed: None, volumes, created: Vec::new(), grow_root: None })
         }
         DomainSource::Generated(spec) => {
             let mut spec: DomainSpec = (**spec).clone();
@@ -249,16 +280,22 @@ fn definition_xml(
                 Some(kind) => kind.clone(),
                 None => hypervisor.preferred_domain_type()?.as_str().to_string(),
             };
+            // A disk made now has its size; one that existed may have to grow.
+            let mut grow_root = None;
             if let Some(root) = &vm.root_disk {
                 let base = hypervisor.base_image(&root.image, root.image_pool.as_deref()).context("image")?;
-                let clone = hypervisor.ensure_clone(
-                    &vm.pool,
-                    &format!("{}.qcow2", vm.name),
-                    &base,
-                    root.size,
-                    root.mode,
-                    check,
-                )?;
+                let owned_path = format!("{}/{}.qcow2", hypervisor.pool_path(&vm.pool)?, vm.name);
+                let clone = hypervisor
+                    .ensure_clone(
+                        &vm.pool,
+                        &format!("{}.qcow2", vm.name),
+                        &base,
+                        root.size,
+                        root.mode,
+                        old.volumes.contains(&owned_path),
+                        check,
+                    )
+                    .context("name")?;
                 if clone.created {
                     outcome.did(format!("disk {} cloned from {}", clone.path, base.path));
                     own(&clone.path);
@@ -266,8 +303,8 @@ fn definition_xml(
                         created.push(clone.path.clone());
                     }
                 }
-                if clone.resized {
-                    outcome.did(format!("disk {} grown", clone.path));
+                if !clone.created {
+                    grow_root = root.size;
                 }
                 spec.disks.insert(
                     0,
@@ -294,36 +331,55 @@ fn definition_xml(
             spec.uuid = uuid;
             spec.metadata.spec_hash = Some(hash.clone());
             spec.metadata.volumes = volumes.clone();
-            Ok(Definition { xml: spec.to_xml()?, hash, seed, volumes, created })
+            Ok(Definition { xml: spec.to_xml()?, hash, seed, volumes, created, grow_root })
         }
     }
 }
 
-/// The MACs the VM's NICs will have.
-fn wanted_macs(vm: &VmDefinition) -> Result<Vec<String>> {
-    Ok(match &vm.domain {
-        DomainSource::Generated(spec) => spec.nics.iter().map(|n| n.mac.clone()).collect(),
-        DomainSource::Given { xml, .. } => {
-            DomainFacts::parse(xml).context("xml")?.nics.into_iter().map(|n| n.mac).collect()
+/// The definition's XML with every disk kept on the top of its current chain (a redefinition
+/// after an external snapshot keeps the overlay), once every disk it writes is checked: none
+/// may be a file that another volume stands on or another domain uses. Grows the root disk last.
+fn safe_disks(
+    hypervisor: &Hypervisor,
+    vm: &VmDefinition,
+    definition: &Definition,
+    current: Option<&DomainFacts>,
+    disks: &DiskUse,
+    check: bool,
+    outcome: &mut Outcome,
+) -> Result<String> {
+    let xml = match current {
+        Some(current) => disks.keep_current_tops(&definition.xml, current)?,
+        None => definition.xml.clone(),
+    };
+    let facts = DomainFacts::parse(&xml)?;
+    for disk in &facts.disks {
+        let Some(file) = &disk.file else { continue };
+        let option = match (&vm.domain, &vm.root_disk) {
+            (DomainSource::Given { .. }, _) => "xml",
+            (_, Some(_)) if disk.target == "vda" => "name",
+            (_, _) if disk.device == "cdrom" => "cloud_init",
+            _ => "disks",
+        };
+        disks
+            .check_writable(file, &vm.name)
+            .with_context(|| format!("{option}: {file} cannot be a disk of {}", vm.name))?;
+    }
+    if let (Some(size), Some(root)) = (definition.grow_root, facts.disks.iter().find(|d| d.target == "vda")) {
+        let file = root.file.as_deref().unwrap_or_default();
+        if hypervisor.grow_volume(file, size, check).context("disk_size")? {
+            outcome.did(format!("disk {file} grown"));
         }
-    })
+    }
+    Ok(xml)
 }
 
 /// Refuses a MAC that another domain already has: two NICs with one MAC break DHCP for both.
-fn check_macs_are_free(hypervisor: &Hypervisor, name: &str, wanted: &[String]) -> Result<()> {
-    if wanted.iter().all(String::is_empty) {
-        return Ok(());
+fn check_macs_are_free(disks: &DiskUse, name: &str, wanted: &[String]) -> Result<()> {
+    match disks.mac_user(wanted, name) {
+        Some((other, mac)) => anyhow::bail!("networks: MAC {mac} is already used by domain {other}"),
+        None => Ok(()),
     }
-    for other in hypervisor.all_vms()? {
-        if other.name() == name {
-            continue;
-        }
-        let Ok(facts) = other.facts() else { continue };
-        if let Some(nic) = facts.nics.iter().find(|n| wanted.contains(&n.mac)) {
-            anyhow::bail!("networks: MAC {} is already used by domain {}", nic.mac, other.name());
-        }
-    }
-    Ok(())
 }
 
 fn set_power(hypervisor: &Hypervisor, vm: &Vm, request: &Request, check: bool, outcome: &mut Outcome) -> Result<()> {
@@ -368,6 +424,7 @@ fn expected_state(state: State, now: PowerState) -> String {
 fn remove(
     hypervisor: &Hypervisor,
     existing: Option<Vm>,
+    disks: &DiskUse,
     remove_storage: bool,
     check: bool,
     outcome: &mut Outcome,
@@ -399,12 +456,41 @@ fn remove(
         }
     }
     if remove_storage {
-        // Only volumes this module created: a shared base image is never among them.
-        for path in &metadata.volumes {
-            let existed = if check { hypervisor.volume_exists(path)? } else { hypervisor.delete_volume(path)? };
-            if existed {
-                outcome.did(format!("volume {path} deleted"));
-            }
+        remove_volumes(hypervisor, &facts, &metadata.volumes, disks, check, outcome)?;
+    }
+    Ok(())
+}
+
+/// Deletes the volumes made for the domain (its clone and seed, the levels the backing-file
+/// mode saved of them) and the snapshot overlays on top of them, tops first; a shared base
+/// image is never among them, and a volume that something else still stands on is kept.
+fn remove_volumes(
+    hypervisor: &Hypervisor,
+    facts: &DomainFacts,
+    owned: &[String],
+    disks: &DiskUse,
+    check: bool,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    let mut made_for_it = owned.to_vec();
+    for volume in owned {
+        if hypervisor.volume_exists(volume)? {
+            made_for_it.extend(backing_file::levels(hypervisor, volume)?.into_iter().map(|level| level.file));
+        }
+    }
+    let tops: Vec<String> = facts.disks.iter().filter(|d| d.device == "disk").filter_map(|d| d.file.clone()).collect();
+    let mut gone: Vec<String> = Vec::new();
+    for path in disks.removal_order(&tops, &made_for_it) {
+        let standing: Vec<&str> =
+            disks.dependants(&path).iter().filter(|d| !gone.contains(d)).map(String::as_str).collect();
+        if !standing.is_empty() {
+            outcome.warnings.push(format!("volume {path} kept: {} stand on it", standing.join(", ")));
+            continue;
+        }
+        let existed = if check { hypervisor.volume_exists(&path)? } else { hypervisor.delete_volume(&path)? };
+        if existed {
+            outcome.did(format!("volume {path} deleted"));
+            gone.push(path);
         }
     }
     Ok(())

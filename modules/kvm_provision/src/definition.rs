@@ -10,8 +10,9 @@ use ansible_module::{ArgSpec, Opt, Params, Type};
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Map, Value};
 use virtfarm_libvirt::cloud_init::CloudInit;
+use virtfarm_libvirt::domain_facts::DomainFacts;
 use virtfarm_libvirt::domain_xml::{
-    DirectKernel, DiskDevice, DomainSpec, InstanceMetadata, NicDevice, NicSource, Share,
+    is_secret_key, DirectKernel, DiskDevice, DomainSpec, InstanceMetadata, NicDevice, NicSource, Share,
 };
 use virtfarm_libvirt::leases::check_mac;
 use virtfarm_libvirt::naming::{derived_mac, pool_node};
@@ -68,6 +69,18 @@ pub struct VmDefinition {
     pub cloud_init: Option<CloudInit>,
     /// Networks to ensure and reservations to make, per NIC on a libvirt network.
     pub networks: Vec<NetworkWant>,
+}
+
+impl VmDefinition {
+    /// The MACs the VM's NICs will have (empty where libvirt picks one).
+    pub fn macs(&self) -> Result<Vec<String>> {
+        Ok(match &self.domain {
+            DomainSource::Generated(spec) => spec.nics.iter().map(|n| n.mac.clone()).collect(),
+            DomainSource::Given { xml, .. } => {
+                DomainFacts::parse(xml).map_err(|e| anyhow!("xml: {e}"))?.nics.into_iter().map(|n| n.mac).collect()
+            }
+        })
+    }
 }
 
 /// Where the domain XML comes from.
@@ -245,6 +258,15 @@ impl Request {
         names.sort_unstable();
         if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
             bail!("vms: the name {} is given twice", pair[0]);
+        }
+        let mut macs: Vec<(String, &str)> = Vec::new();
+        for vm in &vms {
+            for mac in vm.macs()?.into_iter().filter(|m| !m.is_empty()) {
+                if let Some((_, first)) = macs.iter().find(|(seen, _)| *seen == mac) {
+                    bail!("networks: MAC {mac} is given to both {first} and {}", vm.name);
+                }
+                macs.push((mac, &vm.name));
+            }
         }
         Ok(Request { state, wait, wait_timeout, stop_timeout, remove_storage, vms })
     }
@@ -459,6 +481,12 @@ fn parse_metadata(fields: &Params) -> Result<InstanceMetadata> {
     for (key, value) in given.iter().filter(|(_, value)| !value.is_null()) {
         if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             bail!("{name}: {key:?} is not a usable key (letters, digits, '_')");
+        }
+        if is_secret_key(key) {
+            bail!(
+                "{name}.{key}: looks like a secret, and metadata is stored in the domain definition, which \
+                 every read-only libvirt client can read; keep it in Ansible Vault or inventory variables"
+            );
         }
         match key.as_str() {
             "platform" => metadata.platform = Some(text(key, value)?),
