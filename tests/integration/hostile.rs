@@ -352,6 +352,24 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
         with(&with(&base, "pool", json!("hx-no-such-pool")), "image", json!(bed.base_volume)),
         "pool",
     );
+    special.add(
+        "one MAC for two VMs of one call",
+        with(&base, "vms", json!([{ "name": "hx-m1", "networks": [{ "network": bed.network, "mac": "52:54:00:7e:00:01" }] },
+                                  { "name": "hx-m2", "networks": [{ "network": bed.network, "mac": "52:54:00:7e:00:01" }] }])),
+        "networks",
+    );
+    special.add(
+        "a secret in metadata",
+        with(&base, "metadata", json!({ "ansible_become_password": "hx" })),
+        "metadata.ansible_become_password",
+    );
+    let base_stem = bed.base_volume.trim_end_matches(".qcow2");
+    special.add(
+        "a VM named like its base volume, in its pool",
+        json!({ "name": base_stem, "uri": bed.uri, "image": bed.base_volume, "image_pool": bed.images_pool,
+                "pool": bed.images_pool, "state": "present" }),
+        "name",
+    );
     special.add("vcpus zero", with(&base, "vcpus", json!(0)), "vcpus");
     special.add("vcpus beyond u32", with(&base, "vcpus", json!(1u64 << 40)), "vcpus");
     special.add("memory zero MiB", with(&base, "memory", json!("512K")), "memory");
@@ -718,12 +736,12 @@ const SECRETS: [&str; 5] = [
     "hx-secret-inventory-password",
 ];
 
-/// A VM definition carrying [`SECRETS`]: cloud-init's, ansible_farm's `auth`, metadata.
+/// A VM definition carrying [`SECRETS`]: cloud-init's and ansible_farm's `auth`. (A secret in
+/// `metadata` is refused: see the end of [`secrets_never_reach_any_output`].)
 fn secret_vm(bed: &Bed, name: &str) -> Value {
     json!({
         "uri": bed.uri, "pool": bed.disks_pool, "image": bed.base_volume, "image_pool": bed.images_pool,
         "memory": 256, "networks": [bed.network], "state": "present",
-        "metadata": { "ansible_password": SECRETS[4] },
         "vms": [{
             "vm": { "metadata": { "name": name, "auth": { "user": "ops", "password": SECRETS[2], "become_pass": SECRETS[3] } } },
             "cloud_init": { "user": "ops", "password_hash": SECRETS[0], "user_data": SECRETS[1] },
@@ -786,9 +804,25 @@ fn secrets_never_reach_any_output() {
         outputs[0]
     );
 
+    // A read-only libvirt client sees the definition: no secret may be in it.
+    let readonly = std::process::Command::new("virsh")
+        .args(["-r", "-c", &bed.uri, "dumpxml", &name])
+        .output()
+        .expect("virsh -r dumpxml");
+    let definition = String::from_utf8_lossy(&readonly.stdout).into_owned();
+    assert!(definition.contains(&name), "virsh -r dumpxml {name}: {}", String::from_utf8_lossy(&readonly.stderr));
+    assert!(leaked(&definition).is_empty(), "secrets in the stored definition: {:?}", leaked(&definition));
+
     let mut failing = args.clone();
     failing["vms"][0]["memory"] = json!(SECRETS[2]);
     outputs.push(bed.run_module("kvm_provision", failing).to_string());
+    // metadata is stored in the domain XML: a secret there is refused, naming the key.
+    let mut stored = args.clone();
+    stored["metadata"] = json!({ "ansible_password": SECRETS[4] });
+    let refused = bed.run_module("kvm_provision", stored);
+    assert_eq!(refused["failed"], true, "{refused}");
+    assert!(refused["msg"].as_str().unwrap_or_default().contains("metadata.ansible_password"), "{refused}");
+    outputs.push(refused.to_string());
 
     let dir = bed::tempdir();
     let playbook = dir.join("secrets.yml");
@@ -815,4 +849,25 @@ fn secrets_never_reach_any_output() {
         leaks.len()
     );
     assert!(leaks.is_empty(), "leaked: {leaks:?}");
+}
+
+/// Timeouts near i64::MAX are valid values: accepted, and never overflow the clock where a
+/// wait begins (a deadline, a retry delay times the retry count).
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn timeouts_near_i64_max_never_overflow() {
+    let bed = Bed::get();
+    let vm = bed.define_vm(&bed.unique_name("tmo"));
+    let max = i64::MAX;
+    // dnsmasq answers on the bed's gateway, port 53, at once: the wait starts and ends.
+    let reachable = json!({ "state": "reachable", "host": bed.gateway, "port": 53, "banner": "", "timeout": max });
+    let stopped =
+        json!({ "state": "stopped", "uri": bed.uri, "name": vm.name, "retry_count": u32::MAX, "retry_delay": max });
+    let provisioned = json!({ "uri": bed.uri, "name": vm.name, "xml": bed.domain_xml(&vm.name, "qemu", &vm.disk),
+                              "state": "stopped", "wait_timeout": max, "stop_timeout": max });
+    for (module, args) in [("guest_provision", reachable), ("guest_provision", stopped), ("kvm_provision", provisioned)]
+    {
+        let result = bed.run_module(module, args.clone());
+        assert!(result.get("failed").is_none(), "{module} {args}: {result}");
+    }
 }

@@ -1,7 +1,8 @@
 //! kvm_provision against the bed: three guests in one call, idempotency, a change with its
 //! diff, check mode, power transitions, removal with storage; then definitions that need no
 //! boot: ansible_farm's format, a given XML, reservation and MAC conflicts, a remote URI,
-//! and bad arguments.
+//! and bad arguments; data safety: redefinitions after external snapshots, VMs named like
+//! a base or an overlay, disks that clones stand on.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -249,4 +250,128 @@ fn definitions_conflicts_remote_uri_and_bad_arguments() {
         assert_eq!(result["failed"], true, "{args} was accepted");
         assert!(result["msg"].as_str().expect("msg").contains(parameter), "{args}: {result}");
     }
+}
+
+/// The path of the domain's disk `vda`.
+fn vda(hypervisor: &Hypervisor, name: &str) -> String {
+    let facts = hypervisor.vm(name).expect("defined").facts().expect("facts");
+    facts.disks.iter().find(|d| d.target == "vda").and_then(|d| d.file.clone()).expect("a vda file")
+}
+
+/// `qemu-io` on an image no QEMU holds: `write -P 0xNN offset 64k` or `read -P ...`.
+fn qemu_io(image: &str, command: &str) -> bool {
+    let out =
+        std::process::Command::new("qemu-io").args(["-f", "qcow2", "-c", command, image]).output().expect("qemu-io");
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && !text.contains("Pattern verification failed") && !text.contains("failed")
+}
+
+fn file_digest(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn refused_naming(result: &Value, parameter: &str, volume: &str) {
+    assert_eq!(result["failed"], true, "accepted: {result}");
+    let msg = result["msg"].as_str().expect("msg");
+    assert!(
+        msg.contains(parameter) && msg.contains(volume),
+        "the message names neither {parameter} nor {volume}: {msg}"
+    );
+}
+
+/// Found as a user: an external snapshot, then any changed option, pointed vda back at the
+/// snapshot's frozen backing file. The redefinition must keep the overlay, and a VM named
+/// like that overlay must be refused.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn external_snapshot_then_a_changed_option_keeps_the_overlay() {
+    let bed = Bed::get();
+    let hypervisor = Hypervisor::open(&bed.uri).expect("connect");
+    let name = bed.unique_name("kpx");
+    let args = with(base_args(bed), json!({ "name": name, "state": "present" }));
+    let _cleanup = Cleanup(args.clone());
+    assert_ok(&bed.run_module("kvm_provision", args.clone()));
+    let disk = vda(&hypervisor, &name);
+    let snap = bed
+        .run_module("snapshot_libvirt", json!({ "uri": bed.uri, "name": name, "snapshot": "s1", "type": "external" }));
+    assert_ok(&snap);
+    let overlay = vda(&hypervisor, &name);
+    assert_ne!(overlay, disk, "the snapshot put an overlay on vda");
+    assert!(qemu_io(&overlay, "write -P 0xa1 1M 64k"));
+    let frozen = file_digest(&disk);
+
+    let changed = bed.run_module("kvm_provision", with(args.clone(), json!({ "memory": 512 })));
+    assert_ok(&changed);
+    assert_eq!(changed["changed"], true);
+    assert_eq!(memory_mib(&hypervisor, &name), 512);
+    assert_eq!(vda(&hypervisor, &name), overlay, "vda went back to the snapshot's frozen image");
+    assert!(qemu_io(&overlay, "read -P 0xa1 1M 64k"), "the write after the snapshot is gone");
+    assert_eq!(file_digest(&disk), frozen, "the frozen image changed");
+
+    // A new VM named like the overlay would take it over as its own disk.
+    let overlay_stem = Path::new(&overlay).file_stem().and_then(|s| s.to_str()).expect("a file name").to_string();
+    let thief = with(base_args(bed), json!({ "name": overlay_stem, "state": "present" }));
+    let _thief_cleanup = Cleanup(thief.clone());
+    refused_naming(&bed.run_module("kvm_provision", thief), "name", &overlay);
+    assert!(hypervisor.find_vm(&overlay_stem).expect("lookup").is_none());
+    assert!(qemu_io(&overlay, "read -P 0xa1 1M 64k"));
+
+    // Removal takes the overlay and the disk under it, tops first.
+    let removed = bed.run_module("kvm_provision", with(args, json!({ "state": "absent", "remove_storage": true })));
+    assert_ok(&removed);
+    assert!(!Path::new(&overlay).exists() && !Path::new(&disk).exists(), "{removed}");
+}
+
+/// Found as a user: a VM named like its base image was given the base itself as its writable
+/// disk; starting it would have corrupted every linked clone.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn a_vm_named_like_its_base_image_is_refused() {
+    let bed = Bed::get();
+    let hypervisor = Hypervisor::open(&bed.uri).expect("connect");
+    let stem = bed.base_volume.strip_suffix(".qcow2").expect("the base volume is a .qcow2");
+    let before = std::fs::metadata(&bed.base_image).expect("base image");
+    let args = with(base_args(bed), json!({ "name": stem, "pool": bed.images_pool, "state": "present" }));
+    let result = bed.run_module("kvm_provision", args);
+    refused_naming(&result, "name", &bed.base_image.display().to_string());
+    assert!(hypervisor.find_vm(stem).expect("lookup").is_none(), "a domain was defined on the base image");
+    let after = std::fs::metadata(&bed.base_image).expect("base image");
+    assert_eq!((before.len(), before.modified().ok()), (after.len(), after.modified().ok()));
+}
+
+/// The golden-VM pattern: clones stand on a VM's disk. That VM may not start (it would write
+/// under them), and removing it with its storage keeps the disk they stand on.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn a_disk_that_clones_stand_on_is_never_written_or_deleted() {
+    let bed = Bed::get();
+    let hypervisor = Hypervisor::open(&bed.uri).expect("connect");
+    let golden = bed.unique_name("kpg");
+    let golden_args = with(base_args(bed), json!({ "name": golden, "state": "present" }));
+    let _golden_cleanup = Cleanup(golden_args.clone());
+    assert_ok(&bed.run_module("kvm_provision", golden_args.clone()));
+    let golden_disk = vda(&hypervisor, &golden);
+    let clone = format!("{golden}-c");
+    let clone_args = with(base_args(bed), json!({ "name": clone, "image": golden_disk, "state": "present" }));
+    let _clone_cleanup = Cleanup(clone_args.clone());
+    assert_ok(&bed.run_module("kvm_provision", clone_args.clone()));
+
+    let started =
+        bed.run_module("kvm_provision", with(golden_args.clone(), json!({ "state": "running", "wait": "none" })));
+    refused_naming(&started, "name", &golden_disk);
+    assert_eq!(hypervisor.vm(&golden).expect("defined").power_state().expect("state"), PowerState::ShutOff);
+
+    let removed =
+        bed.run_module("kvm_provision", with(golden_args, json!({ "state": "absent", "remove_storage": true })));
+    assert_ok(&removed);
+    assert!(Path::new(&golden_disk).exists(), "the disk a clone stands on was deleted: {removed}");
+    assert!(removed["warnings"].to_string().contains(&golden_disk), "{removed}");
+    let chain = std::process::Command::new("qemu-img")
+        .args(["info", "--backing-chain", "-U", &vda(&hypervisor, &clone)])
+        .output()
+        .expect("qemu-img");
+    assert!(chain.status.success(), "{}", String::from_utf8_lossy(&chain.stderr));
+    assert_ok(&bed.run_module("kvm_provision", with(clone_args, json!({ "state": "absent", "remove_storage": true }))));
+    // Nothing stands on it now and no domain owns it: the test removes it.
+    hypervisor.delete_volume(&golden_disk).expect("delete the golden disk");
 }

@@ -202,7 +202,9 @@ impl Hypervisor {
                 CloneMode::Full => found.backing.is_none(),
             };
             if path == base.path {
-                return Err(Error::Refused(format!("volume {path} is the base image itself")));
+                return Err(Error::Refused(format!(
+                    "volume {path} is the base image itself: a VM needs a disk of its own (another name or pool)"
+                )));
             }
             if !owned && !made_here {
                 return Err(Error::Refused(format!(
