@@ -375,3 +375,40 @@ fn a_disk_that_clones_stand_on_is_never_written_or_deleted() {
     // Nothing stands on it now and no domain owns it: the test removes it.
     hypervisor.delete_volume(&golden_disk).expect("delete the golden disk");
 }
+
+/// Two runs at once defining two domains with one explicit MAC: the MAC lock makes them take
+/// turns, so exactly one gets it and the other is refused naming `networks`.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn two_runs_at_once_never_give_one_mac_to_two_domains() {
+    let bed = Bed::get();
+    let hypervisor = Hypervisor::open(&bed.uri).expect("connect");
+    for round in 0..3 {
+        let mac = format!("52:54:00:7d:00:{round:02x}");
+        let runs: Vec<Value> = (0..2)
+            .map(|_| {
+                with(
+                    base_args(bed),
+                    json!({ "name": bed.unique_name("kpm"), "state": "present", "networks": [{ "network": bed.network, "mac": mac }] }),
+                )
+            })
+            .collect();
+        let _cleanups: Vec<Cleanup> = runs.iter().cloned().map(Cleanup).collect();
+        let results: Vec<Value> = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                runs.iter().map(|args| scope.spawn(move || bed.run_module("kvm_provision", args.clone()))).collect();
+            handles.into_iter().map(|h| h.join().expect("a run")).collect()
+        });
+        let with_mac: Vec<String> = hypervisor
+            .all_vms()
+            .expect("list")
+            .iter()
+            .filter(|vm| vm.facts().is_ok_and(|f| f.nics.iter().any(|n| n.mac == mac)))
+            .map(|vm| vm.name().to_string())
+            .collect();
+        assert_eq!(with_mac.len(), 1, "round {round}: {with_mac:?} have {mac}; {results:?}");
+        let refused: Vec<&Value> = results.iter().filter(|r| r["failed"] == true).collect();
+        assert_eq!(refused.len(), 1, "round {round}: {results:?}");
+        assert!(refused[0]["msg"].as_str().unwrap_or_default().contains("networks"), "{}", refused[0]);
+    }
+}

@@ -69,15 +69,19 @@ pub struct LockOwner {
     pub pid: u32,
     /// When it was taken (Unix seconds).
     pub since: i64,
+    /// The boot and PID namespace its pid belongs to: containers on one host may share a host
+    /// name while each sees only its own processes. `None` in the records of older releases.
+    pub pid_space: Option<String>,
 }
 
 impl LockOwner {
     fn me() -> LockOwner {
-        LockOwner { host: local_hostname(), pid: std::process::id(), since: unix_now() }
+        LockOwner { host: local_hostname(), pid: std::process::id(), since: unix_now(), pid_space: Some(pid_space()) }
     }
 
     fn to_text(&self) -> String {
-        format!("{} {} {}\n", self.host, self.pid, self.since)
+        let space = self.pid_space.as_deref().map(|s| format!(" {s}")).unwrap_or_default();
+        format!("{} {} {}{space}\n", self.host, self.pid, self.since)
     }
 
     fn parse(text: &str) -> Option<LockOwner> {
@@ -86,13 +90,15 @@ impl LockOwner {
             host: words.next()?.to_string(),
             pid: words.next()?.parse().ok()?,
             since: words.next()?.parse().ok()?,
+            pid_space: words.next().map(str::to_string),
         };
         words.next().is_none().then_some(owner)
     }
 
-    /// True when the owner is a process of this host that no longer exists.
+    /// True when the owner is a process that this run could see and that no longer exists.
     fn is_gone(&self) -> bool {
         self.host == local_hostname()
+            && self.pid_space.as_ref().is_none_or(|space| *space == pid_space())
             && self.pid != std::process::id()
             && !Path::new(&format!("/proc/{}", self.pid)).exists()
     }
@@ -103,6 +109,10 @@ impl LockOwner {
 pub struct DomainLock {
     volume: StorageVol,
     path: String,
+    /// The owner record written into it: released only while it still says this.
+    owner: String,
+    /// The connection, to read the record back before releasing.
+    hypervisor: virt::connect::Connect,
     released: bool,
 }
 
@@ -115,7 +125,16 @@ impl DomainLock {
     /// Releases the lock now, reporting a failure (dropping releases it silently).
     pub fn release(mut self) -> Result<()> {
         self.released = true;
-        delete_lock_volume(&self.volume, &self.path)
+        self.delete_if_mine()
+    }
+
+    /// Deletes the lock volume unless another run took it over meanwhile (it judged this run
+    /// stale and wrote its own record): that run's lock is not this one's to release.
+    fn delete_if_mine(&self) -> Result<()> {
+        match download(&self.hypervisor, &self.volume, &self.path) {
+            Ok(text) if text != self.owner => Ok(()),
+            _ => delete_lock_volume(&self.volume, &self.path),
+        }
     }
 }
 
@@ -123,7 +142,7 @@ impl Drop for DomainLock {
     fn drop(&mut self) {
         if !self.released {
             // A lock left behind is taken over later (see the module docs): nothing else to do here.
-            let _ = delete_lock_volume(&self.volume, &self.path);
+            let _ = self.delete_if_mine();
         }
     }
 }
@@ -144,6 +163,7 @@ enum Attempt {
 }
 
 /// Who holds a lock volume, as far as it tells.
+#[derive(PartialEq, Eq)]
 enum Holder {
     /// Its owner record.
     Known(LockOwner),
@@ -169,8 +189,19 @@ impl Hypervisor {
     /// Fails with [`Error::Refused`] naming the owner when another run holds it for longer
     /// than `policy.wait`, and with [`Error::NotFound`] when the pool does not exist.
     pub fn lock_domain(&self, pool_name: &str, domain: &str, policy: &LockPolicy) -> Result<DomainLock> {
+        self.lock_named(pool_name, domain, &format!("domain {domain}"), policy)
+    }
+
+    /// Takes the lock on giving the MAC address `mac` to a domain, in storage pool `pool_name`:
+    /// two runs that define different domains with one explicit MAC take turns, so the second
+    /// sees the first's domain when it checks that the MAC is free.
+    pub fn lock_mac(&self, pool_name: &str, mac: &str, policy: &LockPolicy) -> Result<DomainLock> {
+        self.lock_named(pool_name, &format!("mac-{}", mac.replace(':', "-")), &format!("MAC {mac}"), policy)
+    }
+
+    fn lock_named(&self, pool_name: &str, stem: &str, what: &str, policy: &LockPolicy) -> Result<DomainLock> {
         let pool = self.pool(pool_name)?;
-        let name = format!("{domain}{LOCK_SUFFIX}");
+        let name = format!("{stem}{LOCK_SUFFIX}");
         let deadline = crate::wait::deadline(policy.wait);
         // Measured on this side: the hypervisor's clock may differ from ours.
         let mut unwritten_since: Option<Instant> = None;
@@ -185,14 +216,16 @@ impl Hypervisor {
             unwritten_since = if unwritten { Some(unwritten_since.unwrap_or_else(Instant::now)) } else { None };
             let abandoned = unwritten_since.is_some_and(|since| since.elapsed() >= UNWRITTEN_GRACE);
             let gone = matches!(&holder, Holder::Known(owner) if owner.is_gone());
-            if gone || stale || abandoned {
+            // Another run may have judged the same and taken the lock over since: delete only
+            // what was judged, read once more just before.
+            if (gone || stale || abandoned) && self.read_holder(&volume, &path) == holder {
                 delete_lock_volume(&volume, &path)?;
                 unwritten_since = None;
                 continue;
             }
             // An unwritten lock is waited on even without `policy.wait`, for at most the grace.
             if Instant::now() >= deadline && !unwritten {
-                return Err(Error::Refused(held_message(domain, pool_name, &name, &holder, policy)));
+                return Err(Error::Refused(held_message(what, pool_name, &name, &holder, policy)));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -228,8 +261,11 @@ impl Hypervisor {
         match StorageVol::create_xml(pool, &xml, 0) {
             Ok(volume) => {
                 let path = volume.path().doing(|| format!("reading the path of the lock volume {name}"))?;
-                let lock = DomainLock { volume, path, released: false };
-                self.upload(&lock.volume, name, owner.as_bytes())?;
+                if let Err(e) = self.upload(&volume, name, owner.as_bytes()) {
+                    let _ = delete_lock_volume(&volume, &path);
+                    return Err(e);
+                }
+                let lock = DomainLock { volume, path, owner, hypervisor: self.raw().clone(), released: false };
                 Ok(Attempt::Taken(lock))
             }
             Err(create_error) => {
@@ -247,7 +283,7 @@ impl Hypervisor {
 
     /// Who holds a lock volume: the owner it records, else the file's time.
     fn read_holder(&self, volume: &StorageVol, path: &str) -> Holder {
-        match self.download(volume, path) {
+        match download(self.raw(), volume, path) {
             Ok(text) => match LockOwner::parse(&text) {
                 Some(owner) => Holder::Known(owner),
                 None => Holder::Unwritten { since: modified_time(volume) },
@@ -255,34 +291,35 @@ impl Hypervisor {
             Err(_) => Holder::Unreadable { since: modified_time(volume) },
         }
     }
-
-    fn download(&self, volume: &StorageVol, path: &str) -> Result<String> {
-        let stream = Stream::new(self.raw(), 0).doing(|| format!("opening a stream for {path}"))?;
-        volume.download(&stream, 0, MAX_OWNER_BYTES as u64, 0).doing(|| format!("reading {path}"))?;
-        let mut text = Vec::new();
-        let mut buffer = [0u8; MAX_OWNER_BYTES];
-        while text.len() < MAX_OWNER_BYTES {
-            match stream.recv(&mut buffer) {
-                Ok(n) if n > 0 => text.extend_from_slice(&buffer[..n as usize]),
-                Ok(_) => break,
-                Err(e) => {
-                    let _ = stream.abort();
-                    return Err(e).doing(|| format!("reading {path}"));
-                }
-            }
-        }
-        stream.finish().doing(|| format!("reading {path}"))?;
-        Ok(String::from_utf8_lossy(&text).into_owned())
-    }
 }
 
-fn held_message(domain: &str, pool: &str, name: &str, holder: &Holder, policy: &LockPolicy) -> String {
+/// The text of a lock volume.
+fn download(conn: &virt::connect::Connect, volume: &StorageVol, path: &str) -> Result<String> {
+    let stream = Stream::new(conn, 0).doing(|| format!("opening a stream for {path}"))?;
+    volume.download(&stream, 0, MAX_OWNER_BYTES as u64, 0).doing(|| format!("reading {path}"))?;
+    let mut text = Vec::new();
+    let mut buffer = [0u8; MAX_OWNER_BYTES];
+    while text.len() < MAX_OWNER_BYTES {
+        match stream.recv(&mut buffer) {
+            Ok(n) if n > 0 => text.extend_from_slice(&buffer[..n as usize]),
+            Ok(_) => break,
+            Err(e) => {
+                let _ = stream.abort();
+                return Err(e).doing(|| format!("reading {path}"));
+            }
+        }
+    }
+    stream.finish().doing(|| format!("reading {path}"))?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+fn held_message(what: &str, pool: &str, name: &str, holder: &Holder, policy: &LockPolicy) -> String {
     let holder = match holder {
         Holder::Known(o) => format!("process {} on {} since {} s", o.pid, o.host, unix_now().saturating_sub(o.since)),
         Holder::Unwritten { .. } | Holder::Unreadable { .. } => "a run that could not be identified".to_string(),
     };
     format!(
-        "domain {domain} is being changed by another run ({holder}): it holds the lock volume {name} in pool {pool}; \
+        "{what} is being changed by another run ({holder}): it holds the lock volume {name} in pool {pool}; \
          retry when that run ends (a lock older than {} s is taken over; `virsh vol-delete --pool {pool} {name}` removes it by hand)",
         policy.stale_after.as_secs()
     )
@@ -291,6 +328,20 @@ fn held_message(domain: &str, pool: &str, name: &str, holder: &Holder, policy: &
 /// The volume file's modification time, when the pool reports one.
 fn modified_time(volume: &StorageVol) -> Option<i64> {
     VolumeXml::parse(&volume.xml_desc(0).ok()?, "lock").ok()?.modified
+}
+
+/// This boot and PID namespace, e.g. `3f1c…:4026531836`; `unknown` where /proc does not tell,
+/// which never matches another run's, so its locks are taken over only when stale.
+fn pid_space() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|b| b.trim().to_string());
+    let namespace = std::fs::read_link("/proc/self/ns/pid").map(|l| l.to_string_lossy().into_owned());
+    match (boot, namespace) {
+        (Ok(boot), Ok(namespace)) => {
+            let inode: String = namespace.chars().filter(char::is_ascii_digit).collect();
+            format!("{boot}:{inode}")
+        }
+        _ => format!("unknown-{}", std::process::id()),
+    }
 }
 
 fn local_hostname() -> String {
@@ -305,18 +356,23 @@ mod tests {
 
     #[test]
     fn owner_text_round_trips_and_rejects_garbage() {
-        let owner = LockOwner { host: "ctl1".into(), pid: 42, since: 1_700_000_000 };
-        assert_eq!(LockOwner::parse(&owner.to_text()), Some(owner));
+        let owner = LockOwner { host: "ctl1".into(), pid: 42, since: 1_700_000_000, pid_space: Some("b:1".into()) };
+        assert_eq!(LockOwner::parse(&owner.to_text()), Some(owner.clone()));
+        // The records of older releases have no PID namespace.
+        let older = LockOwner { pid_space: None, ..owner };
+        assert_eq!(LockOwner::parse("ctl1 42 1700000000"), Some(older));
         assert_eq!(LockOwner::parse(""), None);
         assert_eq!(LockOwner::parse("ctl1 notapid 5"), None);
-        assert_eq!(LockOwner::parse("ctl1 1 2 extra"), None);
+        assert_eq!(LockOwner::parse("ctl1 1 2 b:1 extra"), None);
     }
 
     #[test]
     fn an_owner_process_that_is_gone_is_seen_only_on_this_host() {
-        let gone = LockOwner { host: local_hostname(), pid: u32::MAX - 1, since: 0 };
+        let gone = LockOwner { host: local_hostname(), pid: u32::MAX - 1, since: 0, pid_space: Some(pid_space()) };
         assert!(gone.is_gone());
         assert!(!LockOwner { host: "elsewhere.invalid".into(), ..gone.clone() }.is_gone());
+        // Same host name, another container's PID namespace: its pids are not ours to judge.
+        assert!(!LockOwner { pid_space: Some("other-boot:4026531836".into()), ..gone.clone() }.is_gone());
         assert!(!LockOwner { pid: std::process::id(), ..gone }.is_gone());
     }
 }

@@ -136,7 +136,9 @@ fn apply_one(
 ) -> Result<()> {
     let hypervisor = connections.get(&vm.uri).with_context(|| format!("uri {}", vm.uri))?;
     let _lock = if check { None } else { lock(hypervisor, vm)? };
+    // Looked up under the lock: another run may have defined it while this one waited.
     let existing = hypervisor.find_vm(&vm.name)?;
+    let _mac_locks = if check || request.state == State::Absent { Vec::new() } else { lock_macs(hypervisor, vm)? };
     // What stands on what, read under the lock: every disk this run writes or deletes is checked
     // against it.
     let disks = hypervisor.disk_use()?;
@@ -230,9 +232,16 @@ fn apply_one(
     Ok(())
 }
 
-/// One run at a time changes a domain, from whichever controller it runs; a VM whose pool
-/// does not exist has none of our volumes to guard (its definition is replaced atomically).
+/// One run at a time changes a domain, from whichever controller it runs. An existing domain
+/// is locked where every module locks it (the pool of its first disk); a new one in the pool
+/// its disk goes to. A VM whose pool does not exist has none of our volumes to guard (its
+/// definition is replaced atomically).
 fn lock(hypervisor: &Hypervisor, vm: &VmDefinition) -> Result<Option<DomainLock>> {
+    if let Some(existing) = hypervisor.find_vm(&vm.name)? {
+        if let Some(lock) = hypervisor.lock_vm(&existing, &LockPolicy::default())? {
+            return Ok(Some(lock));
+        }
+    }
     match hypervisor.lock_domain(&vm.pool, &vm.name, &LockPolicy::default()) {
         Err(virtfarm_libvirt::Error::NotFound { kind: "storage pool", .. }) => Ok(None),
         taken => Ok(Some(taken?)),
@@ -334,6 +343,22 @@ fn definition_xml(
             Ok(Definition { xml: spec.to_xml()?, hash, seed, volumes, created, grow_root })
         }
     }
+}
+
+/// Explicit MACs are locked like domains (sorted, so two runs cannot wait on each other): two
+/// runs defining different domains with one MAC take turns, and the MAC check sees the first.
+fn lock_macs(hypervisor: &Hypervisor, vm: &VmDefinition) -> Result<Vec<DomainLock>> {
+    let mut macs: Vec<String> = vm.macs()?.into_iter().filter(|mac| !mac.is_empty()).collect();
+    macs.sort();
+    macs.dedup();
+    let mut locks = Vec::with_capacity(macs.len());
+    for mac in macs {
+        match hypervisor.lock_mac(&vm.pool, &mac, &LockPolicy::default()) {
+            Err(virtfarm_libvirt::Error::NotFound { kind: "storage pool", .. }) => return Ok(locks),
+            taken => locks.push(taken.context("networks")?),
+        }
+    }
+    Ok(locks)
 }
 
 /// The definition's XML with every disk kept on the top of its current chain (a redefinition
