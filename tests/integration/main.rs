@@ -27,5 +27,7 @@ mod kvm_provision;
 mod molecule;
 /// The thin roles with the variables of the roles they replace.
 mod roles;
+/// A seeded random walk over disks, snapshots, levels and killed runs; invariants checked after every step.
+mod sequence;
 /// snapshot_libvirt: internal and external snapshots, groups, the backing-file mode.
 mod snapshot_libvirt;
