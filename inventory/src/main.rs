@@ -7,6 +7,7 @@ mod cache;
 mod render;
 mod settings;
 mod sources;
+mod trust;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -76,7 +77,14 @@ fn fresh_inventory(settings: &Settings) -> anyhow::Result<Value> {
     if scans.is_empty() {
         bail!("no libvirt URI could be read ({})", settings.uris.join(", "));
     }
-    let inventory = render::inventory(&scans, &warnings, &settings.render);
+    for uri in settings.unread_trusted_uris() {
+        eprintln!("libvirt_inventory: warning: trusted_uris: {uri} is not one of the URIs read (compared as written)");
+    }
+    let render::Rendered { document: inventory, left_out } = render::inventory(&scans, &warnings, &settings.render);
+    // Once per scan: a cached inventory has them left out already.
+    for warning in &left_out {
+        eprintln!("libvirt_inventory: warning: {warning}");
+    }
     let complete = scans.len() == settings.uris.len();
     if let (Some(cache), true) = (&settings.cache, complete) {
         if let Err(e) = cache.store(&settings.cache_key(), &inventory) {

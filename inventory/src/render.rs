@@ -1,19 +1,33 @@
 //! Scans → the JSON Ansible reads from a script inventory: groups, `_meta.hostvars`, and
-//! the warnings in `all.vars.libvirt_inventory_warnings`.
+//! the warnings in `all.vars.libvirt_inventory_warnings`. What a domain's metadata may set,
+//! and how text from a hypervisor is marked, is decided in [`crate::trust`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use serde_json::{json, Map, Value};
 use virtfarm_libvirt::domain_xml::InstanceMetadata;
 use virtfarm_libvirt::scan::{Scan, ScannedDomain};
 
-/// How groups and connection variables are named.
+use crate::trust::{self, Verdict};
+
+/// How groups and connection variables are named, and which URIs are trusted.
 #[derive(Clone, Debug, Default)]
 pub struct RenderOptions {
     /// Put in front of every group name.
     pub prefix: String,
     /// Emit `ansible_connection: community.libvirt.libvirt_qemu` for hosts only the guest agent reaches.
     pub agent_connection: bool,
+    /// URIs whose domains' metadata may set any variable, templates included (see [`crate::trust`]).
+    pub trusted_uris: Vec<String>,
+}
+
+/// The inventory document, and what it left out of the domains' metadata: one warning per
+/// domain naming the variables, for stderr (the document itself may be cached).
+#[derive(Debug)]
+pub struct Rendered {
+    pub document: Value,
+    pub left_out: Vec<String>,
 }
 
 /// The connection plugin that talks to a guest through its agent, by domain name.
@@ -24,10 +38,12 @@ const RESERVED: [&str; 3] = ["all", "ungrouped", "_meta"];
 
 /// Builds the inventory of `scans` (URI, scan), in order; a host name already taken by an
 /// earlier URI gets the URI appended.
-pub fn inventory(scans: &[(String, Scan)], warnings: &[String], options: &RenderOptions) -> Value {
+pub fn inventory(scans: &[(String, Scan)], warnings: &[String], options: &RenderOptions) -> Rendered {
     let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut hostvars = Map::new();
+    let mut left_out = Vec::new();
     for (uri, scan) in scans {
+        let trusted = options.trusted_uris.contains(uri);
         for domain in &scan.domains {
             let host = if hostvars.contains_key(&domain.name) {
                 format!("{}_{}", domain.name, slug(uri))
@@ -39,16 +55,77 @@ pub fn inventory(scans: &[(String, Scan)], warnings: &[String], options: &Render
                     groups.entry(group).or_default().insert(host.clone());
                 }
             }
-            hostvars.insert(host, Value::Object(host_vars(uri, domain, options)));
+            let source = Source { uri, trusted };
+            if let Some(warning) = domain.metadata.as_ref().and_then(|meta| left_out_warning(&source, domain, meta)) {
+                left_out.push(warning);
+            }
+            hostvars.insert(host, Value::Object(host_vars(&source, domain, options)));
         }
     }
     let mut document = Map::new();
     document.insert("_meta".into(), json!({ "hostvars": hostvars }));
+    // Messages may quote what a hypervisor holds (names, XML): never templates.
+    let warnings: Vec<Value> = warnings.iter().map(|w| trust::untrusted(w)).collect();
     document.insert("all".into(), json!({ "vars": { "libvirt_inventory_warnings": warnings } }));
     for (group, hosts) in groups {
         document.insert(group, json!({ "hosts": hosts }));
     }
-    Value::Object(document)
+    Rendered { document: Value::Object(document), left_out }
+}
+
+/// The URI a domain was read from, and whether the user trusts it.
+struct Source<'a> {
+    uri: &'a str,
+    trusted: bool,
+}
+
+impl Source<'_> {
+    /// A string read from this URI, as it goes into the inventory.
+    fn text(&self, value: &str) -> Value {
+        trust::text(value, self.trusted)
+    }
+
+    /// An address: plain when it is one (it cannot be a template), else like any text.
+    fn address(&self, ip: &str) -> Value {
+        if ip.parse::<IpAddr>().is_ok() {
+            json!(ip)
+        } else {
+            self.text(ip)
+        }
+    }
+}
+
+/// The metadata's variables that `source` may set.
+fn passed_vars<'m>(source: &Source<'_>, meta: &'m InstanceMetadata) -> impl Iterator<Item = &'m (String, String)> {
+    let trusted = source.trusted;
+    meta.vars.iter().filter(move |(key, _)| trust::admits(key, trusted))
+}
+
+/// The warning naming the metadata variables of `domain` that are not passed on, if any.
+fn left_out_warning(source: &Source<'_>, domain: &ScannedDomain, meta: &InstanceMetadata) -> Option<String> {
+    let named = |wanted: Verdict| -> Vec<String> {
+        meta.vars
+            .iter()
+            .map(|(key, _)| key)
+            .filter(|key| !trust::admits(key, source.trusted) && trust::verdict(key) == wanted)
+            .map(|key| format!("{key:?}"))
+            .collect()
+    };
+    let mut reasons = Vec::new();
+    let untrusted = named(Verdict::NeedsTrust);
+    if !untrusted.is_empty() {
+        reasons.push(format!(
+            "{} (connection and execution variables are taken only from a URI in trusted_uris)",
+            untrusted.join(", ")
+        ));
+    }
+    let secrets = named(Verdict::Secret);
+    if !secrets.is_empty() {
+        reasons.push(format!("{} (secrets are never passed on)", secrets.join(", ")));
+    }
+    (!reasons.is_empty()).then(|| {
+        format!("{}: domain {:?}: metadata variables left out: {}", source.uri, domain.name, reasons.join("; "))
+    })
 }
 
 /// The groups of one domain before prefixing and sanitising: its state, networks, URI, and
@@ -68,47 +145,56 @@ fn group_names(uri: &str, domain: &ScannedDomain) -> Vec<String> {
     names
 }
 
-fn host_vars(uri: &str, domain: &ScannedDomain, options: &RenderOptions) -> Map<String, Value> {
+fn host_vars(source: &Source<'_>, domain: &ScannedDomain, options: &RenderOptions) -> Map<String, Value> {
     let mut vars = Map::new();
-    // Free-form metadata variables (`ansible_python_interpreter` among them) first, so that ours win on a clash.
+    // The metadata's variables first, so that ours win on a clash.
     if let Some(meta) = &domain.metadata {
-        vars.extend(meta.vars.iter().map(|(k, v)| (k.clone(), json!(v))));
+        vars.extend(passed_vars(source, meta).map(|(k, v)| (k.clone(), source.text(v))));
         if let Some(user) = &meta.user {
-            vars.insert("ansible_user".into(), json!(user));
+            vars.insert("ansible_user".into(), source.text(user));
         }
     }
     if let Some(address) = &domain.address {
-        vars.insert("ansible_host".into(), json!(address.ip));
+        vars.insert("ansible_host".into(), address.ip.as_deref().map_or(Value::Null, |ip| source.address(ip)));
         vars.insert("libvirt_ip_source".into(), json!(address.source.map(|s| s.as_str())));
     } else if domain.agent_only && options.agent_connection {
         vars.insert("ansible_connection".into(), json!(AGENT_CONNECTION));
-        vars.insert("ansible_host".into(), json!(domain.name));
-        vars.insert("ansible_libvirt_uri".into(), json!(uri));
+        vars.insert("ansible_host".into(), source.text(&domain.name));
+        vars.insert("ansible_libvirt_uri".into(), json!(source.uri));
     }
     let interfaces: Vec<Value> = domain
         .interfaces
         .iter()
-        .map(|i| json!({ "mac": i.mac, "network": i.network, "ip": i.ip, "source": i.source.map(|s| s.as_str()) }))
+        .map(|i| {
+            json!({
+                // libvirt refuses a definition whose MAC is not one.
+                "mac": i.mac,
+                "network": i.network.as_deref().map(|n| source.text(n)),
+                "ip": i.ip.as_deref().map(|ip| source.address(ip)),
+                "source": i.source.map(|s| s.as_str()),
+            })
+        })
         .collect();
-    vars.insert("libvirt_uri".into(), json!(uri));
-    vars.insert("libvirt_hypervisor".into(), json!(hypervisor(uri)));
+    vars.insert("libvirt_uri".into(), json!(source.uri));
+    vars.insert("libvirt_hypervisor".into(), json!(hypervisor(source.uri)));
     vars.insert("libvirt_uuid".into(), json!(domain.uuid));
     vars.insert("libvirt_state".into(), json!(domain.state.as_str()));
     vars.insert("libvirt_vcpus".into(), json!(domain.vcpus));
     vars.insert("libvirt_memory_mb".into(), json!(domain.memory_mib));
     vars.insert("libvirt_interfaces".into(), Value::Array(interfaces));
-    vars.insert("libvirt_metadata".into(), domain.metadata.as_ref().map_or(Value::Null, metadata_json));
+    vars.insert("libvirt_metadata".into(), domain.metadata.as_ref().map_or(Value::Null, |m| metadata_json(source, m)));
     vars
 }
 
-fn metadata_json(meta: &InstanceMetadata) -> Value {
+fn metadata_json(source: &Source<'_>, meta: &InstanceMetadata) -> Value {
+    let text = |value: &Option<String>| value.as_deref().map(|v| source.text(v));
     json!({
-        "platform": meta.platform,
-        "target": meta.target,
-        "project": meta.project,
-        "user": meta.user,
-        "groups": meta.groups,
-        "vars": meta.vars.iter().cloned().collect::<BTreeMap<_, _>>(),
+        "platform": text(&meta.platform),
+        "target": text(&meta.target),
+        "project": text(&meta.project),
+        "user": text(&meta.user),
+        "groups": meta.groups.iter().map(|g| source.text(g)).collect::<Vec<_>>(),
+        "vars": passed_vars(source, meta).map(|(k, v)| (k.clone(), source.text(v))).collect::<Map<_, _>>(),
     })
 }
 
@@ -192,7 +278,8 @@ mod tests {
             ..Default::default()
         });
         let scan = Scan { domains: vec![web, domain("db1", PowerState::ShutOff, None)], ..Default::default() };
-        let inv = inventory(&[("qemu:///system".into(), scan)], &["h2: down".into()], &RenderOptions::default());
+        let inv =
+            inventory(&[("qemu:///system".into(), scan)], &["h2: down".into()], &RenderOptions::default()).document;
         assert_eq!(hosts(&inv, "running"), ["web1"]);
         assert_eq!(hosts(&inv, "shutoff"), ["db1"]);
         assert_eq!(hosts(&inv, "network_vf_net"), ["db1", "web1"]);
@@ -204,17 +291,18 @@ mod tests {
         let web = &inv["_meta"]["hostvars"]["web1"];
         assert_eq!(web["ansible_host"], "10.77.0.5", "metadata cannot override the address");
         assert_eq!(web["libvirt_ip_source"], "lease");
-        assert_eq!(web["ansible_user"], "ansible");
-        assert_eq!(web["ansible_python_interpreter"], "/usr/bin/python3");
-        assert_eq!(web["role"], "front");
+        assert_eq!(web["ansible_user"], unsafe_text("ansible"));
+        assert!(web.get("ansible_python_interpreter").is_none(), "an execution variable from an untrusted URI");
+        assert_eq!(web["role"], unsafe_text("front"));
         assert_eq!(web["libvirt_memory_mb"], 384);
-        assert_eq!(web["libvirt_interfaces"][0]["network"], "vf-net");
-        assert_eq!(web["libvirt_metadata"]["platform"], "debian");
-        assert_eq!(web["libvirt_metadata"]["vars"]["role"], "front");
+        assert_eq!(web["libvirt_interfaces"][0]["network"], unsafe_text("vf-net"));
+        assert_eq!(web["libvirt_interfaces"][0]["ip"], "10.77.0.5");
+        assert_eq!(web["libvirt_metadata"]["platform"], unsafe_text("debian"));
+        assert_eq!(web["libvirt_metadata"]["vars"], json!({"role": unsafe_text("front")}));
         let db = &inv["_meta"]["hostvars"]["db1"];
         assert!(db.get("ansible_host").is_none());
         assert_eq!(db["libvirt_state"], "shutoff");
-        assert_eq!(inv["all"]["vars"]["libvirt_inventory_warnings"], json!(["h2: down"]));
+        assert_eq!(inv["all"]["vars"]["libvirt_inventory_warnings"], json!([unsafe_text("h2: down")]));
     }
 
     #[test]
@@ -223,13 +311,14 @@ mod tests {
         agent_only.agent_only = true;
         let first = Scan { domains: vec![agent_only.clone()], ..Default::default() };
         let second = Scan { domains: vec![agent_only], ..Default::default() };
-        let options = RenderOptions { prefix: "lv-".into(), agent_connection: true };
+        let options = RenderOptions { prefix: "lv-".into(), agent_connection: true, ..Default::default() };
         let inv =
-            inventory(&[("qemu:///system".into(), first), ("qemu+ssh://h2/system".into(), second)], &[], &options);
+            inventory(&[("qemu:///system".into(), first), ("qemu+ssh://h2/system".into(), second)], &[], &options)
+                .document;
         assert_eq!(hosts(&inv, "lv_running"), ["a1", "a1_qemu_ssh_h2_system"]);
         let vars = &inv["_meta"]["hostvars"]["a1_qemu_ssh_h2_system"];
         assert_eq!(vars["ansible_connection"], AGENT_CONNECTION);
-        assert_eq!(vars["ansible_host"], "a1");
+        assert_eq!(vars["ansible_host"], unsafe_text("a1"), "a domain name is the hypervisor's text");
         assert_eq!(vars["ansible_libvirt_uri"], "qemu+ssh://h2/system");
         let plain = inventory(
             &[(
@@ -238,8 +327,108 @@ mod tests {
             )],
             &[],
             &RenderOptions::default(),
-        );
+        )
+        .document;
         assert!(plain["_meta"]["hostvars"]["a1"].get("ansible_connection").is_none());
+    }
+
+    fn unsafe_text(text: &str) -> Value {
+        json!({ "__ansible_unsafe": text })
+    }
+
+    /// A shut-off domain whose metadata (written by hand, say with `virsh metadata`) tries
+    /// every way of running something on the controller, and holds secrets.
+    fn hostile(name: &str) -> ScannedDomain {
+        let mut evil = domain(name, PowerState::ShutOff, None);
+        evil.metadata = Some(InstanceMetadata {
+            user: Some("{{ lookup('pipe', 'id') }}".into()),
+            groups: vec!["web".into()],
+            vars: [
+                ("ansible_ssh_common_args", "-o ProxyCommand=\"touch /tmp/pwned-%h\""),
+                ("ansible_connection", "local"),
+                ("ansible_host", "192.0.2.1"),
+                ("ansible_python_interpreter", "/bin/sh -c 'touch /tmp/pwned'"),
+                ("ansible_become_exe", "/tmp/evil"),
+                ("podman_executable", "/tmp/evil"),
+                ("ansible_port", "2222"),
+                ("role", "{{ lookup('pipe', 'touch /tmp/pwned') }}"),
+                ("ansible_password", "s3cret"),
+                ("ansible_become_password", "s3cret"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+            ..Default::default()
+        });
+        evil
+    }
+
+    #[test]
+    fn metadata_from_an_untrusted_uri_sets_only_safe_variables_and_never_templates() {
+        let scan = Scan { domains: vec![hostile("ev1")], ..Default::default() };
+        let rendered = inventory(&[("qemu:///system".into(), scan)], &[], &RenderOptions::default());
+        let vars = rendered.document["_meta"]["hostvars"]["ev1"].as_object().expect("host vars").clone();
+        for key in [
+            "ansible_ssh_common_args",
+            "ansible_connection",
+            "ansible_host",
+            "ansible_python_interpreter",
+            "ansible_become_exe",
+            "podman_executable",
+            "ansible_password",
+            "ansible_become_password",
+        ] {
+            assert!(!vars.contains_key(key), "{key} passed: {vars:?}");
+            assert!(vars["libvirt_metadata"]["vars"].get(key).is_none(), "{key} in libvirt_metadata");
+        }
+        assert_eq!(vars["ansible_user"], unsafe_text("{{ lookup('pipe', 'id') }}"));
+        assert_eq!(vars["ansible_port"], unsafe_text("2222"));
+        assert_eq!(vars["role"], unsafe_text("{{ lookup('pipe', 'touch /tmp/pwned') }}"));
+        assert_eq!(vars["libvirt_metadata"]["groups"], json!([unsafe_text("web")]));
+        assert_eq!(hosts(&rendered.document, "web"), ["ev1"], "groups are safe");
+        assert!(!rendered.document.to_string().contains("s3cret"));
+        assert_eq!(rendered.left_out.len(), 1, "one warning for the domain: {:?}", rendered.left_out);
+        let warning = &rendered.left_out[0];
+        assert!(warning.starts_with("qemu:///system: domain \"ev1\": "), "{warning}");
+        for key in ["ansible_ssh_common_args", "ansible_connection", "podman_executable", "ansible_password"] {
+            assert!(warning.contains(&format!("\"{key}\"")), "{key} not named: {warning}");
+        }
+        assert!(!warning.contains("s3cret") && !warning.contains("role"), "{warning}");
+    }
+
+    #[test]
+    fn a_trusted_uri_sets_any_variable_but_never_a_secret() {
+        let trusted = "qemu+ssh://root@hv1/system";
+        let scans = [
+            (trusted.to_string(), Scan { domains: vec![hostile("ev1")], ..Default::default() }),
+            ("qemu+ssh://root@hv2/system".to_string(), Scan { domains: vec![hostile("ev2")], ..Default::default() }),
+        ];
+        let options = RenderOptions { trusted_uris: vec![trusted.into()], ..Default::default() };
+        let rendered = inventory(&scans, &[], &options);
+        let hostvars = &rendered.document["_meta"]["hostvars"];
+        let ev1 = &hostvars["ev1"];
+        assert_eq!(ev1["ansible_connection"], "local");
+        assert_eq!(ev1["ansible_ssh_common_args"], "-o ProxyCommand=\"touch /tmp/pwned-%h\"");
+        assert_eq!(ev1["ansible_python_interpreter"], "/bin/sh -c 'touch /tmp/pwned'");
+        assert_eq!(ev1["ansible_host"], "192.0.2.1", "no address of its own: the metadata's");
+        assert_eq!(ev1["ansible_user"], "{{ lookup('pipe', 'id') }}", "a trusted URI may hold templates");
+        assert_eq!(ev1["libvirt_metadata"]["vars"]["ansible_connection"], "local");
+        assert!(ev1.get("ansible_password").is_none() && ev1.get("ansible_become_password").is_none());
+        assert!(hostvars["ev2"].get("ansible_connection").is_none(), "only the listed URI is trusted");
+        assert!(!rendered.document.to_string().contains("s3cret"));
+        assert_eq!(rendered.left_out.len(), 2, "{:?}", rendered.left_out);
+        assert!(
+            rendered.left_out[0].contains("\"ansible_password\"") && !rendered.left_out[0].contains("ProxyCommand")
+        );
+        assert!(!rendered.left_out[0].contains("\"ansible_connection\""), "{}", rendered.left_out[0]);
+        assert!(rendered.left_out[1].starts_with("qemu+ssh://root@hv2/system: domain \"ev2\""));
+    }
+
+    #[test]
+    fn a_domain_without_anything_to_leave_out_warns_of_nothing() {
+        let mut web = domain("web1", PowerState::Running, Some("10.77.0.5"));
+        web.metadata = Some(InstanceMetadata { user: Some("ansible".into()), ..Default::default() });
+        let scan = Scan { domains: vec![web, domain("db1", PowerState::ShutOff, None)], ..Default::default() };
+        assert!(inventory(&[("qemu:///system".into(), scan)], &[], &RenderOptions::default()).left_out.is_empty());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //!
 //! Precedence, first wins: command-line flags, the config file, then for URIs the
 //! `LIBVIRT_INVENTORY_URIS` and `LIBVIRT_DEFAULT_URI` variables, then `qemu:///system`.
+//! Which URIs are trusted (`trusted_uris`, see `trust`) only the command line and the config
+//! file say: never the environment, never anything a hypervisor stores.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +21,9 @@ const DEFAULT_CONFIG_NAME: &str = "libvirt_inventory.json";
 const DEFAULT_TIMEOUT_S: f64 = 10.0;
 const DEFAULT_CACHE_TTL_S: u64 = 300;
 const DEFAULT_URI: &str = "qemu:///system";
+/// Changes whenever what the inventory takes from metadata changes (see `trust`), so that a
+/// cache written under another rule is read again.
+const METADATA_RULE: u32 = 2;
 
 /// An Ansible dynamic inventory of libvirt domains: every domain with its state, its groups
 /// and the address Ansible reaches it at (DHCP lease, static reservation, guest agent, ARP).
@@ -56,6 +61,11 @@ struct Args {
     /// Reach hosts that only the guest agent answers through `community.libvirt.libvirt_qemu`.
     #[arg(long)]
     agent_connection: bool,
+    /// A URI (as given to --uri) whose domains' metadata may set connection and execution
+    /// variables and templates: whoever can edit a domain there can run commands on this
+    /// machine. Repeat for several.
+    #[arg(long = "trusted-uri", value_name = "URI")]
+    trusted_uris: Vec<String>,
     /// Seconds to wait for each URI before reporting it as failed [default: 10].
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
@@ -83,6 +93,7 @@ struct ConfigFile {
     exclude_shutoff: Option<bool>,
     ipv6: Option<bool>,
     agent_connection: Option<bool>,
+    trusted_uris: Option<Vec<String>>,
     timeout: Option<f64>,
     cache_file: Option<PathBuf>,
     cache_ttl: Option<u64>,
@@ -145,6 +156,8 @@ impl Settings {
         }
         let cache_ttl = args.cache_ttl.or(config.cache_ttl).unwrap_or(DEFAULT_CACHE_TTL_S);
         let networks = if args.networks.is_empty() { config.networks.unwrap_or_default() } else { args.networks };
+        let trusted_uris =
+            if args.trusted_uris.is_empty() { config.trusted_uris.unwrap_or_default() } else { args.trusted_uris };
         Ok(Settings {
             mode: args.host.map_or(Mode::List, Mode::Host),
             pretty: args.pretty,
@@ -160,6 +173,7 @@ impl Settings {
             render: RenderOptions {
                 prefix: args.prefix.or(config.prefix).unwrap_or_default(),
                 agent_connection: args.agent_connection || config.agent_connection.unwrap_or(false),
+                trusted_uris,
             },
             cache: args
                 .cache_file
@@ -168,17 +182,24 @@ impl Settings {
         })
     }
 
-    /// What the inventory depends on: a cached one made with other settings is not reused.
+    /// What the inventory depends on: a cached one made with other settings, or by a version
+    /// that passed other metadata variables on, is not reused.
     pub fn cache_key(&self) -> String {
         format!(
-            "uris={:?} networks={:?} ipv6={} exclude_shutoff={} prefix={:?} agent_connection={}",
+            "metadata_rule={METADATA_RULE} uris={:?} networks={:?} ipv6={} exclude_shutoff={} prefix={:?} agent_connection={} trusted_uris={:?}",
             self.uris,
             self.scan.preferred_networks,
             self.scan.ipv6,
             self.scan.exclude_inactive,
             self.render.prefix,
-            self.render.agent_connection
+            self.render.agent_connection,
+            self.render.trusted_uris,
         )
+    }
+
+    /// Trusted URIs that are not read: most likely spelled otherwise in `uris`.
+    pub fn unread_trusted_uris(&self) -> impl Iterator<Item = &String> {
+        self.render.trusted_uris.iter().filter(|t| !self.uris.contains(t))
     }
 }
 
@@ -245,7 +266,34 @@ mod tests {
         let a = Settings::merge(args(&["--list"]), ConfigFile::default(), no_env).unwrap();
         let b = Settings::merge(args(&["--list", "--prefix", "p_"]), ConfigFile::default(), no_env).unwrap();
         let c = Settings::merge(args(&["--host", "x", "--pretty"]), ConfigFile::default(), no_env).unwrap();
+        let d =
+            Settings::merge(args(&["--list", "--trusted-uri", DEFAULT_URI]), ConfigFile::default(), no_env).unwrap();
         assert_ne!(a.cache_key(), b.cache_key());
         assert_eq!(a.cache_key(), c.cache_key());
+        assert_ne!(a.cache_key(), d.cache_key());
+    }
+
+    #[test]
+    fn no_uri_is_trusted_unless_the_command_line_or_config_file_says_so() {
+        let s = Settings::merge(args(&["--list"]), ConfigFile::default(), no_env).unwrap();
+        assert!(s.render.trusted_uris.is_empty());
+        let config =
+            parse_config(r#"{"uris": ["qemu:///system", "qemu+ssh://h2/system"], "trusted_uris": ["qemu:///system"]}"#)
+                .unwrap();
+        let s = Settings::merge(args(&["--list"]), config, no_env).unwrap();
+        assert_eq!(s.render.trusted_uris, ["qemu:///system"]);
+        assert_eq!(s.unread_trusted_uris().count(), 0);
+        let s = Settings::merge(
+            args(&["--list", "--uri", "qemu:///system", "--trusted-uri", "qemu+ssh://h3/system"]),
+            parse_config(r#"{"trusted_uris": ["qemu:///system"]}"#).unwrap(),
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(s.render.trusted_uris, ["qemu+ssh://h3/system"], "the command line wins");
+        assert_eq!(s.unread_trusted_uris().collect::<Vec<_>>(), ["qemu+ssh://h3/system"]);
+        // The environment says where to look, never what to trust.
+        let env = |name: &str| (name == "LIBVIRT_INVENTORY_URIS").then(|| "qemu:///a".to_string());
+        assert!(Settings::merge(args(&["--list"]), ConfigFile::default(), env).unwrap().render.trusted_uris.is_empty());
+        assert!(parse_config(r#"{"trusted_uris": true}"#).unwrap_err().to_string().contains("invalid type"));
     }
 }

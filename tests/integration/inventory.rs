@@ -1,9 +1,11 @@
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use bed::{Bed, TestVm};
 use serde_json::{json, Value};
+use virtfarm_libvirt::domain_xml::METADATA_NS;
 use virtfarm_libvirt::{wait, Hypervisor};
 
 /// MACs of the 1000-domain fixture: locally administered, so no real NIC has them.
@@ -126,6 +128,268 @@ fn inventory_of_leased_agent_only_and_shut_off_guests() {
 
     thousand_domains_list_fast(bed);
     drop(off);
+}
+
+/// Issue 14: every variable in a domain's metadata came back as a host variable, so whoever
+/// could edit a domain on the hypervisor ran commands on the controller: a ProxyCommand in
+/// `ansible_ssh_common_args` ran at `ansible -m ping`, `ansible_connection: local` ran the
+/// play on the controller, and, since ansible-core renders a script inventory's host variables
+/// as templates, a `lookup('pipe')` in `ansible_user` or any other variable ran as soon as
+/// Ansible read it. Shut-off domains with such metadata, written by hand into our namespace;
+/// `ansible` and `ansible-inventory` over the script and over the plugin: nothing runs, the
+/// variables are left out with a warning naming them, and only a URI the inventory's own
+/// configuration trusts passes them (checked with `--host` only, never run).
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn metadata_cannot_run_commands_on_the_controller() {
+    let bed = Bed::get();
+    let marks = bed::tempdir();
+    let proxy_ran = marks.join("proxycommand-ran");
+    let user_rendered = marks.join("ansible_user-rendered");
+    let var_rendered = marks.join("role-rendered");
+    let pipe = |file: &Path| format!("{{{{ lookup('pipe', 'touch {}') }}}}", file.display());
+    let over_ssh = define_with_metadata(
+        bed,
+        &bed.unique_name("iv-ev-ssh"),
+        &[
+            ("user", None, pipe(&user_rendered)),
+            ("group", None, "iv_evil".into()),
+            ("var", Some("ansible_ssh_common_args"), format!("-o ProxyCommand=\"touch {}-%h\"", proxy_ran.display())),
+            ("var", Some("ansible_ssh_executable"), "/bin/false".into()),
+            ("var", Some("role"), pipe(&var_rendered)),
+        ],
+    );
+    let local = define_with_metadata(
+        bed,
+        &bed.unique_name("iv-ev-local"),
+        &[
+            ("var", Some("ansible_connection"), "local".into()),
+            ("var", Some("ansible_python_interpreter"), bed.venv.join("bin/python3").display().to_string()),
+        ],
+    );
+    let exe = bed.binary("libvirt_inventory");
+    let exe = exe.to_str().expect("UTF-8 path");
+    let uris = [("LIBVIRT_INVENTORY_URIS", bed.uri.as_str())];
+    let limit = format!("{},{}", over_ssh.name, local.name);
+    let ran_nothing = |after: &str| {
+        let made: Vec<String> = std::fs::read_dir(&marks)
+            .expect("read the marks directory")
+            .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(made.is_empty(), "{after} ran on the controller: {made:?}");
+    };
+
+    // The executable: the variables are gone, the rest is marked never to be templated.
+    let listed = inventory_exe(bed, &["--list", "--uri", &bed.uri], &[]);
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    let listed = stdout_json(&listed);
+    let host = stdout_json(&inventory_exe(bed, &["--host", &over_ssh.name, "--uri", &bed.uri], &[]));
+    for vars in [&listed["_meta"]["hostvars"][&over_ssh.name], &host] {
+        for key in ["ansible_ssh_common_args", "ansible_ssh_executable"] {
+            assert!(vars.get(key).is_none(), "{key} listed: {vars}");
+        }
+        assert_eq!(vars["ansible_user"], json!({ "__ansible_unsafe": pipe(&user_rendered) }));
+        assert_eq!(vars["role"], json!({ "__ansible_unsafe": pipe(&var_rendered) }));
+    }
+    let local_vars = &listed["_meta"]["hostvars"][&local.name];
+    assert!(local_vars.get("ansible_connection").is_none() && local_vars.get("ansible_python_interpreter").is_none());
+    assert!(group(&listed, "iv_evil").contains(&over_ssh.name), "groups still come from the metadata");
+    for (domain, key) in [(&over_ssh.name, "ansible_ssh_common_args"), (&local.name, "ansible_connection")] {
+        assert!(
+            stderr.lines().any(|l| l.contains("warning")
+                && l.contains(&format!("domain {domain:?}"))
+                && l.contains(&format!("{key:?}"))),
+            "no warning names {key} of {domain}: {stderr}"
+        );
+    }
+
+    // ansible -m ping over the script inventory, inside the namespace, every host sent to the
+    // bed's gateway, where no SSH server listens: SSH is tried and refused, nothing else runs.
+    let host_override = format!("ansible_host={}", bed.gateway);
+    let ping = run_ansible(bed, "ansible", &[&limit, "-i", exe, "-m", "ping", "-e", &host_override], &uris);
+    let results = &ping.json()["plays"][0]["tasks"][0]["hosts"];
+    for name in [&over_ssh.name, &local.name] {
+        assert_eq!(results[name]["unreachable"], true, "{name} was not reached over SSH: {}", ping.stdout);
+        assert!(results[name].get("ping").is_none(), "{name}: {}", ping.stdout);
+    }
+    ran_nothing("ansible -m ping over the script inventory");
+    let debug = run_ansible(bed, "ansible", &[&over_ssh.name, "-i", exe, "-m", "debug", "-a", "var=role"], &uris);
+    let shown = &debug.json()["plays"][0]["tasks"][0]["hosts"][&over_ssh.name]["role"];
+    assert_eq!(shown, &json!(pipe(&var_rendered)), "{}", debug.stdout);
+    ran_nothing("ansible -m debug over the script inventory");
+    let shown = run_ansible(bed, "ansible-inventory", &["-i", exe, "--host", &over_ssh.name], &uris);
+    assert!(shown.success && !shown.stdout.contains("ProxyCommand"), "{}\n{}", shown.stdout, shown.stderr);
+    assert!(shown.stderr.contains("ansible_ssh_common_args"), "the script's warning is shown: {}", shown.stderr);
+
+    // The plugin, untrusted then trusted: `--host` only, nothing is run with these variables.
+    let collection = assemble_collection(&exe.into());
+    let config = collection.join("evil.libvirt_leases.yml");
+    let config_arg = config.to_str().expect("UTF-8 path");
+    let plugin = |extra: &str| {
+        std::fs::write(&config, format!("plugin: virtfarm.libvirt.libvirt_leases\nuris: [\"{}\"]\n{extra}", bed.uri))
+            .expect("write the plugin config");
+    };
+    plugin("");
+    let debug = ansible(
+        bed,
+        "ansible",
+        &[&over_ssh.name, "-i", config_arg, "-m", "debug", "-a", "var=role"],
+        &[],
+        Some(&collection),
+    );
+    assert!(debug.status.success(), "{}", String::from_utf8_lossy(&debug.stderr));
+    ran_nothing("ansible -m debug over the plugin");
+    let shown = ansible(bed, "ansible-inventory", &["-i", config_arg, "--host", &local.name], &[], Some(&collection));
+    let vars = stdout_json(&shown);
+    assert!(vars.get("ansible_connection").is_none() && vars.get("ansible_python_interpreter").is_none(), "{vars}");
+    let warned = String::from_utf8_lossy(&shown.stderr);
+    assert!(warned.contains(&format!("domain {:?}", local.name)) && warned.contains("ansible_connection"), "{warned}");
+    plugin(&format!("trusted_uris: [\"{}\"]\n", bed.uri));
+    let shown = ansible(bed, "ansible-inventory", &["-i", config_arg, "--host", &local.name], &[], Some(&collection));
+    let vars = stdout_json(&shown);
+    let plain = |v: &Value| v.get("__ansible_unsafe").unwrap_or(v).clone();
+    assert_eq!(plain(&vars["ansible_connection"]), "local", "{vars}");
+    let shown =
+        ansible(bed, "ansible-inventory", &["-i", config_arg, "--host", &over_ssh.name], &[], Some(&collection));
+    let vars = stdout_json(&shown);
+    assert_eq!(plain(&vars["ansible_ssh_executable"]), "/bin/false", "{vars}");
+    assert!(plain(&vars["ansible_ssh_common_args"]).as_str().is_some_and(|a| a.contains("ProxyCommand")), "{vars}");
+
+    // The executable with the URI trusted on its command line: the variables as written.
+    let trusted = ["--host", &local.name, "--uri", &bed.uri, "--trusted-uri", &bed.uri];
+    let run = inventory_exe(bed, &trusted, &[]);
+    assert!(!String::from_utf8_lossy(&run.stderr).contains("ansible_connection"), "no warning when trusted");
+    assert_eq!(stdout_json(&run)["ansible_connection"], "local");
+    ran_nothing("listing the trusted inventory");
+    drop((over_ssh, local));
+}
+
+/// Issue 14: `ansible_password` and the like in a domain's metadata were printed by
+/// `--list` and `--host` and written to the cache file with the umask's permissions. Secrets
+/// written into our namespace by hand, in the domain XML and through libvirt's metadata API
+/// (what `virsh metadata` does), trusted or not: in no output, in no cache file, and the
+/// cache file is 0600 in a 0700 directory even under umask 000.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn secrets_never_leave_the_hypervisor_through_the_inventory() {
+    let bed = Bed::get();
+    let secret = format!("s3cret-{}", bed.unique_name("pw"));
+    let secrets = [
+        ("ansible_password", "password"),
+        ("ansible_become_password", "become"),
+        ("ansible_ssh_pass", "ssh"),
+        ("ansible_become_pass", "become-pass"),
+        ("vault_token", "token"),
+        ("ssh_private_key", "key"),
+    ];
+    let mut entries: Vec<(&str, Option<&str>, String)> =
+        secrets.iter().map(|(key, what)| ("var", Some(*key), format!("{secret}-{what}"))).collect();
+    entries.push(("var", Some("role"), "db".into()));
+    let in_xml = define_with_metadata(bed, &bed.unique_name("iv-pw-xml"), &entries);
+    let through_api = define_shut_off(bed, &bed.unique_name("iv-pw-api"));
+    let conn = virt::connect::Connect::open(Some(&bed.uri)).expect("connect");
+    let domain = conn.lookup_domain_by_name(&through_api.name).expect("the domain");
+    let instance = format!(
+        "<instance><var name='ansible_become_password'>{secret}-api</var><var name='role'>web</var></instance>"
+    );
+    let element = virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32;
+    domain
+        .set_metadata(element, Some(&instance), Some("vf"), Some(METADATA_NS), virt::sys::VIR_DOMAIN_AFFECT_CONFIG)
+        .expect("write our metadata through libvirt's API");
+    let stored =
+        domain.metadata(element, Some(METADATA_NS), virt::sys::VIR_DOMAIN_AFFECT_CONFIG).expect("read it back");
+    assert!(stored.contains(&secret), "the secret is on the hypervisor: {stored}");
+
+    let cache_dir = bed::tempdir().join("made-by-the-inventory");
+    let cache = cache_dir.join("inventory.json");
+    let cache_arg = cache.to_str().expect("UTF-8 path");
+    let exe = bed.binary("libvirt_inventory");
+    let exe = exe.to_str().expect("UTF-8 path");
+    let uris = [("LIBVIRT_INVENTORY_URIS", bed.uri.as_str())];
+    let never_shows = |what: &str, text: &str| assert!(!text.contains(&secret), "{what} shows a secret: {text}");
+    for trust in [&[][..], &["--trusted-uri", bed.uri.as_str()][..]] {
+        let label = if trust.is_empty() { "untrusted" } else { "trusted" };
+        // umask 000: the cache file must not take its mode from the umask.
+        let mut command = Command::new("sh");
+        command.args(["-c", "umask 000; exec \"$0\" \"$@\"", exe, "--list", "--refresh", "--uri", &bed.uri]);
+        command.args(["--cache-file", cache_arg]).args(trust);
+        let run = command.output().expect("run libvirt_inventory");
+        let listed = stdout_json(&run);
+        never_shows(&format!("--list ({label})"), &listed.to_string());
+        never_shows(&format!("stderr ({label})"), &String::from_utf8_lossy(&run.stderr));
+        for (name, role) in [(&in_xml.name, "db"), (&through_api.name, "web")] {
+            let vars = &listed["_meta"]["hostvars"][name];
+            let shown = vars["role"].get("__ansible_unsafe").unwrap_or(&vars["role"]);
+            assert_eq!(shown, role, "{name} ({label}): {vars}");
+        }
+        let mode = |path: &Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&cache), 0o600, "cache file ({label})");
+        assert_eq!(mode(&cache_dir), 0o700, "cache directory ({label})");
+        never_shows(&format!("the cache file ({label})"), &std::fs::read_to_string(&cache).expect("read the cache"));
+        for name in [&in_xml.name, &through_api.name] {
+            let mut args = vec!["--host", name.as_str(), "--uri", &bed.uri];
+            args.extend(trust);
+            let run = inventory_exe(bed, &args, &[]);
+            assert!(run.status.success());
+            never_shows(&format!("--host {name} ({label})"), &String::from_utf8_lossy(&run.stdout));
+            // From the cache just written.
+            args.extend(["--cache-file", cache_arg]);
+            never_shows(
+                &format!("cached --host {name} ({label})"),
+                &String::from_utf8_lossy(&inventory_exe(bed, &args, &[]).stdout),
+            );
+        }
+    }
+    let listed = ansible(bed, "ansible-inventory", &["-i", exe, "--list"], &uris, None);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    never_shows("ansible-inventory --list", &String::from_utf8_lossy(&listed.stdout));
+    let host = ansible(bed, "ansible-inventory", &["-i", exe, "--host", &in_xml.name], &uris, None);
+    never_shows("ansible-inventory --host", &String::from_utf8_lossy(&host.stdout));
+    let collection = assemble_collection(&exe.into());
+    let config = collection.join("pw.libvirt_leases.yml");
+    let body = format!("plugin: virtfarm.libvirt.libvirt_leases\nuris: [\"{0}\"]\ntrusted_uris: [\"{0}\"]\n", bed.uri);
+    std::fs::write(&config, body).expect("write the plugin config");
+    let config_arg = config.to_str().expect("UTF-8 path");
+    let listed = ansible(bed, "ansible-inventory", &["-i", config_arg, "--list"], &[], Some(&collection));
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    never_shows("the plugin, trusted", &String::from_utf8_lossy(&listed.stdout));
+    drop((in_xml, through_api));
+}
+
+/// Defines a shut-off domain whose metadata in our namespace holds `entries` (element, `name`
+/// attribute, text), as `virsh edit` would leave it; undefined on drop.
+fn define_with_metadata(bed: &Bed, name: &str, entries: &[(&str, Option<&str>, String)]) -> TestVm {
+    let escape = |text: &str| text.replace('&', "&amp;").replace('<', "&lt;").replace('\'', "&apos;");
+    let inner: String = entries
+        .iter()
+        .map(|(element, key, text)| {
+            let key = key.map(|k| format!(" name='{}'", escape(k))).unwrap_or_default();
+            format!("<vf:{element}{key}>{}</vf:{element}>", escape(text))
+        })
+        .collect();
+    let disk = bed.disks_dir.join(format!("{name}.qcow2"));
+    let metadata = format!("<metadata><vf:instance xmlns:vf='{METADATA_NS}'>{inner}</vf:instance></metadata></domain>");
+    let xml = bed.domain_xml(name, "qemu", &disk).replacen("</domain>", &metadata, 1);
+    Hypervisor::open(&bed.uri).expect("connect").define_vm(&xml).expect("define the domain");
+    TestVm { name: name.to_string(), disk }
+}
+
+/// Runs an Ansible program of the bed's venv inside the namespace against the installed
+/// collection, with the `json` callback, failing on unparsable sources, SSH bounded to 10 s.
+fn run_ansible(bed: &Bed, program: &str, args: &[&str], env: &[(&str, &str)]) -> bed::AnsibleRun {
+    let output = bed
+        .ansible_command(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("ANSIBLE_INVENTORY_UNPARSED_FAILED", "1")
+        .env("ANSIBLE_TIMEOUT", "10")
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    bed::AnsibleRun {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
 }
 
 /// 1000 defined domains and 1000 lease entries on the real libvirtd, next to the running
@@ -323,7 +587,8 @@ impl Stats {
         let networks: std::collections::BTreeSet<&str> = hostvars
             .values()
             .flat_map(|h| h["libvirt_interfaces"].as_array().into_iter().flatten())
-            .filter_map(|i| i["network"].as_str())
+            // Text from the hypervisor comes marked as never to be templated.
+            .filter_map(|i| i["network"].get("__ansible_unsafe").unwrap_or(&i["network"]).as_str())
             .collect();
         let unleased =
             hostvars.values().filter(|h| h["libvirt_state"] == "running" && h["libvirt_ip_source"] != "lease").count();

@@ -9,7 +9,7 @@ name: libvirt_leases
 short_description: libvirt domains, with the address Ansible reaches each one at
 version_added: 0.1.0
 author:
-  - virtfarm contributors
+  - virtfarm maintainers (@virtfarm)
 description:
   - Lists the domains of one or more libvirt URIs, running or not, by running the C(libvirt_inventory)
     executable bundled in the collection's C(libexec/) directory and reading its JSON.
@@ -24,8 +24,11 @@ description:
     from the metadata kvm_provision stores (C(platform_NAME), C(target_NAME), C(project_NAME), its groups).
   - Host variables C(libvirt_uri), C(libvirt_hypervisor) (the host of the URI),
     C(libvirt_uuid), C(libvirt_state), C(libvirt_vcpus), C(libvirt_memory_mb),
-    C(libvirt_interfaces) (mac, network, ip, source), C(libvirt_metadata), and C(ansible_user) plus the
-    metadata's own variables when kvm_provision recorded them.
+    C(libvirt_interfaces) (mac, network, ip, source), C(libvirt_metadata), and, from the metadata
+    kvm_provision records, C(ansible_user), C(ansible_port) and the variables whose names do not start with
+    C(ansible_); the other variables of the metadata only from a URI in O(trusted_uris).
+  - Secrets (variables named like passwords, passphrases, tokens, private keys) are never listed, trusted
+    or not.
   - The config file name must end with C(libvirt_leases.yml) or C(libvirt_leases.yaml).
 extends_documentation_fragment:
   - constructed
@@ -67,6 +70,25 @@ options:
         C(ansible_connection=community.libvirt.libvirt_qemu) and C(ansible_host) to the domain name.
     type: bool
     default: false
+  trusted_uris:
+    description:
+      - URIs, written exactly as in O(uris), whose domains' metadata may set any host variable, including
+        the connection and execution variables C(ansible_connection), C(ansible_host), C(ansible_*_args),
+        C(ansible_*_interpreter), C(*_executable), the become settings and any other C(ansible_) variable.
+      - Empty by default because anyone who can change a domain on a hypervisor (C(virsh edit),
+        C(virsh metadata), a libvirt client with write access) writes that metadata, and those variables
+        run commands on the Ansible controller, for example a C(ProxyCommand) in C(ansible_ssh_common_args),
+        or C(ansible_connection=local), which runs a play meant for the VM on the controller itself.
+        From a URI not listed here only C(ansible_user), C(ansible_port) and the variables that neither start
+        with C(ansible_) nor end with C(_executable) are taken, and a warning names each variable left out.
+      - List a URI only when everyone who can write its domain definitions may also run commands as you on
+        this controller. Only this configuration says what is trusted, never anything stored on a hypervisor.
+      - The executable used directly as a script inventory takes the same setting as C(trusted_uris) in its
+        JSON config file or C(--trusted-uri); there, text from a URI not trusted is also marked so that Ansible
+        never renders it as a template.
+    type: list
+    elements: str
+    default: []
   timeout:
     description: Seconds to wait for each URI before reporting it as failed.
     type: float
@@ -89,6 +111,10 @@ uris:
   - qemu:///system
   - qemu+ssh://root@hv2/system
 networks: [provisioning]
+# Our own hypervisor: its domains' metadata may set connection variables (for example
+# ansible_python_interpreter); hv2 is shared, so only the safe variables come from it.
+trusted_uris:
+  - qemu:///system
 keyed_groups:
   - key: libvirt_metadata.project
     prefix: project
@@ -100,6 +126,7 @@ cache_connection: ~/.cache/virtfarm-inventory
 cache_timeout: 300
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -124,13 +151,15 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)
         self._read_config_data(path)
-        cache_key = self.get_cache_key(path)
+        command = self._command()
+        # Keyed on the options too: an inventory listed with other trusted_uris is not reused.
+        cache_key = "%s_%s" % (self.get_cache_key(path), hashlib.sha256(json.dumps(command).encode()).hexdigest()[:16])
         use_cache = self.get_option("cache")
         listed = None
         if use_cache and cache:
             listed = self._cache.get(cache_key)
         if listed is None:
-            listed = self._run_executable()
+            listed = self._run_executable(command)
             if use_cache:
                 self._cache[cache_key] = listed
         self._populate(listed)
@@ -139,6 +168,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         command = [self.get_option("executable") or BUNDLED_EXECUTABLE, "--list"]
         for uri in self.get_option("uris"):
             command += ["--uri", uri]
+        for uri in self.get_option("trusted_uris"):
+            command += ["--trusted-uri", uri]
         for network in self.get_option("networks"):
             command += ["--network", network]
         if self.get_option("prefix"):
@@ -148,11 +179,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 command.append("--" + flag.replace("_", "-"))
         return command + ["--timeout", str(self.get_option("timeout"))]
 
-    def _run_executable(self):
-        command = self._command()
+    def _run_executable(self, command):
         try:
             # The executable bounds each URI itself; this only guards against a stuck process.
-            done = subprocess.run(command, capture_output=True, text=True, timeout=self.get_option("timeout") + 30)
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=self.get_option("timeout") + 30)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise AnsibleParserError("running %s: %s" % (command[0], e))
         for line in done.stderr.splitlines():
@@ -166,6 +196,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raise AnsibleParserError("%s printed no JSON inventory: %s" % (command[0], e))
 
     def _populate(self, listed):
+        listed = _plain(listed)
         for group, body in listed.items():
             if group == "_meta":
                 continue
@@ -182,3 +213,15 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             self._set_composite_vars(self.get_option("compose"), variables, host, strict=strict)
             self._add_host_to_composed_groups(self.get_option("groups"), variables, host, strict=strict)
             self._add_host_to_keyed_groups(self.get_option("keyed_groups"), variables, host, strict=strict)
+
+
+def _plain(value):
+    """The listing with each {"__ansible_unsafe": text} (text from an untrusted URI, marked so for script
+    inventories) replaced by its text: a variable an inventory plugin sets is never a template in ansible-core 2.19."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get("__ansible_unsafe"), str):
+            return value["__ansible_unsafe"]
+        return {name: _plain(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
