@@ -1247,6 +1247,9 @@ impl World {
                     Ran::Done(reply) => self.settle(inner, expect, after, &reply),
                     Ran::Killed => {
                         self.kills_mid_run += 1;
+                        // libvirtd finishes the call the killed client made (a volume being
+                        // created is written in two steps): let it, before looking.
+                        std::thread::sleep(Duration::from_secs(1));
                         self.reconcile(&before, &after, &inner.vms())
                     }
                 }
@@ -1261,6 +1264,8 @@ impl World {
 
     /// Compares a finished run with the expectation and moves the model on.
     fn settle(&mut self, op: &Op, expect: Expect, after: Vec<VmModel>, reply: &Value) -> Result<(), Violation> {
+        let before_disk_on: Vec<Under> = self.vms.iter().map(|m| m.disk_on.clone()).collect();
+        let before_levels: Vec<Vec<Level>> = self.vms.iter().map(|m| m.levels.clone()).collect();
         let failed = reply["failed"] == true;
         let msg = reply["msg"].as_str().unwrap_or_default().to_string();
         let tally = self.counts.entry(op.label()).or_default();
@@ -1314,6 +1319,24 @@ impl World {
         }
         // The snapshot's data is what the VM held when it was taken; auto picks the type.
         self.vms = after;
+        if let Op::Remove { vm, storage: true } = op {
+            // remove_storage keeps a volume something else still stands on (with a warning),
+            // such as the overlay a killed revert made and never used: it stays a leftover.
+            let kept = reply["warnings"].as_array().is_some_and(|w| !w.is_empty());
+            let disk = self.disk_path(*vm);
+            if kept && Path::new(&disk).exists() {
+                let m = &mut self.vms[*vm];
+                m.disk_file = true;
+                m.owns_disk = false;
+                m.disk_on = before_disk_on[*vm].clone();
+            }
+            let present: Vec<Level> = before_levels[*vm]
+                .iter()
+                .filter(|l| kept && Path::new(&self.level_path(*vm, &l.id)).exists())
+                .cloned()
+                .collect();
+            self.vms[*vm].levels = present;
+        }
         if let Some(results) = reply["vms"].as_array() {
             for result in results {
                 let (Some(name), Some(kind)) = (result["name"].as_str(), result["type"].as_str()) else { continue };
@@ -1393,7 +1416,12 @@ impl World {
         self.wait_block_jobs(&name);
         let domain = self.hv.vm(&name).map_err(|e| e.to_string())?;
         if domain.power_state().map_err(|e| e.to_string())? != PowerState::ShutOff {
-            domain.destroy().map_err(|e| format!("destroy {name}: {e}"))?;
+            if let Err(e) = domain.destroy() {
+                // It may have gone off meanwhile (libvirt ending a job of its own).
+                if domain.power_state().map_err(|e| e.to_string())? != PowerState::ShutOff {
+                    return Err(format!("destroy {name}: {e}"));
+                }
+            }
         }
         self.vms[vm].power = Power::Off;
         Ok(())
@@ -1481,7 +1509,18 @@ impl World {
             }
             if let Some(domain) = &domain {
                 // Power.
-                let power = domain.power_state().map_err(|e| e.to_string())?;
+                let mut power = domain.power_state().map_err(|e| e.to_string())?;
+                // libvirt deletes an external snapshot of a shut-off domain by starting QEMU
+                // paused for the merge; a killed client does not stop it: let it finish.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while power == PowerState::Paused
+                    && b.power == Power::Off
+                    && a.power == Power::Off
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(250));
+                    power = domain.power_state().map_err(|e| e.to_string())?;
+                }
                 let power = match power {
                     PowerState::ShutOff => Power::Off,
                     PowerState::Paused => Power::Paused,
