@@ -1511,6 +1511,14 @@ impl World {
             if let Some(domain) = &domain {
                 // Power.
                 let mut power = domain.power_state().map_err(|e| e.to_string())?;
+                // A killed revert may leave libvirtd in the middle of a destroy: let it end.
+                let settle = Instant::now() + Duration::from_secs(30);
+                while !matches!(power, PowerState::ShutOff | PowerState::Paused | PowerState::Running)
+                    && Instant::now() < settle
+                {
+                    std::thread::sleep(Duration::from_millis(250));
+                    power = domain.power_state().map_err(|e| e.to_string())?;
+                }
                 // libvirt deletes an external snapshot of a shut-off domain by starting QEMU
                 // paused for the merge; a killed client does not stop it: let it finish.
                 let deadline = Instant::now() + Duration::from_secs(30);
