@@ -1,5 +1,6 @@
 //! snapshot_libvirt on two booted guests, reused by every scenario: internal and external
-//! snapshots with revert and delete, a group snapshot, check mode, idempotency, bad input.
+//! snapshots with revert and delete, a group snapshot, check mode, idempotency, bad input;
+//! and on domains that never boot: a group call failing part way, the largest timeouts.
 
 use std::path::Path;
 use std::process::Command;
@@ -295,4 +296,88 @@ fn after_restart<T>(
     let ip = wait::wait_ready(hv, domain, &baseline, readiness).unwrap().ip.unwrap();
     bed.ssh_until_ok(&ip, "true", Duration::from_secs(300));
     (out, ip)
+}
+
+fn virsh(args: &[&str]) -> std::process::Output {
+    Command::new("virsh").args(["-c", &Bed::get().uri]).args(args).output().expect("run virsh")
+}
+
+/// A group call that fails part way says what it changed: `changed` and the results of the
+/// members it did change come with the failure. Shut-off domains: nothing boots.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn a_group_call_failing_part_way_reports_the_members_it_changed() {
+    let bed = Bed::get();
+    let (a, b) = (bed.define_vm(&bed.unique_name("sn-pa")), bed.define_vm(&bed.unique_name("sn-pb")));
+    let _overlays = Overlays(vec![a.name.clone(), b.name.clone()]);
+    let uri = bed.uri.as_str();
+    let pool_refresh = || virsh(&["pool-refresh", &bed.disks_pool]);
+    let mut problems = Vec::new();
+    let mut expect_partial = |what: &str, reply: &Value, changed_domain: &str, failed_domain: &str| {
+        assert_eq!(reply["failed"], true, "{what}: {reply}");
+        assert!(reply["msg"].as_str().unwrap_or_default().contains(failed_domain), "{what}: {reply}");
+        if reply["changed"] != true {
+            problems.push(format!("{what}: changed is not true although {changed_domain} changed: {reply}"));
+        }
+        let vms = reply["vms"].as_array().cloned().unwrap_or_default();
+        if !vms.iter().any(|vm| vm["name"] == changed_domain && vm["changed"] == true) {
+            problems.push(format!("{what}: no result for {changed_domain}, which changed: {reply}"));
+        }
+    };
+    ok(json!({"uri": uri, "name": a.name, "snapshot": "p", "type": "internal"}));
+    ok(json!({"uri": uri, "name": b.name, "snapshot": "p", "type": "external"}));
+
+    // Deleting: b's merge is refused (its snapshot's file is also the base of another image).
+    let extra = bed.disks_dir.join(format!("{}-vda.extra.qcow2", b.name));
+    let base = b.disk.to_str().unwrap();
+    let made =
+        Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base]).arg(&extra).status();
+    assert!(made.unwrap().success());
+    pool_refresh();
+    let reply =
+        bed.run_module(MODULE, json!({"uri": uri, "names": [a.name, b.name], "snapshot": "p", "state": "absent"}));
+    expect_partial("absent", &reply, &a.name, &b.name);
+    let _ = std::fs::remove_file(&extra);
+    pool_refresh();
+
+    // Reverting: b's snapshot file is out of its pool for the call, a reverts.
+    ok(json!({"uri": uri, "name": a.name, "snapshot": "p", "type": "internal"}));
+    let aside = b.disk.with_extension("qcow2.aside");
+    std::fs::rename(&b.disk, &aside).unwrap();
+    pool_refresh();
+    let reply =
+        bed.run_module(MODULE, json!({"uri": uri, "names": [a.name, b.name], "snapshot": "p", "state": "reverted"}));
+    std::fs::rename(&aside, &b.disk).unwrap();
+    pool_refresh();
+    expect_partial("reverted", &reply, &a.name, &b.name);
+    ok(json!({"uri": uri, "name": a.name, "snapshot": "p", "state": "absent"}));
+
+    // The backing-file mode: a's level is made, b's disk is not the image the mode works on.
+    let args = |state: &str| json!({"uri": uri, "names": [a.name, b.name], "mode": "backing_file", "volume_path": bed.disks_dir, "state": state});
+    let reply = bed.run_module(MODULE, args("present"));
+    expect_partial("backing_file present", &reply, &a.name, &b.name);
+    ok(json!({"uri": uri, "name": a.name, "mode": "backing_file", "volume_path": bed.disks_dir, "state": "absent"}));
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// Timeouts too large for the clock are valid and must not overflow its arithmetic: a
+/// revert with RAM of a running domain (firmware only, no agent) with the largest timeout.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn the_largest_timeouts_do_not_overflow_the_clock() {
+    let bed = Bed::get();
+    let name = bed.unique_name("sn-huge");
+    let _vm = crate::faults::firmware_only_vm(&name, false);
+    let taken = ok(json!({"uri": bed.uri, "name": name, "snapshot": "h", "type": "internal"}));
+    assert_eq!(taken["vms"][0]["memory"], true, "{taken}");
+    let started = std::time::Instant::now();
+    let reverted = bed.run_module(
+        MODULE,
+        json!({"uri": bed.uri, "name": name, "snapshot": "h", "state": "reverted",
+               "after_revert": {"timeout": i64::MAX, "sync_clock": true}}),
+    );
+    assert_ne!(reverted["failed"], true, "{reverted}");
+    let vm = &reverted["vms"][0];
+    assert_eq!((vm["power_state"].as_str(), vm["clock"].as_str()), (Some("running"), Some("failed")), "{reverted}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}: {reverted}", started.elapsed());
 }

@@ -24,6 +24,7 @@ mod blockjob;
 mod chain;
 pub(crate) mod domain_disks;
 mod group;
+mod marker;
 mod xml;
 
 use std::collections::{HashMap, HashSet};
@@ -262,7 +263,15 @@ pub fn revert(hv: &Hypervisor, vm: &Vm, name: &str, options: &RevertOptions) -> 
 }
 
 fn sync_clock(vm: &Vm, timeout: Duration) -> ClockSync {
-    let deadline = Instant::now() + timeout;
+    // A domain without an agent channel never answers: no point waiting for it.
+    match vm.xml(false) {
+        Ok(xml) if !xml.contains("org.qemu.guest_agent.0") => {
+            return ClockSync::Failed(format!("{} has no guest agent channel", vm.name()))
+        }
+        _ => {}
+    }
+    // Any number of seconds is a valid timeout: one too large for the clock ends in a century.
+    let deadline = crate::wait::deadline(timeout);
     let agent = vm.agent();
     while !agent.ping() {
         if Instant::now() >= deadline {
@@ -418,6 +427,46 @@ fn delete_off_branch(
         method: "metadata",
         removed_files: removed,
     })
+}
+
+/// What [`repair_left_by_killed_run`] did to a domain.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// A group snapshot had paused it and was killed before resuming it: resumed.
+    pub resumed: bool,
+    /// Its file systems were left frozen: thawed.
+    pub thawed: bool,
+    /// A merge of the backing-file mode had started it paused and was killed: forced off again.
+    pub stopped_merge: bool,
+}
+
+/// Undoes what a killed run of ours left on `vm`, exactly that: resumes it if a group
+/// snapshot recorded pausing it (a domain its user paused carries no record and stays
+/// paused), forces off the paused QEMU of a killed merge, then thaws a guest left frozen.
+///
+/// Call it holding the domain's lock: then no run of ours is in the middle of its work.
+pub fn repair_left_by_killed_run(vm: &Vm) -> Result<Repaired> {
+    let mut repaired = Repaired::default();
+    let state = vm.power_state()?;
+    if marker::get(vm, false)? == Some(marker::Mark::Merging) {
+        if state != PowerState::ShutOff {
+            // Its QEMU runs no guest code; a merge job it still runs is aborted and left undone.
+            vm.destroy()?;
+            repaired.stopped_merge = true;
+        }
+        marker::clear(vm, marker::Mark::Merging)?;
+        return Ok(repaired);
+    }
+    if state != PowerState::ShutOff && marker::get(vm, true)? == Some(marker::Mark::Paused) {
+        // Paused by us (not by libvirt for a snapshot still being saved): resume it.
+        if state == PowerState::Paused && marker::paused_by_request(vm)? {
+            vm.resume()?;
+            repaired.resumed = true;
+        }
+        marker::clear(vm, marker::Mark::Paused)?;
+    }
+    repaired.thawed = thaw_if_left_frozen(vm)?;
+    Ok(repaired)
 }
 
 /// Thaws a running guest whose file systems a killed run left frozen; true when it did.

@@ -101,7 +101,13 @@ fn snapshot_libvirt(module: &Module) -> Result<Response, Error> {
             }
             Ok(response)
         }
-        Err(msg) => Ok(Response::fail(msg).with("snapshot", json!(request.snapshot))),
+        Err(failure) => {
+            let mut response = Response::fail(failure.msg).changed(failure.changed);
+            for (key, value) in failure.fields {
+                response = response.with(key, value);
+            }
+            Ok(response.with("snapshot", json!(request.snapshot)))
+        }
     }
 }
 

@@ -21,39 +21,80 @@ pub struct Report {
     pub diff: (Value, Value),
 }
 
+/// What the module reports on failure: the message, and what had changed by then (a call
+/// that fails part way has changed the domains it got through; Ansible reports `changed`
+/// with the failure, and the per-domain results say which).
+#[derive(Debug, Default)]
+pub struct Failure {
+    /// For `msg`.
+    pub msg: String,
+    /// Whether anything changed before the failure.
+    pub changed: bool,
+    /// Result keys: `vms` with the results of the domains done, and the repairs.
+    pub fields: Map<String, Value>,
+}
+
+impl From<String> for Failure {
+    fn from(msg: String) -> Failure {
+        Failure { msg, ..Failure::default() }
+    }
+}
+
+impl Failure {
+    /// A failure after `results` (only those with `changed: true` count as changes).
+    pub fn after(msg: String, results: Vec<Value>, changed: bool) -> Failure {
+        let changed = changed || results.iter().any(|r| r["changed"] == true);
+        let mut fields = Map::new();
+        fields.insert("vms".to_string(), Value::Array(results));
+        Failure { msg, changed, fields }
+    }
+}
+
 /// A domain of the request, found on its hypervisor.
 struct Target<'c> {
     hv: &'c Hypervisor,
     vm: Vm,
 }
 
-/// Runs the request; a failure is the message for `msg`.
-pub fn run(request: &Request, check_mode: bool) -> Result<Report, String> {
+/// Runs the request.
+pub fn run(request: &Request, check_mode: bool) -> Result<Report, Failure> {
     let mut connections = Connections::default();
     let targets = connect(request, &mut connections)?;
     let changing = !check_mode && !matches!(request.state, State::List);
     let _locks = if changing { lock_all(&targets)? } else { Vec::new() };
-    // Holding the locks, a frozen guest is what a killed run left: repair it before anything.
-    let mut thawed = Vec::new();
-    for Target { vm, .. } in targets.iter().filter(|_| changing) {
-        if snapshot::thaw_if_left_frozen(vm).map_err(|e| e.to_string())? {
-            thawed.push(Value::String(vm.name().to_string()));
-        }
-    }
-    if let (Mode::BackingFile { volume_path }, Some(first)) = (&request.mode, targets.first()) {
+    // Holding the locks, what a killed run left (paused, frozen, merging) is repaired first.
+    let repairs = if changing { repair(&targets) } else { Ok(Map::new()) };
+    let repairs = repairs.map_err(|(msg, done)| Failure { changed: !done.is_empty(), fields: done, msg })?;
+    let repaired = !repairs.is_empty();
+    let with_repairs = |mut failure: Failure| {
+        failure.changed |= repaired;
+        failure.fields.extend(repairs.clone());
+        failure
+    };
+    let outcome = if let (Mode::BackingFile { volume_path }, Some(first)) = (&request.mode, targets.first()) {
         // One hypervisor: the request was checked for that.
         let hv = first.hv;
         let vms: Vec<Vm> = targets.into_iter().map(|t| t.vm).collect();
-        return crate::backing::run(hv, &vms, volume_path, request, check_mode);
-    }
-    let before = snapshot_names(&targets)?;
-    let (changed, results) = match (request.state, request.snapshot.as_deref()) {
-        (State::List, _) | (_, None) => (false, list(&targets)?),
-        (State::Present, Some(name)) => present(&targets, name, request, check_mode)?,
-        (State::Absent, Some(name)) => absent(&targets, name, check_mode)?,
-        (State::Reverted, Some(name)) => reverted(&targets, name, request, check_mode)?,
+        crate::backing::run(hv, &vms, volume_path, request, check_mode)
+    } else {
+        snapshots(&targets, request, check_mode)
     };
-    let after = if changed && !check_mode { snapshot_names(&targets)? } else { predicted(&before, request, changed) };
+    let mut report = outcome.map_err(with_repairs)?;
+    report.changed |= repaired;
+    report.fields.extend(repairs);
+    Ok(report)
+}
+
+/// The libvirt-snapshot mode.
+fn snapshots(targets: &[Target<'_>], request: &Request, check_mode: bool) -> Result<Report, Failure> {
+    let before = snapshot_names(targets)?;
+    let (changed, results) = match (request.state, request.snapshot.as_deref()) {
+        (State::List, _) | (_, None) => (false, list(targets)?),
+        (State::Present, Some(name)) => present(targets, name, request, check_mode)?,
+        (State::Absent, Some(name)) => absent(targets, name, check_mode)?,
+        (State::Reverted, Some(name)) => reverted(targets, name, request, check_mode)?,
+    };
+    let after = if changed && !check_mode { snapshot_names(targets)? } else { predicted(&before, request, changed) };
     let mut fields = Map::new();
     if let [only] = results.as_slice() {
         if let Some(snapshots) = only.get("snapshots") {
@@ -61,10 +102,30 @@ pub fn run(request: &Request, check_mode: bool) -> Result<Report, String> {
         }
     }
     fields.insert("vms".to_string(), Value::Array(results));
-    if !thawed.is_empty() {
-        fields.insert("thawed_left_frozen".to_string(), Value::Array(thawed));
-    }
     Ok(Report { changed, fields, diff: (before, after) })
+}
+
+/// Repairs what killed runs left on the domains; the result keys name the domains repaired
+/// (`resumed_left_paused`, `thawed_left_frozen`, `stopped_left_merging`). On failure, the
+/// message and the keys of what was repaired before it.
+fn repair(targets: &[Target<'_>]) -> Result<Map<String, Value>, (String, Map<String, Value>)> {
+    let mut lists: [(&str, Vec<Value>); 3] =
+        [("resumed_left_paused", Vec::new()), ("thawed_left_frozen", Vec::new()), ("stopped_left_merging", Vec::new())];
+    let keys = |lists: [(&str, Vec<Value>); 3]| -> Map<String, Value> {
+        lists.into_iter().filter(|(_, l)| !l.is_empty()).map(|(k, l)| (k.to_string(), Value::Array(l))).collect()
+    };
+    for Target { vm, .. } in targets {
+        let done = match snapshot::repair_left_by_killed_run(vm) {
+            Ok(done) => done,
+            Err(e) => return Err((format!("{}: repairing what a killed run left: {e}", vm.name()), keys(lists))),
+        };
+        for (index, did) in [done.resumed, done.thawed, done.stopped_merge].into_iter().enumerate() {
+            if did {
+                lists[index].1.push(Value::String(vm.name().to_string()));
+            }
+        }
+    }
+    Ok(keys(lists))
 }
 
 /// Opens each hypervisor once (all at once) and finds every domain, failing on the first
@@ -155,7 +216,7 @@ fn present(
     name: &str,
     request: &Request,
     check_mode: bool,
-) -> Result<(bool, Vec<Value>), String> {
+) -> Result<(bool, Vec<Value>), Failure> {
     let mut results = Vec::new();
     let mut missing = Vec::new();
     for target in targets {
@@ -185,8 +246,28 @@ fn present(
     };
     let taken = snapshot::create_group(&missing, name, &request.create);
     let restarted = restart(vms(), &stopped);
-    let taken = taken.map_err(|e| e.to_string())?;
-    restarted?;
+    let taken = match taken {
+        Ok(taken) => taken,
+        Err(e) => {
+            // All or none: the group rolled back what it took, unless that failed too.
+            for vm in vms() {
+                let kept = has_snapshot(vm, name).unwrap_or(true);
+                let shutdown = stopped.iter().find(|(n, _)| n == vm.name()).map(|(_, how)| *how);
+                if kept || shutdown.is_some() {
+                    results.push(json!({ "name": vm.name(), "snapshot": name, "changed": true, "kept_after_failure": kept, "shutdown": shutdown }));
+                }
+            }
+            let msg = match restarted {
+                Ok(()) => e.to_string(),
+                Err(again) => format!("{e}; starting again what was shut down: {again}"),
+            };
+            return Err(Failure::after(msg, results, !stopped.is_empty()));
+        }
+    };
+    if let Err(e) = restarted {
+        let done = taken.iter().map(|c| json!({ "name": c.domain, "snapshot": name, "changed": true })).collect();
+        return Err(Failure::after(e, [results, done].concat(), true));
+    }
     for created in taken {
         results.push(json!({
             "name": created.domain,
@@ -226,7 +307,7 @@ pub fn restart<'v>(vms: impl IntoIterator<Item = &'v Vm>, stopped: &[(String, &'
     Ok(())
 }
 
-fn absent(targets: &[Target<'_>], name: &str, check_mode: bool) -> Result<(bool, Vec<Value>), String> {
+fn absent(targets: &[Target<'_>], name: &str, check_mode: bool) -> Result<(bool, Vec<Value>), Failure> {
     let mut changed = false;
     let mut results = Vec::new();
     for Target { hv, vm } in targets {
@@ -239,7 +320,10 @@ fn absent(targets: &[Target<'_>], name: &str, check_mode: bool) -> Result<(bool,
             results.push(json!({ "name": vm.name(), "snapshot": name, "changed": true, "type": info.kind.as_str() }));
             continue;
         }
-        let deleted = snapshot::delete(hv, vm, name).map_err(|e| e.to_string())?;
+        let deleted = match snapshot::delete(hv, vm, name) {
+            Ok(deleted) => deleted,
+            Err(e) => return Err(Failure::after(e.to_string(), results, false)),
+        };
         results.push(json!({
             "name": vm.name(), "snapshot": name, "changed": true, "type": deleted.kind.as_str(),
             "method": deleted.method, "seconds": round(deleted.seconds), "removed_files": deleted.removed_files,
@@ -259,10 +343,10 @@ fn reverted(
     name: &str,
     request: &Request,
     check_mode: bool,
-) -> Result<(bool, Vec<Value>), String> {
+) -> Result<(bool, Vec<Value>), Failure> {
     for Target { vm, .. } in targets {
         if !has_snapshot(vm, name)? {
-            return Err(format!("snapshot: '{name}' not found on domain {}", vm.name()));
+            return Err(format!("snapshot: '{name}' not found on domain {}", vm.name()).into());
         }
     }
     if check_mode {
@@ -271,30 +355,38 @@ fn reverted(
             targets.iter().map(|t| json!({ "name": t.vm.name(), "snapshot": name, "changed": true })).collect(),
         ));
     }
-    let outcomes: Vec<Result<Value, String>> = std::thread::scope(|scope| {
+    let outcomes: Vec<(Option<Value>, Option<String>)> = std::thread::scope(|scope| {
         let handles: Vec<_> =
             targets.iter().map(|target| scope.spawn(move || revert_one(target, name, request))).collect();
         handles
             .into_iter()
             .zip(targets)
             .map(|(handle, t)| {
-                handle.join().unwrap_or_else(|_| Err(format!("{}: the revert failed unexpectedly", t.vm.name())))
+                handle
+                    .join()
+                    .unwrap_or_else(|_| (None, Some(format!("{}: the revert failed unexpectedly", t.vm.name()))))
             })
             .collect()
     });
-    let failures: Vec<&str> = outcomes.iter().filter_map(|o| o.as_ref().err()).map(String::as_str).collect();
+    let (results, failures): (Vec<_>, Vec<_>) = outcomes.into_iter().unzip();
+    let results: Vec<Value> = results.into_iter().flatten().collect();
+    let failures: Vec<String> = failures.into_iter().flatten().collect();
     if !failures.is_empty() {
-        return Err(failures.join("; "));
+        return Err(Failure::after(failures.join("; "), results, false));
     }
-    Ok((true, outcomes.into_iter().flatten().collect()))
+    Ok((true, results))
 }
 
-/// Reverts one domain, syncs its clock and waits for it as `after_revert` says.
-fn revert_one(target: &Target<'_>, name: &str, request: &Request) -> Result<Value, String> {
+/// Reverts one domain, syncs its clock and waits for it as `after_revert` says: its result
+/// once reverted, and what failed, if anything (a revert whose wait fails still changed it).
+fn revert_one(target: &Target<'_>, name: &str, request: &Request) -> (Option<Value>, Option<String>) {
     let Target { hv, vm } = target;
     let options =
         RevertOptions { sync_clock: request.after_revert.sync_clock, agent_timeout: request.after_revert.timeout };
-    let done = snapshot::revert(hv, vm, name, &options).map_err(|e| e.to_string())?;
+    let done = match snapshot::revert(hv, vm, name, &options) {
+        Ok(done) => done,
+        Err(e) => return (None, Some(e.to_string())),
+    };
     let mut result = json!({
         "name": vm.name(), "snapshot": name, "changed": true, "type": done.kind.as_str(),
         "seconds": round(done.seconds), "power_state": done.power_state.as_str(),
@@ -307,12 +399,15 @@ fn revert_one(target: &Target<'_>, name: &str, request: &Request) -> Result<Valu
         let readiness = Readiness { signal, timeout: request.after_revert.timeout };
         // A guest resumed from a snapshot with RAM keeps the lease it held then and asks
         // for none: any current lease of its MAC is its address.
-        let ready = wait::wait_ready(hv, vm, &LeaseBaseline::any(), readiness)
-            .map_err(|e| format!("after_revert.wait: {}: {e}", vm.name()))?;
-        result["ip"] = json!(ready.ip);
-        result["ready_seconds"] = json!(round(ready.seconds));
+        match wait::wait_ready(hv, vm, &LeaseBaseline::any(), readiness) {
+            Ok(ready) => {
+                result["ip"] = json!(ready.ip);
+                result["ready_seconds"] = json!(round(ready.seconds));
+            }
+            Err(e) => return (Some(result), Some(format!("after_revert.wait: {}: {e}", vm.name()))),
+        }
     }
-    Ok(result)
+    (Some(result), None)
 }
 
 fn clock_word(clock: &ClockSync) -> &'static str {

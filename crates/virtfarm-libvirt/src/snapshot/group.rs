@@ -6,9 +6,15 @@
 //! snapshot records the power state (libvirt pauses it during the save anyway). If one
 //! domain fails, the snapshots already taken of the others are deleted again. The domains may
 //! live on different hypervisors: each comes with its own connection.
+//!
+//! Only domains that run are paused, each recorded as paused by this run first (see
+//! [`super::marker`]); only those are resumed. A domain its user paused is snapshotted as it
+//! is and stays paused, and a run killed while it holds domains paused leaves the record for
+//! the next run, which resumes exactly those ([`super::repair_left_by_killed_run`]).
 
 use std::time::{Duration, Instant};
 
+use super::marker::{self, Mark};
 use super::{choose_type, delete, take, CreateOptions, SnapshotType};
 use crate::connection::Hypervisor;
 use crate::error::{Error, Result};
@@ -72,15 +78,18 @@ struct Plan<'a> {
     facts: crate::domain_facts::DomainFacts,
     kind: SnapshotType,
     memory: bool,
+    /// Not shut off: running, or paused by its user.
     running: bool,
+    /// Its power state when the run found it.
+    state: PowerState,
 }
 
 /// Takes snapshot `name` of every member; all or none.
 pub fn create_group(members: &[Member<'_>], name: &str, options: &CreateOptions) -> Result<Vec<Created>> {
     let plans = members.iter().map(|member| plan(*member, options)).collect::<Result<Vec<_>>>()?;
     let quiesced: Vec<Quiesce> = plans.iter().map(|p| quiesce(p, options.quiesce)).collect();
-    let paused: Vec<&Vm> = if plans.len() > 1 {
-        plans.iter().filter(|p| p.running).map(|p| p.vm).filter(|vm| vm.suspend().is_ok()).collect()
+    let mut paused: Vec<&Vm> = if plans.len() > 1 {
+        plans.iter().filter(|p| p.state == PowerState::Running).map(|p| p.vm).filter(|vm| pause(vm)).collect()
     } else {
         Vec::new()
     };
@@ -94,6 +103,9 @@ pub fn create_group(members: &[Member<'_>], name: &str, options: &CreateOptions)
                 failure = Some(e);
                 break;
             }
+            paused.retain(|vm| vm.name() != plan.vm.name());
+            // Resumed: nothing left for a later run to undo (a mark left here is cleared there).
+            let _ = marker::clear(plan.vm, Mark::Paused);
         }
         let started = Instant::now();
         match take(plan.vm, &plan.facts, name, plan.kind, plan.memory) {
@@ -112,10 +124,14 @@ pub fn create_group(members: &[Member<'_>], name: &str, options: &CreateOptions)
     }
     let mut problems: Vec<String> = Vec::new();
     for vm in paused {
-        if !matches!(vm.power_state(), Ok(PowerState::Paused)) {
-            continue;
+        if matches!(vm.power_state(), Ok(PowerState::Paused)) {
+            if let Err(e) = vm.resume() {
+                problems.push(e.to_string());
+                // Still paused: the mark stays, for the next run to resume it.
+                continue;
+            }
         }
-        if let Err(e) = vm.resume() {
+        if let Err(e) = marker::clear(vm, Mark::Paused) {
             problems.push(e.to_string());
         }
     }
@@ -138,17 +154,36 @@ pub fn create_group(members: &[Member<'_>], name: &str, options: &CreateOptions)
 
 fn plan<'a>(member: Member<'a>, options: &CreateOptions) -> Result<Plan<'a>> {
     let Member { hypervisor, vm } = member;
-    let running = vm.power_state()? != PowerState::ShutOff;
+    let state = vm.power_state()?;
+    let running = state != PowerState::ShutOff;
     let facts = vm.facts()?;
     let kind = choose_type(&facts, running, options)?;
     let memory = kind == SnapshotType::Internal && options.memory.unwrap_or(running);
-    Ok(Plan { hypervisor, vm, facts, kind, memory, running })
+    Ok(Plan { hypervisor, vm, facts, kind, memory, running, state })
+}
+
+/// Pauses a running member, recording first that this run did; false (not paused) when it
+/// cannot be recorded or paused: it is then snapshotted running, a little apart from the rest.
+fn pause(vm: &Vm) -> bool {
+    if marker::set(vm, Mark::Paused).is_err() {
+        return false;
+    }
+    if vm.suspend().is_ok() {
+        return true;
+    }
+    let _ = marker::clear(vm, Mark::Paused);
+    false
 }
 
 /// Freezes (or syncs) the guest's file systems when a disk-only snapshot of a running guest is planned.
 fn quiesce(plan: &Plan<'_>, asked: bool) -> Quiesce {
     if !asked || !plan.running || plan.memory {
         return Quiesce::NotNeeded;
+    }
+    // A guest its user paused cannot answer its agent: its disks are consistent as they are
+    // (crash-consistent), with no freeze to wait out.
+    if plan.state != PowerState::Running {
+        return Quiesce::None;
     }
     let agent = plan.vm.agent();
     // A run killed between freeze and thaw may have left the guest frozen.
