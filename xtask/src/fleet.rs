@@ -238,6 +238,9 @@ fn ensure_keys() -> Result<Keys> {
 /// veth pair and the route), and its private state with its guests' disks. The bed is untouched.
 pub fn down() -> Result<()> {
     bed::remove_netns(NETNS)?;
+    // The kernel frees a deleted namespace's devices later, so the bed's end of the pair may
+    // outlive it for a moment; deleting it takes its peer too.
+    let _ = sh::output("ip", &["-n", bed::NETNS, "link", "del", VETH_BED]);
     let _ = std::fs::remove_dir_all(run_dir());
     let _ = std::fs::remove_dir_all(state_dir());
     eprintln!("fleet: down");
