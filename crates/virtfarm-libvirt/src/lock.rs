@@ -235,6 +235,12 @@ impl Hypervisor {
     /// disks is in a storage pool (there is then no volume of ours to protect).
     pub fn lock_vm(&self, vm: &Vm, policy: &LockPolicy) -> Result<Option<DomainLock>> {
         let files: Vec<String> = vm.facts()?.disks.into_iter().filter_map(|d| d.file).collect();
+        self.pool_of_first_disk(&files)?.map(|pool| self.lock_domain(&pool, vm.name(), policy)).transpose()
+    }
+
+    /// The storage pool whose directory holds the first of `files` that is in one: where the
+    /// lock of a domain with these disks lives.
+    pub fn pool_of_first_disk(&self, files: &[String]) -> Result<Option<String>> {
         let pools = self
             .raw()
             .list_all_storage_pools(virt::sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
@@ -248,11 +254,10 @@ impl Hypervisor {
             }
         }
         // The pool of the first disk, found by directory: overlays the pool has not listed yet count too.
-        let pool = files.iter().find_map(|file| {
+        Ok(files.iter().find_map(|file| {
             let parent = Path::new(file).parent()?;
             dirs.iter().find(|(dir, _)| Path::new(dir) == parent).map(|(_, name)| name.clone())
-        });
-        pool.map(|pool| self.lock_domain(&pool, vm.name(), policy)).transpose()
+        }))
     }
 
     fn try_lock(&self, pool: &StoragePool, pool_name: &str, name: &str) -> Result<Attempt> {

@@ -135,10 +135,9 @@ fn apply_one(
     outcome: &mut Outcome,
 ) -> Result<()> {
     let hypervisor = connections.get(&vm.uri).with_context(|| format!("uri {}", vm.uri))?;
-    let _lock = if check { None } else { lock(hypervisor, vm)? };
+    let _locks = if check { Vec::new() } else { lock(hypervisor, vm, request.state)? };
     // Looked up under the lock: another run may have defined it while this one waited.
     let existing = hypervisor.find_vm(&vm.name)?;
-    let _mac_locks = if check || request.state == State::Absent { Vec::new() } else { lock_macs(hypervisor, vm)? };
     // What stands on what, read under the lock: every disk this run writes or deletes is checked
     // against it.
     let disks = hypervisor.disk_use()?;
@@ -232,20 +231,30 @@ fn apply_one(
     Ok(())
 }
 
-/// One run at a time changes a domain, from whichever controller it runs. An existing domain
-/// is locked where every module locks it (the pool of its first disk); a new one in the pool
-/// its disk goes to. A VM whose pool does not exist has none of our volumes to guard (its
-/// definition is replaced atomically).
-fn lock(hypervisor: &Hypervisor, vm: &VmDefinition) -> Result<Option<DomainLock>> {
-    if let Some(existing) = hypervisor.find_vm(&vm.name)? {
-        if let Some(lock) = hypervisor.lock_vm(&existing, &LockPolicy::default())? {
-            return Ok(Some(lock));
+/// One run at a time changes a domain, from whichever controller it runs, and one run at a
+/// time gives an explicit MAC to a domain (the MACs sorted, so two runs never wait on each
+/// other). The locks live where every module looks for a domain's lock, in the pool of its
+/// first disk (for a new domain: the pool its clone goes to, else of its first given disk).
+/// A domain with no disk in a pool has none of our volumes to guard (its definition is
+/// replaced atomically), and a MAC given to it is checked without a lock.
+fn lock(hypervisor: &Hypervisor, vm: &VmDefinition, state: State) -> Result<Vec<DomainLock>> {
+    let files = match hypervisor.find_vm(&vm.name)? {
+        Some(existing) => existing.facts()?.disks.into_iter().filter_map(|d| d.file).collect(),
+        None if vm.root_disk.is_some() => vec![format!("{}/{}.qcow2", hypervisor.pool_path(&vm.pool)?, vm.name)],
+        None => vm.disk_files()?,
+    };
+    let Some(pool) = hypervisor.pool_of_first_disk(&files)? else { return Ok(Vec::new()) };
+    let policy = LockPolicy::default();
+    let mut locks = vec![hypervisor.lock_domain(&pool, &vm.name, &policy)?];
+    if state != State::Absent {
+        let mut macs: Vec<String> = vm.macs()?.into_iter().filter(|mac| !mac.is_empty()).collect();
+        macs.sort();
+        macs.dedup();
+        for mac in macs {
+            locks.push(hypervisor.lock_mac(&pool, &mac, &policy).context("networks")?);
         }
     }
-    match hypervisor.lock_domain(&vm.pool, &vm.name, &LockPolicy::default()) {
-        Err(virtfarm_libvirt::Error::NotFound { kind: "storage pool", .. }) => Ok(None),
-        taken => Ok(Some(taken?)),
-    }
+    Ok(locks)
 }
 
 /// The XML to define, its fingerprint, the seed to upload, and the volumes we own.
@@ -343,22 +352,6 @@ fn definition_xml(
             Ok(Definition { xml: spec.to_xml()?, hash, seed, volumes, created, grow_root })
         }
     }
-}
-
-/// Explicit MACs are locked like domains (sorted, so two runs cannot wait on each other): two
-/// runs defining different domains with one MAC take turns, and the MAC check sees the first.
-fn lock_macs(hypervisor: &Hypervisor, vm: &VmDefinition) -> Result<Vec<DomainLock>> {
-    let mut macs: Vec<String> = vm.macs()?.into_iter().filter(|mac| !mac.is_empty()).collect();
-    macs.sort();
-    macs.dedup();
-    let mut locks = Vec::with_capacity(macs.len());
-    for mac in macs {
-        match hypervisor.lock_mac(&vm.pool, &mac, &LockPolicy::default()) {
-            Err(virtfarm_libvirt::Error::NotFound { kind: "storage pool", .. }) => return Ok(locks),
-            taken => locks.push(taken.context("networks")?),
-        }
-    }
-    Ok(locks)
 }
 
 /// The definition's XML with every disk kept on the top of its current chain (a redefinition

@@ -76,11 +76,21 @@ impl VmDefinition {
     pub fn macs(&self) -> Result<Vec<String>> {
         Ok(match &self.domain {
             DomainSource::Generated(spec) => spec.nics.iter().map(|n| n.mac.clone()).collect(),
-            DomainSource::Given { xml, .. } => {
-                DomainFacts::parse(xml).map_err(|e| anyhow!("xml: {e}"))?.nics.into_iter().map(|n| n.mac).collect()
-            }
+            DomainSource::Given { xml, .. } => given_facts(xml)?.nics.into_iter().map(|n| n.mac).collect(),
         })
     }
+
+    /// The image files given for its disks (the clone of `image` is not among them: it is made later).
+    pub fn disk_files(&self) -> Result<Vec<String>> {
+        Ok(match &self.domain {
+            DomainSource::Generated(spec) => spec.disks.iter().map(|d| d.path.clone()).collect(),
+            DomainSource::Given { xml, .. } => given_facts(xml)?.disks.into_iter().filter_map(|d| d.file).collect(),
+        })
+    }
+}
+
+fn given_facts(xml: &str) -> Result<DomainFacts> {
+    DomainFacts::parse(xml).map_err(|e| anyhow!("xml: {e}"))
 }
 
 /// Where the domain XML comes from.
