@@ -29,7 +29,9 @@ impl NoLogValues {
                 if option.no_log {
                     self.add(value);
                 }
-                self.add_keyed(value, &option.secret_keys);
+                if let Some(is_secret) = option.secret_key {
+                    self.add_keyed(value, is_secret);
+                }
                 let Some(subspec) = &option.suboptions else {
                     continue;
                 };
@@ -44,22 +46,19 @@ impl NoLogValues {
         }
     }
 
-    /// Adds the values found under any of `keys` inside `value`, at any depth.
-    fn add_keyed(&mut self, value: &Value, keys: &[String]) {
-        if keys.is_empty() {
-            return;
-        }
+    /// Adds the values found under keys `is_secret` accepts inside `value`, at any depth.
+    fn add_keyed(&mut self, value: &Value, is_secret: fn(&str) -> bool) {
         match value {
             Value::Object(map) => {
                 for (key, item) in map {
-                    if keys.contains(key) {
+                    if is_secret(key) {
                         self.add(item);
                     } else {
-                        self.add_keyed(item, keys);
+                        self.add_keyed(item, is_secret);
                     }
                 }
             }
-            Value::Array(items) => items.iter().for_each(|item| self.add_keyed(item, keys)),
+            Value::Array(items) => items.iter().for_each(|item| self.add_keyed(item, is_secret)),
             _ => {}
         }
     }
@@ -171,8 +170,8 @@ mod tests {
     #[test]
     fn collects_secret_keys_inside_free_form_values() {
         let spec = ArgSpec::new([
-            Opt::dict("vm").secret_keys(&["password", "user_data"]),
-            Opt::list("vms").secret_keys(&["password_hash"]),
+            Opt::dict("vm").secret_keys(|key| matches!(key, "password" | "user_data")),
+            Opt::list("vms").secret_keys(|key| key == "password_hash"),
             Opt::raw("notes"),
         ]);
         let values = secrets(

@@ -88,7 +88,7 @@ impl Removal {
 /// Opt::int("count").default(json!(1));
 /// Opt::list("names").elements(Type::Str);
 /// Opt::str("password").no_log();
-/// Opt::dict("metadata").secret_keys(&["ansible_password"]);
+/// Opt::dict("metadata").secret_keys(|key| key == "ansible_password");
 /// ```
 #[derive(Debug, Clone)]
 pub struct Opt {
@@ -101,7 +101,7 @@ pub struct Opt {
     pub(crate) deprecated_aliases: Vec<(String, Removal)>,
     pub(crate) deprecated: Option<Removal>,
     pub(crate) no_log: bool,
-    pub(crate) secret_keys: Vec<String>,
+    pub(crate) secret_key: Option<fn(&str) -> bool>,
     pub(crate) elements: Option<Type>,
     pub(crate) suboptions: Option<ArgSpec>,
     pub(crate) apply_defaults: bool,
@@ -120,7 +120,7 @@ impl Opt {
             deprecated_aliases: Vec::new(),
             deprecated: None,
             no_log: false,
-            secret_keys: Vec::new(),
+            secret_key: None,
             elements: None,
             suboptions: None,
             apply_defaults: false,
@@ -213,18 +213,18 @@ impl Opt {
         self
     }
 
-    /// Keys whose values are secrets wherever they appear inside this
-    /// option's value, at any depth: for free-form `dict`, `list` and `raw`
-    /// options whose shape is not declared with suboptions. Those values
-    /// are treated as the values of `no_log` options.
+    /// Which keys hold secrets wherever they appear inside this option's
+    /// value, at any depth: for free-form `dict`, `list` and `raw` options
+    /// whose shape is not declared with suboptions. The values of keys
+    /// `is_secret` accepts are treated as the values of `no_log` options.
     ///
     /// ```
     /// use ansible_module::Opt;
     ///
-    /// Opt::dict("vm").secret_keys(&["password", "user_data"]);
+    /// Opt::dict("vm").secret_keys(|key| matches!(key, "password" | "user_data"));
     /// ```
-    pub fn secret_keys(mut self, keys: &[&str]) -> Opt {
-        self.secret_keys.extend(keys.iter().map(|key| key.to_string()));
+    pub fn secret_keys(mut self, is_secret: fn(&str) -> bool) -> Opt {
+        self.secret_key = Some(is_secret);
         self
     }
 

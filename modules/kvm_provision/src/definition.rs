@@ -128,22 +128,12 @@ pub struct NetworkWant {
     pub reservation: Option<Reservation>,
 }
 
-/// Keys whose values are secrets wherever they appear inside the free-form VM descriptions
-/// (`vm`, `vms`, `metadata`): ansible_farm's `auth`, cloud-init's, and inventory variables.
-const SECRET_KEYS: &[&str] = &[
-    "password",
-    "passwd",
-    "password_hash",
-    "become_pass",
-    "become_password",
-    "user_data",
-    "ansible_password",
-    "ansible_ssh_pass",
-    "ansible_become_pass",
-    "ansible_become_password",
-    "ansible_ssh_private_key_file",
-    "private_key",
-];
+/// True for the keys whose values are secrets wherever they appear inside the free-form VM
+/// descriptions (`vm`, `vms`, `metadata`): ansible_farm's `auth`, cloud-init's, and every key
+/// the metadata refuses as a secret, so that a refused value is not echoed either.
+fn is_secret_field(key: &str) -> bool {
+    is_secret_key(key) || matches!(key, "user_data" | "ansible_ssh_private_key_file")
+}
 
 /// The module's argument spec: what to do, then the VM options, which at the top level are
 /// defaults for every item of `vms`. VM options have no defaults here (an unset one must
@@ -155,10 +145,10 @@ pub fn spec() -> ArgSpec {
         Opt::int("wait_timeout").default(300),
         Opt::int("stop_timeout").default(60),
         Opt::bool("remove_storage").default(false),
-        Opt::list("vms").elements(Type::Raw).secret_keys(SECRET_KEYS),
+        Opt::list("vms").elements(Type::Raw).secret_keys(is_secret_field),
         Opt::str("stem"),
         Opt::dict("images"),
-        Opt::dict("vm").secret_keys(SECRET_KEYS),
+        Opt::dict("vm").secret_keys(is_secret_field),
     ];
     options.extend(vm_options(Opt::str("name")));
     options.extend(crate::placing::options());
@@ -223,7 +213,7 @@ fn vm_options(name: Opt) -> Vec<Opt> {
             Opt::str("initrd"),
             Opt::str("cmdline"),
         ])),
-        Opt::dict("metadata").secret_keys(SECRET_KEYS),
+        Opt::dict("metadata").secret_keys(is_secret_field),
         Opt::str("xml"),
     ]
 }

@@ -63,10 +63,11 @@ mod tests {
 
     #[test]
     fn secrets_never_reach_the_reply() {
-        let secrets = ["$6$salt$secret-hash", "#cloud-config\nchpasswd: {list: secret}", "farm-secret", "meta-secret"];
+        let secrets =
+            ["$6$salt$secret-hash", "#cloud-config\nchpasswd: {list: secret}", "farm-secret", "meta-secret", "db-tok-1"];
         let args = json!({
             "vm": {"metadata": {"name": "legacy", "auth": {"user": "ops", "password": secrets[2]}}},
-            "metadata": {"ansible_password": secrets[3]},
+            "metadata": {"ansible_password": secrets[3], "db_token": secrets[4]},
             "vms": [{"name": "bad name", "image": "base", "cloud_init": {"password_hash": secrets[0], "user_data": secrets[1]}}],
             "_ansible_verbosity": 4, "_ansible_diff": true,
         });
