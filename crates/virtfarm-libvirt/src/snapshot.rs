@@ -25,6 +25,7 @@ mod chain;
 pub(crate) mod domain_disks;
 mod group;
 mod marker;
+mod qcow2;
 mod xml;
 
 use std::collections::{HashMap, HashSet};

@@ -27,6 +27,7 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
 use super::chain::{create_overlay, delete_image, dependants, image_at, volume_at};
+use super::qcow2::is_empty_overlay;
 use super::marker::{self, Mark};
 use super::xml::serialise;
 use super::{blockjob, domain_disks};
@@ -319,51 +320,7 @@ pub fn is_saved(hv: &Hypervisor, disk: &str, level: Option<&str>) -> Result<bool
     if disk_state(conn, disk, &level_path(disk, level))? != DiskState::OnLevel {
         return Ok(false);
     }
-    overlay_is_empty(conn, disk)
-}
-
-/// The longest L1 table read to tell whether an overlay is empty; a larger one is taken for
-/// not empty (the save then commits, as it would have anyway).
-const MAX_L1_BYTES: u64 = 32 << 20;
-
-/// True when the qcow2 image at `path` maps no cluster (its L1 table is all zeros) and has no
-/// internal snapshot, so every read falls through to its backing file. Read through libvirt
-/// streams, so it works on remote URIs.
-fn overlay_is_empty(conn: &Connect, path: &str) -> Result<bool> {
-    let volume = volume_at(conn, path)?;
-    let header = read_bytes(conn, &volume, path, 0, 72)?;
-    let field = |at: usize, len: usize| {
-        header.get(at..at + len).map(|b| b.iter().fold(0u64, |n, byte| n << 8 | u64::from(*byte)))
-    };
-    let (Some(magic), Some(l1_entries), Some(l1_offset), Some(snapshots)) =
-        (field(0, 4), field(36, 4), field(40, 8), field(60, 4))
-    else {
-        return Ok(false);
-    };
-    let l1_bytes = l1_entries * 8;
-    if magic != 0x5146_49fb || snapshots != 0 || l1_bytes > MAX_L1_BYTES {
-        return Ok(false);
-    }
-    let l1 = read_bytes(conn, &volume, path, l1_offset, l1_bytes)?;
-    Ok(l1.len() as u64 == l1_bytes && l1.iter().all(|byte| *byte == 0))
-}
-
-/// Up to `length` bytes of the image file at `offset`.
-fn read_bytes(conn: &Connect, volume: &StorageVol, path: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
-    let doing = || format!("reading the qcow2 header of {path}");
-    let stream = Stream::new(conn, 0).doing(doing)?;
-    volume.download(&stream, offset, length, 0).doing(doing)?;
-    let mut bytes = Vec::new();
-    let mut buffer = vec![0u8; 64 << 10];
-    loop {
-        let read = stream.recv(&mut buffer).doing(doing)?;
-        if read <= 0 {
-            break;
-        }
-        bytes.extend_from_slice(&buffer[..read as usize]);
-    }
-    stream.finish().doing(doing)?;
-    Ok(bytes)
+    is_empty_overlay(conn, disk)
 }
 
 /// Drops the disk's overlay and puts a fresh empty one on `level`.
@@ -475,7 +432,7 @@ pub fn repair(hv: &Hypervisor, vm: &Vm, disk: &str) -> Result<Vec<String>> {
                 format!("undid saving {level}: its copy removed, {disk} as it was")
             }
             (Pending::Committing, DiskState::OnLevel) => {
-                if !overlay_is_empty(conn, disk)? {
+                if !is_empty_overlay(conn, disk)? {
                     commit_into(hv, vm, &target, disk, file)?;
                 }
                 replace_by_overlay(hv, vm, &target, disk, file)?;
