@@ -161,7 +161,13 @@ fn apply_one(
     let old_metadata = old_xml.as_deref().map(InstanceMetadata::from_domain_xml).transpose()?.unwrap_or_default();
     let current = old_xml.as_deref().map(DomainFacts::parse).transpose()?;
     let uuid = existing.as_ref().map(Vm::uuid).transpose()?;
-    let mut definition = definition_xml(hypervisor, vm, uuid, &old_metadata, check, outcome)?;
+    // Its disks and what they stand on: a volume in there is its own, whoever made it.
+    let chains: Vec<String> = current
+        .iter()
+        .flat_map(|facts| facts.disks.iter().filter_map(|d| d.file.as_deref()))
+        .flat_map(|file| disks.chain(file))
+        .collect();
+    let mut definition = definition_xml(hypervisor, vm, uuid, &old_metadata, &chains, check, outcome)?;
     // Until the domain is defined, nothing records the volumes this run made: undo them on failure.
     let undo = |definition: &Definition, error: anyhow::Error| {
         let left: Vec<String> = definition
@@ -274,6 +280,7 @@ fn definition_xml(
     vm: &VmDefinition,
     uuid: Option<String>,
     old: &InstanceMetadata,
+    chains: &[String],
     check: bool,
     outcome: &mut Outcome,
 ) -> Result<Definition> {
@@ -310,7 +317,7 @@ fn definition_xml(
                         &base,
                         root.size,
                         root.mode,
-                        old.volumes.contains(&owned_path),
+                        old.volumes.contains(&owned_path) || chains.contains(&owned_path),
                         check,
                     )
                     .context("name")?;
