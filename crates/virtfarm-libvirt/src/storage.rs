@@ -178,8 +178,8 @@ impl Hypervisor {
     ///
     /// An existing volume is kept (a guest's disk is never recreated) when it is `owned` by the
     /// domain, or is what this call would have made (a linked clone of `base`, or a standalone
-    /// image for a full copy: a run killed after the copy and before the definition); anything
-    /// else, the base image itself first of all, is refused. With `dry_run`, nothing changes
+    /// image for a full copy: a run killed after the copy and before the definition) and holds
+    /// no internal snapshots; anything else, the base image itself first of all, is refused. With `dry_run`, nothing changes
     /// and the outcome says what would.
     #[allow(clippy::too_many_arguments)]
     pub fn ensure_clone(
@@ -212,6 +212,17 @@ impl Hypervisor {
                     if mode == CloneMode::Linked { "linked clone" } else { "copy" },
                     base.path
                 )));
+            }
+            if !owned {
+                // A removed domain's snapshots: the new domain's snapshot of one of those names
+                // would revert to the old data.
+                let stale = self.internal_snapshots_in(&path)?;
+                if !stale.is_empty() {
+                    return Err(Error::Refused(format!(
+                        "volume {path} holds the internal snapshots {stale:?} of a removed domain: it is not \
+                         this VM's disk to take over (delete the volume, or use another name or pool)"
+                    )));
+                }
             }
             return Ok(CloneOutcome { path, created: false });
         }
