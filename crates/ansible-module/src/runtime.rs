@@ -371,7 +371,10 @@ mod tests {
 
     #[test]
     fn secret_keys_in_free_form_values_are_masked_everywhere() {
-        let spec = ArgSpec::new([Opt::str("name"), Opt::list("vms").secret_keys(|key| matches!(key, "password_hash" | "user_data"))]);
+        let spec = ArgSpec::new([
+            Opt::str("name"),
+            Opt::list("vms").secret_keys(|key| matches!(key, "password_hash" | "user_data")),
+        ]);
         let args = json!({"name": "web01", "vms": [
             {"name": "a", "cloud_init": {"password_hash": "$6$rounds$abcdef", "user_data": "#cloud-config\nusers: []"}},
         ]});

@@ -63,8 +63,13 @@ mod tests {
 
     #[test]
     fn secrets_never_reach_the_reply() {
-        let secrets =
-            ["$6$salt$secret-hash", "#cloud-config\nchpasswd: {list: secret}", "farm-secret", "meta-secret", "db-tok-1"];
+        let secrets = [
+            "$6$salt$secret-hash",
+            "#cloud-config\nchpasswd: {list: secret}",
+            "farm-secret",
+            "meta-secret",
+            "db-tok-1",
+        ];
         let args = json!({
             "vm": {"metadata": {"name": "legacy", "auth": {"user": "ops", "password": secrets[2]}}},
             "metadata": {"ansible_password": secrets[3], "db_token": secrets[4]},
