@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use virtfarm_libvirt::snapshot::backing_file::{self, Level, Unfinished};
+use virtfarm_libvirt::snapshot::backing_file::{self, Change, Level, Unfinished};
 use virtfarm_libvirt::{Hypervisor, PowerState, Vm};
 
 use crate::request::{Request, State};
@@ -49,10 +49,15 @@ pub fn run(
     let mut touched: Vec<(&Vm, Vec<Unfinished>)> = Vec::new();
     for vm in vms {
         let unfinished = backing_file::unfinished(hv, &disk(vm)).map_err(|e| format!("{}: {e}", vm.name()))?;
-        let touches = match request.state {
-            State::Absent => has_level(vm),
-            _ => !unchanged_since_level(hv, vm, &disk(vm), level)?,
+        let (touches, change) = match request.state {
+            State::Absent => (has_level(vm), Change::Remove),
+            State::Reverted => (!unchanged_since_level(hv, vm, &disk(vm), level)?, Change::Restore),
+            _ => (!unchanged_since_level(hv, vm, &disk(vm), level)?, Change::Save),
         };
+        // Refused before any domain is shut down: a snapshot in a file this would replace.
+        if touches {
+            backing_file::refuse_over_snapshots(hv, vm, &disk(vm), level, change).map_err(|e| e.to_string())?;
+        }
         if touches || !unfinished.is_empty() {
             touched.push((vm, unfinished));
         }

@@ -27,8 +27,8 @@ use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
 use super::chain::{create_overlay, delete_image, dependants, image_at, volume_at};
-use super::qcow2::is_empty_overlay;
 use super::marker::{self, Mark};
+use super::qcow2::is_empty_overlay;
 use super::xml::serialise;
 use super::{blockjob, domain_disks};
 use crate::connection::Hypervisor;
@@ -253,11 +253,71 @@ impl<'c> Marker<'c> {
     }
 }
 
+/// What an operation of this mode is about to do to a disk and a level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// [`save`]: the disk's file replaced, the level made or rewritten.
+    Save,
+    /// [`restore`]: the disk's file replaced.
+    Restore,
+    /// [`remove`]: the level deleted, its data pulled into the disk when the disk sits on it.
+    Remove,
+}
+
+/// Refuses, before anything changes, when a snapshot lives in a file that `change` of `level`
+/// would replace, rewrite or delete: a libvirt snapshot of `vm` that names the disk's file or
+/// the level's, or an internal snapshot inside one of them that libvirt does not list. Such
+/// a snapshot would be lost, or left pointing at a file without it.
+pub fn refuse_over_snapshots(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>, change: Change) -> Result<()> {
+    let conn = hv.raw();
+    let bak = level_path(disk, level);
+    let disk_touched = match change {
+        Change::Save | Change::Restore => true,
+        Change::Remove => volume_at(conn, disk)
+            .is_ok_and(|_| image_at(conn, disk).is_ok_and(|image| image.backing.as_deref() == Some(bak.as_str()))),
+    };
+    let files: Vec<&str> = [Some(bak.as_str()), disk_touched.then_some(disk)].into_iter().flatten().collect();
+    let mut listed: Vec<String> = Vec::new();
+    let mut holding: Vec<&str> = Vec::new();
+    for snapshot in vm.snapshots()? {
+        for file in snapshot.disks.iter().flat_map(|d| [&d.frozen, &d.overlay]).filter_map(|f| f.as_deref()) {
+            if let Some(file) = files.iter().find(|f| **f == file) {
+                if !listed.contains(&snapshot.name) {
+                    listed.push(snapshot.name.clone());
+                }
+                if !holding.contains(file) {
+                    holding.push(file);
+                }
+            }
+        }
+    }
+    if !listed.is_empty() {
+        return Err(Error::Refused(format!(
+            "mode: backing_file: {} has the libvirt snapshots {listed:?} in {}, which this would replace: \
+             delete them first (mode: snapshot, state: absent), or keep to mode snapshot for this domain",
+            vm.name(),
+            holding.join(" and ")
+        )));
+    }
+    for file in files.into_iter().filter(|f| volume_at(conn, f).is_ok()) {
+        let inside = super::qcow2::internal_snapshots_at(conn, file)?;
+        if !inside.is_empty() {
+            return Err(Error::Refused(format!(
+                "mode: backing_file: {file} holds the internal snapshots {inside:?}, which libvirt does not list \
+                 for {}: replacing the file would lose them, so it is left alone",
+                vm.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Saves the disk's current state as `level` (see the module docs).
 pub fn save(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>) -> Result<Saved> {
     let target = disk_target(vm, disk)?;
     let conn = hv.raw();
     let bak = level_path(disk, level);
+    refuse_over_snapshots(hv, vm, disk, level, Change::Save)?;
     refuse_if_based_on(conn, disk)?;
     if volume_at(conn, &bak).is_err() {
         let definition = vm.xml(true)?;
@@ -336,6 +396,7 @@ pub fn restore(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>) -> Res
         )));
     }
     refuse_if_based_on(conn, disk)?;
+    refuse_over_snapshots(hv, vm, disk, level, Change::Restore)?;
     let marker = Marker::create(conn, &bak, Pending::Restoring)?;
     replace_by_overlay(hv, vm, &target, disk, &bak)?;
     marker.done()
@@ -351,6 +412,7 @@ pub fn remove(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>) -> Resu
     if volume_at(conn, &bak).is_err() {
         return Ok(false);
     }
+    refuse_over_snapshots(hv, vm, disk, level, Change::Remove)?;
     let based_on = dependants(conn, &bak)?;
     match based_on.as_slice() {
         [] => {}
