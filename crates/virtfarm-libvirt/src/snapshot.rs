@@ -125,6 +125,23 @@ pub fn choose_type(facts: &DomainFacts, running: bool, options: &CreateOptions) 
     Ok(kind)
 }
 
+/// Refuses a new internal snapshot `name` when an image it would go into already holds an
+/// internal snapshot of that name that libvirt does not list (a removed domain's, say): QEMU
+/// would keep both, and a revert to `name` could load the old one.
+pub fn refuse_name_inside(hv: &Hypervisor, facts: &DomainFacts, name: &str) -> Result<()> {
+    for disk in facts.disks.iter().filter(|d| d.device == "disk" && d.format.as_deref() == Some("qcow2")) {
+        let Some(file) = disk.file.as_deref() else { continue };
+        if hv.internal_snapshots_in(file)?.iter().any(|inside| inside == name) {
+            return Err(Error::Refused(format!(
+                "snapshot: {file} (disk {} of {}) already holds an internal snapshot named {name} that libvirt \
+                 does not list: a revert could load that one; choose another name",
+                disk.target, facts.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Vm {
     /// Every snapshot of the domain, oldest first, the current one marked.
     pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
@@ -246,10 +263,7 @@ pub fn revert(hv: &Hypervisor, vm: &Vm, name: &str, options: &RevertOptions) -> 
     let info = vm.describe(&handle)?;
     let started = Instant::now();
     let removed_files = match info.kind {
-        SnapshotType::Internal => {
-            handle.revert(0).doing(|| format!("reverting {} to snapshot {name}", vm.name()))?;
-            Vec::new()
-        }
+        SnapshotType::Internal => revert_internal(hv, vm, &handle, &info)?,
         SnapshotType::External => revert_external(hv, vm, &handle, &info)?,
     };
     let seconds = started.elapsed().as_secs_f64();
@@ -284,6 +298,105 @@ fn sync_clock(vm: &Vm, timeout: Duration) -> ClockSync {
         Ok(()) => ClockSync::Synced,
         Err(e) => ClockSync::Failed(e.to_string()),
     }
+}
+
+/// The file each disk of the domain writes to now, by target.
+fn current_tops(vm: &Vm) -> Result<HashMap<String, String>> {
+    Ok(vm.facts()?.disks.into_iter().filter(|d| d.device == "disk").filter_map(|d| Some((d.target, d.file?))).collect())
+}
+
+/// Internal revert. libvirt rewrites the file the snapshot lives in and points the disk back
+/// at it, so it is refused (before anything changes) when that file is no longer the disk's
+/// top and anything but the discarded current state stands on it: the files of external
+/// snapshots taken after it, or images of other snapshots or domains. The images above it that
+/// held only the current state are removed afterwards.
+fn revert_internal(hv: &Hypervisor, vm: &Vm, handle: &DomainSnapshot, info: &SnapshotInfo) -> Result<Vec<String>> {
+    let tops = current_tops(vm)?;
+    let moves = info
+        .disks
+        .iter()
+        .filter(|d| d.snapshot == "internal")
+        .filter_map(|d| Some((d.target.as_str(), d.frozen.as_deref()?, tops.get(&d.target)?)))
+        .any(|(_, frozen, top)| frozen != top);
+    if moves {
+        refuse_rewriting_below(hv, vm, info, &tops)?;
+    }
+    handle.revert(0).doing(|| format!("reverting {} to snapshot {}", vm.name(), info.name))?;
+    if !moves {
+        return Ok(Vec::new());
+    }
+    let now = current_tops(vm)?;
+    let keep = files_in_use(hv, vm)?;
+    let mut removed = Vec::new();
+    for old in tops.values().filter(|old| !now.values().any(|n| n == *old)) {
+        removed.extend(chain::prune_dangling(hv.raw(), old, &keep)?);
+    }
+    Ok(removed)
+}
+
+/// The refusal of [`revert_internal`] for a snapshot whose file is below the disk's top.
+fn refuse_rewriting_below(hv: &Hypervisor, vm: &Vm, info: &SnapshotInfo, tops: &HashMap<String, String>) -> Result<()> {
+    let conn = hv.raw();
+    let snapshots = vm.snapshots()?;
+    let mut standing = Vec::new();
+    let mut images = Vec::new();
+    let mut files = Vec::new();
+    for disk in info.disks.iter().filter(|d| d.snapshot == "internal") {
+        let (Some(frozen), Some(top)) = (disk.frozen.as_deref(), tops.get(&disk.target)) else { continue };
+        if frozen == top {
+            continue;
+        }
+        files.push(frozen.to_string());
+        // What stands on the file may go only if it is the current state: the disk's own
+        // chain above it, which no snapshot names and nothing else stands on.
+        let chain = active_chain(hv, top);
+        let above = chain.iter().position(|f| f == frozen).map_or(&[][..], |k| &chain[..k]);
+        for snapshot in snapshots.iter().filter(|s| s.name != info.name) {
+            let froze_it = snapshot.external_disks().any(|(_, f, _)| f == frozen);
+            let names_above = snapshot
+                .disks
+                .iter()
+                .any(|d| [&d.frozen, &d.overlay].iter().any(|f| f.as_ref().is_some_and(|f| above.contains(f))));
+            if (froze_it || names_above) && !standing.contains(&snapshot.name) {
+                standing.push(snapshot.name.clone());
+            }
+        }
+        for file in std::iter::once(frozen).chain(above.iter().map(String::as_str)) {
+            for dependant in chain::dependants(conn, file)? {
+                if !above.contains(&dependant) && !images.contains(&dependant) {
+                    images.push(dependant);
+                }
+            }
+        }
+    }
+    if standing.is_empty() && images.is_empty() {
+        if vm.power_state()? != PowerState::ShutOff {
+            return Err(Error::Refused(format!(
+                "snapshot: {} of {} lives in {}, which the running domain no longer uses (an external snapshot \
+                 was taken after it): shut {} off to revert to it",
+                info.name,
+                vm.name(),
+                files.join(", "),
+                vm.name()
+            )));
+        }
+        return Ok(());
+    }
+    let mut what = Vec::new();
+    if !standing.is_empty() {
+        what.push(format!("the snapshots {standing:?}"));
+    }
+    if !images.is_empty() {
+        what.push(format!("the images {images:?}"));
+    }
+    Err(Error::Refused(format!(
+        "snapshot: {} of {} lives in {}, which {} stand on: reverting to it would rewrite or remove their data; \
+         delete those first (state: absent)",
+        info.name,
+        vm.name(),
+        files.join(", "),
+        what.join(" and ")
+    )))
 }
 
 /// External revert: new overlays on the snapshot's files, domain redefined, snapshot made
@@ -383,6 +496,18 @@ pub fn delete(hv: &Hypervisor, vm: &Vm, name: &str) -> Result<Deleted> {
         if !on_current_branch {
             return delete_off_branch(hv, vm, &handle, &info, started);
         }
+        // libvirt merges each overlay into the file below it and deletes the overlay: the
+        // internal snapshots inside it would go with it.
+        for overlay in info.external_disks().filter_map(|(_, _, overlay)| overlay) {
+            let inside = hv.internal_snapshots_in(overlay)?;
+            if !inside.is_empty() {
+                return Err(Error::Refused(format!(
+                    "snapshot: deleting {name} of {} would merge {overlay} away, which holds the internal \
+                     snapshots {inside:?}: delete those first (state: absent)",
+                    vm.name()
+                )));
+            }
+        }
         // libvirt merges each overlay into the file below it: that file must be the snapshot's alone.
         for (target, frozen, overlay) in info.external_disks() {
             let others: Vec<String> =
@@ -396,13 +521,89 @@ pub fn delete(hv: &Hypervisor, vm: &Vm, name: &str) -> Result<Deleted> {
             }
         }
     }
-    handle.delete(0).doing(doing)?;
+    if let Err(e) = handle.delete(0).doing(doing) {
+        return Err(explain_refused_delete(vm, &info, e));
+    }
     Ok(Deleted {
         kind: info.kind,
         seconds: started.elapsed().as_secs_f64(),
         method: "libvirt",
         removed_files: Vec::new(),
     })
+}
+
+/// libvirt deletes an internal snapshot of a running domain through QEMU, which knows only the
+/// images the domain runs on: one taken before an external snapshot is refused. Says so.
+fn explain_refused_delete(vm: &Vm, info: &SnapshotInfo, error: Error) -> Error {
+    let below = info.kind == SnapshotType::Internal
+        && vm.power_state().is_ok_and(|p| p != PowerState::ShutOff)
+        && current_tops(vm).is_ok_and(|tops| {
+            info.disks.iter().any(|d| d.frozen.as_deref().is_some_and(|f| tops.get(&d.target).is_some_and(|t| t != f)))
+        });
+    if !below {
+        return error;
+    }
+    Error::Refused(format!(
+        "{error}; {} of {} lives in an image the running domain no longer uses (an external snapshot was \
+         taken after it): it can be deleted once {} is shut off, or once that external snapshot is deleted",
+        info.name,
+        vm.name(),
+        vm.name()
+    ))
+}
+
+/// Deletes the overlays that a killed external revert of `vm` made and never used: volumes
+/// called `<vm>-<target>.<snapshot>-r<time>.qcow2` beside the domain's disks, standing on an
+/// image of this domain in the same directory, that no domain uses, no snapshot of it names
+/// and nothing stands on.
+/// Returns the deleted paths.
+///
+/// Call it holding the domain's lock: then no revert of ours is between making its overlay
+/// and pointing the domain at it.
+pub fn remove_unused_revert_overlays(hv: &Hypervisor, vm: &Vm) -> Result<Vec<String>> {
+    let conn = hv.raw();
+    let facts = DomainFacts::parse(&vm.xml(true)?)?;
+    let prefixes: Vec<String> =
+        facts.disks.iter().filter(|d| d.device == "disk").map(|d| format!("{}-{}.", vm.name(), d.target)).collect();
+    let ours = |file: &str| {
+        prefixes.iter().any(|p| {
+            file.strip_prefix(p.as_str())
+                .and_then(|rest| rest.strip_suffix(".qcow2"))
+                .and_then(|label| label.rsplit_once("-r"))
+                .is_some_and(|(snap, time)| {
+                    !snap.is_empty() && !time.is_empty() && time.bytes().all(|b| b.is_ascii_digit())
+                })
+        })
+    };
+    let mut candidates = Vec::new();
+    let dirs: HashSet<&str> =
+        facts.disks.iter().filter_map(|d| d.file.as_deref()?.rsplit_once('/').map(|(dir, _)| dir)).collect();
+    for dir in dirs {
+        let Ok(pool) = conn.lookup_storage_pool_by_target_path(dir) else { continue };
+        let _ = pool.refresh(0);
+        for volume in pool.list_all_volumes(0).doing(|| format!("listing the images in {dir}"))? {
+            if volume.name().is_ok_and(|n| ours(&n)) {
+                candidates.push(volume.path().doing(|| format!("reading the path of an image in {dir}"))?);
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut keep = files_in_use(hv, vm)?;
+    keep.extend(vm.facts()?.disks.into_iter().filter_map(|d| d.file));
+    let survey = hv.disk_use()?;
+    let mut removed = Vec::new();
+    for path in candidates.into_iter().filter(|p| !keep.contains(p)) {
+        // On one of the domain's own images beside it (not on a base image in another pool).
+        let dir = |p: &str| p.rsplit_once('/').map(|(dir, _)| dir.to_string());
+        let on_ours = chain::image_at(conn, &path)?.backing.is_some_and(|b| keep.contains(&b) && dir(&b) == dir(&path));
+        if on_ours && survey.dependants(&path).is_empty() && survey.other_users(&path, vm.name()).next().is_none() {
+            chain::delete_image(conn, &path)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 /// An external snapshot off the current branch: libvirt cannot merge it, so only its

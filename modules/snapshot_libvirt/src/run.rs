@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
 use virtfarm_libvirt::power::{self, StopPolicy};
-use virtfarm_libvirt::snapshot::{self, ClockSync, Member, RevertOptions, SnapshotInfo};
+use virtfarm_libvirt::snapshot::{self, ClockSync, Member, RevertOptions, SnapshotInfo, SnapshotType};
 use virtfarm_libvirt::wait::{self, LeaseBaseline, Readiness};
 use virtfarm_libvirt::{Connections, Hypervisor, PowerState, Vm};
 
@@ -106,15 +106,20 @@ fn snapshots(targets: &[Target<'_>], request: &Request, check_mode: bool) -> Res
 }
 
 /// Repairs what killed runs left on the domains; the result keys name the domains repaired
-/// (`resumed_left_paused`, `thawed_left_frozen`, `stopped_left_merging`). On failure, the
-/// message and the keys of what was repaired before it.
+/// (`resumed_left_paused`, `thawed_left_frozen`, `stopped_left_merging`) and the overlays of
+/// killed external reverts that were removed unused (`removed_left_overlays`). On failure,
+/// the message and the keys of what was repaired before it.
 fn repair(targets: &[Target<'_>]) -> Result<Map<String, Value>, (String, Map<String, Value>)> {
-    let mut lists: [(&str, Vec<Value>); 3] =
-        [("resumed_left_paused", Vec::new()), ("thawed_left_frozen", Vec::new()), ("stopped_left_merging", Vec::new())];
-    let keys = |lists: [(&str, Vec<Value>); 3]| -> Map<String, Value> {
+    let mut lists: [(&str, Vec<Value>); 4] = [
+        ("resumed_left_paused", Vec::new()),
+        ("thawed_left_frozen", Vec::new()),
+        ("stopped_left_merging", Vec::new()),
+        ("removed_left_overlays", Vec::new()),
+    ];
+    let keys = |lists: [(&str, Vec<Value>); 4]| -> Map<String, Value> {
         lists.into_iter().filter(|(_, l)| !l.is_empty()).map(|(k, l)| (k.to_string(), Value::Array(l))).collect()
     };
-    for Target { vm, .. } in targets {
+    for Target { hv, vm } in targets {
         let done = match snapshot::repair_left_by_killed_run(vm) {
             Ok(done) => done,
             Err(e) => return Err((format!("{}: repairing what a killed run left: {e}", vm.name()), keys(lists))),
@@ -122,6 +127,13 @@ fn repair(targets: &[Target<'_>]) -> Result<Map<String, Value>, (String, Map<Str
         for (index, did) in [done.resumed, done.thawed, done.stopped_merge].into_iter().enumerate() {
             if did {
                 lists[index].1.push(Value::String(vm.name().to_string()));
+            }
+        }
+        match snapshot::remove_unused_revert_overlays(hv, vm) {
+            Ok(removed) => lists[3].1.extend(removed.into_iter().map(Value::String)),
+            Err(e) => {
+                let msg = format!("{}: removing the overlays a killed revert left: {e}", vm.name());
+                return Err((msg, keys(lists)));
             }
         }
     }
@@ -231,11 +243,14 @@ fn present(
     }
     let vms = || missing.iter().map(|m| m.vm);
     if check_mode {
-        for vm in vms() {
+        for Member { hypervisor: hv, vm } in &missing {
             let facts = vm.facts().map_err(|e| e.to_string())?;
             let running = vm.power_state().map_err(|e| e.to_string())? != PowerState::ShutOff;
             let kind = snapshot::choose_type(&facts, running && request.shutdown_first.is_none(), &request.create)
                 .map_err(|e| e.to_string())?;
+            if kind == SnapshotType::Internal {
+                snapshot::refuse_name_inside(hv, &facts, name).map_err(|e| e.to_string())?;
+            }
             results.push(json!({ "name": vm.name(), "snapshot": name, "changed": true, "type": kind.as_str() }));
         }
         return Ok((true, results));

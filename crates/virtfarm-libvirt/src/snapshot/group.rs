@@ -86,7 +86,7 @@ struct Plan<'a> {
 
 /// Takes snapshot `name` of every member; all or none.
 pub fn create_group(members: &[Member<'_>], name: &str, options: &CreateOptions) -> Result<Vec<Created>> {
-    let plans = members.iter().map(|member| plan(*member, options)).collect::<Result<Vec<_>>>()?;
+    let plans = members.iter().map(|member| plan(*member, name, options)).collect::<Result<Vec<_>>>()?;
     let quiesced: Vec<Quiesce> = plans.iter().map(|p| quiesce(p, options.quiesce)).collect();
     let mut paused: Vec<&Vm> = if plans.len() > 1 {
         plans.iter().filter(|p| p.state == PowerState::Running).map(|p| p.vm).filter(|vm| pause(vm)).collect()
@@ -152,12 +152,15 @@ pub fn create_group(members: &[Member<'_>], name: &str, options: &CreateOptions)
     Ok(created)
 }
 
-fn plan<'a>(member: Member<'a>, options: &CreateOptions) -> Result<Plan<'a>> {
+fn plan<'a>(member: Member<'a>, name: &str, options: &CreateOptions) -> Result<Plan<'a>> {
     let Member { hypervisor, vm } = member;
     let state = vm.power_state()?;
     let running = state != PowerState::ShutOff;
     let facts = vm.facts()?;
     let kind = choose_type(&facts, running, options)?;
+    if kind == SnapshotType::Internal {
+        super::refuse_name_inside(hypervisor, &facts, name)?;
+    }
     let memory = kind == SnapshotType::Internal && options.memory.unwrap_or(running);
     Ok(Plan { hypervisor, vm, facts, kind, memory, running, state })
 }
