@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 
 use crate::connection::Hypervisor;
-use crate::domain_facts::DomainFacts;
+use crate::domain_facts::{Disk, DomainFacts};
 use crate::error::{Doing, Error, Result};
+use crate::naming::snapshot_overlay_prefix;
 use crate::snapshot::domain_disks::repoint_disks;
 use crate::storage::VolumeXml;
 
@@ -144,13 +145,15 @@ impl DiskUse {
         keep
     }
 
-    /// The files to delete when the domain with `disks` goes and `owned` are the volumes made
-    /// for it: each disk's chain from its top down to the first owned volume (the overlays that
-    /// snapshots put on it), and the owned volumes; ordered so that a file comes before the
-    /// file it stands on.
-    pub fn removal_order(&self, disks: &[String], owned: &[String]) -> Vec<String> {
+    /// The files to delete when `domain` goes and `owned` are the volumes made for it: each
+    /// disk's chain from its top down to the first owned volume (the overlays that snapshots put
+    /// on it), the owned volumes, and the domain's snapshot overlays that left its chains (a
+    /// revert's, a killed run's: named `<domain>-<target>.`, used by no other domain) standing
+    /// on any of those; ordered so that a file comes before the file it stands on.
+    pub fn removal_order(&self, domain: &DomainFacts, owned: &[String]) -> Vec<String> {
+        let disks: Vec<&Disk> = domain.disks.iter().filter(|d| d.device == "disk").collect();
         let mut order: Vec<String> = Vec::new();
-        for disk in disks {
+        for disk in disks.iter().filter_map(|d| d.file.as_deref()) {
             let chain = self.chain(disk);
             if let Some(bottom) = chain.iter().position(|file| owned.contains(file)) {
                 order.extend(chain[..=bottom].iter().filter(|f| !order.contains(f)).cloned().collect::<Vec<_>>());
@@ -160,6 +163,22 @@ impl DiskUse {
             if !order.contains(volume) {
                 order.push(volume.clone());
             }
+        }
+        let prefixes: Vec<String> = disks.iter().map(|d| snapshot_overlay_prefix(&domain.name, &d.target)).collect();
+        let own_overlay = |file: &str| {
+            let name = file.rsplit('/').next().unwrap_or(file);
+            prefixes.iter().any(|prefix| name.starts_with(prefix.as_str()))
+                && self.other_users(file, &domain.name).next().is_none()
+        };
+        // Each file is looked at once, so this ends however the backing files point.
+        let mut next = 0;
+        while let Some(file) = order.get(next).cloned() {
+            for overlay in self.dependants(&file) {
+                if own_overlay(overlay) && !order.contains(overlay) {
+                    order.push(overlay.clone());
+                }
+            }
+            next += 1;
         }
         // Tops first: a file goes only after everything listed that stands on it.
         let mut sorted = Vec::with_capacity(order.len());
@@ -181,7 +200,6 @@ impl DiskUse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain_facts::Disk;
 
     fn facts(name: &str, disks: &[(&str, &str)]) -> DomainFacts {
         DomainFacts {
@@ -232,13 +250,35 @@ mod tests {
     #[test]
     fn removal_goes_from_the_top_down_to_the_volumes_made_for_the_domain() {
         let survey = survey();
-        let order =
-            survey.removal_order(&["/p/t1-vda.s1.qcow2".into()], &["/p/t1.qcow2".into(), "/p/t1-seed.iso".into()]);
+        let t1 = facts("t1", &[("vda", "/p/t1-vda.s1.qcow2")]);
+        let order = survey.removal_order(&t1, &["/p/t1.qcow2".into(), "/p/t1-seed.iso".into()]);
         let top = order.iter().position(|f| f == "/p/t1-vda.s1.qcow2").unwrap();
         let disk = order.iter().position(|f| f == "/p/t1.qcow2").unwrap();
         assert!(top < disk, "{order:?}");
         assert!(order.contains(&"/p/t1-seed.iso".to_string()));
         assert!(!order.contains(&"/i/base.qcow2".to_string()));
+    }
+
+    #[test]
+    fn removal_takes_the_domains_stray_overlays_and_nothing_else() {
+        let mut survey = survey();
+        // A killed revert's fresh overlay on the snapshot's file, and one on that.
+        survey.add_backing("/p/t1-vda.s1-r17.qcow2".into(), "/p/t1.qcow2".into());
+        survey.add_backing("/p/t1-vda.s2.qcow2".into(), "/p/t1-vda.s1-r17.qcow2".into());
+        // Files on t1's disk that are not its overlays: another domain's disk, a leftover disk
+        // of a removed domain `t1-x`, an overlay named like t1's that another domain writes.
+        survey.add_backing("/p/t1x-vda.a.qcow2".into(), "/p/t1.qcow2".into());
+        survey.add_backing("/p/t1-x.qcow2".into(), "/p/t1.qcow2".into());
+        survey.add_backing("/p/t1-vda.golden.qcow2".into(), "/p/t1.qcow2".into());
+        survey.add_domain(&facts("golden", &[("vda", "/p/t1-vda.golden.qcow2")]));
+        let t1 = facts("t1", &[("vda", "/p/t1-vda.s1.qcow2")]);
+        let order = survey.removal_order(&t1, &["/p/t1.qcow2".into()]);
+        let at = |file: &str| order.iter().position(|f| f == file);
+        assert!(at("/p/t1-vda.s2.qcow2") < at("/p/t1-vda.s1-r17.qcow2"), "{order:?}");
+        assert!(at("/p/t1-vda.s1-r17.qcow2") < at("/p/t1.qcow2"), "{order:?}");
+        for kept in ["/p/t1x-vda.a.qcow2", "/p/t1-x.qcow2", "/p/t1-vda.golden.qcow2"] {
+            assert_eq!(at(kept), None, "{kept}: {order:?}");
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Names and identities derived from names: pool-style node names (`vnode03`), stable MACs,
-//! and the fingerprint that tells an unchanged definition from a changed one.
+//! snapshot overlays' file names, and the fingerprint that tells an unchanged definition from
+//! a changed one.
 
 /// A node name from a pool spec: `3`, `vnode4` or `18:bookworm` with stem `vnode` give
 /// `vnode03`, `vnode04` and `vnode18` (numbers padded to two digits), and the image alias
@@ -16,6 +17,12 @@ pub fn pool_node(stem: &str, spec: &str) -> Option<(String, Option<String>)> {
     }
     let number: u32 = digits.parse().ok()?;
     Some((format!("{stem}{number:02}"), alias))
+}
+
+/// How the file names of the overlays that external snapshots (and their reverts) put on
+/// `domain`'s disk `target` begin: `<domain>-<target>.`.
+pub fn snapshot_overlay_prefix(domain: &str, target: &str) -> String {
+    format!("{domain}-{target}.")
 }
 
 /// FNV-1a, 64 bits: a stable fingerprint (not a security boundary).

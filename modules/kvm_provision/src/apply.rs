@@ -503,9 +503,8 @@ fn remove_volumes(
             made_for_it.extend(backing_file::levels(hypervisor, volume)?.into_iter().map(|level| level.file));
         }
     }
-    let tops: Vec<String> = facts.disks.iter().filter(|d| d.device == "disk").filter_map(|d| d.file.clone()).collect();
     let mut gone: Vec<String> = Vec::new();
-    for path in disks.removal_order(&tops, &made_for_it) {
+    for path in disks.removal_order(facts, &made_for_it) {
         let standing: Vec<&str> =
             disks.dependants(&path).iter().filter(|d| !gone.contains(d)).map(String::as_str).collect();
         if !standing.is_empty() {
