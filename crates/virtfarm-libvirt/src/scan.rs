@@ -124,15 +124,7 @@ const XML_READERS: usize = 16;
 
 /// Scans `hypervisor` once (see the module documentation for the calls made).
 pub fn scan(hypervisor: &Hypervisor, options: &ScanOptions) -> Result<Scan> {
-    let mut pass = Pass {
-        hypervisor,
-        options,
-        now: crate::wait::unix_now(),
-        leases: HashMap::new(),
-        reservations: HashMap::new(),
-        arp_unreadable: false,
-        scan: Scan::default(),
-    };
+    let mut pass = Pass::new(hypervisor, options);
     let listed = domains_with_state(hypervisor)?;
     pass.scan.calls += 1;
     let wanted: Vec<(Vm, PowerState)> =
@@ -148,6 +140,15 @@ pub fn scan(hypervisor: &Hypervisor, options: &ScanOptions) -> Result<Scan> {
         }
     }
     Ok(pass.scan)
+}
+
+/// The address that reaches one domain and where it came from, looked up as [`scan`] does
+/// (lease, DHCP reservation, guest agent, ARP); `None` while it is not running or has none.
+pub fn address_of(hypervisor: &Hypervisor, vm: &Vm) -> Result<Option<(String, IpSource)>> {
+    let options = ScanOptions::default();
+    let mut pass = Pass::new(hypervisor, &options);
+    let domain = pass.domain(vm, vm.power_state()?, Definition::read(vm)?);
+    Ok(domain.address.and_then(|address| Some((address.ip?, address.source?))))
 }
 
 /// The state of one scan, with the per-network answers fetched so far.
@@ -177,7 +178,19 @@ impl Definition {
     }
 }
 
-impl Pass<'_> {
+impl<'a> Pass<'a> {
+    fn new(hypervisor: &'a Hypervisor, options: &'a ScanOptions) -> Self {
+        Pass {
+            hypervisor,
+            options,
+            now: crate::wait::unix_now(),
+            leases: HashMap::new(),
+            reservations: HashMap::new(),
+            arp_unreadable: false,
+            scan: Scan::default(),
+        }
+    }
+
     fn domain(&mut self, vm: &Vm, state: PowerState, definition: Definition) -> ScannedDomain {
         let Definition { xml, facts, metadata } = definition;
         let mut interfaces: Vec<InterfaceAddress> = facts

@@ -1,4 +1,4 @@
-//! Bounded waits until domains are ready: a DHCP lease, a guest agent, an SSH banner.
+//! Bounded waits until domains are ready: a DHCP lease, a guest agent, an SSH banner, an address.
 //!
 //! Many domains are waited for together, one thread each on the hypervisor's connection, so the wait
 //! for N guests takes as long as the slowest, not the sum.
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::connection::Hypervisor;
 use crate::error::{Error, Result};
 use crate::leases::{lease_newer_than, newest_expiry};
+use crate::scan::{address_of, IpSource};
 use crate::vm::{PowerState, Vm};
 
 /// What "ready" means.
@@ -22,35 +23,20 @@ pub enum Signal {
     Agent,
     /// Port 22 of the leased address answers with an SSH banner, seen from where we run.
     Ssh,
+    /// An address is known, found as the inventory finds it: lease, DHCP reservation, guest
+    /// agent, ARP. For guests whose readiness is checked elsewhere (a connection, a port).
+    Address,
 }
 
 impl Signal {
-    /// Parses `lease`, `agent` or `ssh`.
+    /// Parses `lease`, `agent`, `ssh` or `address`.
     pub fn parse(value: &str) -> Option<Self> {
         match value {
             "lease" => Some(Signal::Lease),
             "agent" => Some(Signal::Agent),
             "ssh" => Some(Signal::Ssh),
+            "address" => Some(Signal::Address),
             _ => None,
-        }
-    }
-}
-
-/// Where a guest's address came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AddressSource {
-    /// A DHCP lease of a libvirt network.
-    Lease,
-    /// The guest agent.
-    Agent,
-}
-
-impl AddressSource {
-    /// `lease` or `agent`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AddressSource::Lease => "lease",
-            AddressSource::Agent => "agent",
         }
     }
 }
@@ -61,7 +47,7 @@ pub struct Ready {
     /// Its address, when the signal needed or found one.
     pub ip: Option<String>,
     /// Where the address came from.
-    pub ip_source: Option<AddressSource>,
+    pub ip_source: Option<IpSource>,
     /// Seconds from the start of the wait.
     pub seconds: f64,
 }
@@ -113,7 +99,7 @@ pub fn wait_ready(hypervisor: &Hypervisor, vm: &Vm, baseline: &LeaseBaseline, re
     let deadline = deadline(readiness.timeout);
     let name = vm.name();
     let network_nic = vm.facts()?.nics.into_iter().find(|n| n.network.is_some());
-    let mut address: Option<(String, AddressSource)> = None;
+    let mut address: Option<(String, IpSource)> = None;
     let mut missing = describe_missing(readiness.signal, network_nic.is_some());
     loop {
         match vm.power_state()? {
@@ -124,7 +110,7 @@ pub fn wait_ready(hypervisor: &Hypervisor, vm: &Vm, baseline: &LeaseBaseline, re
             address = find_address(hypervisor, vm, network_nic.as_ref(), baseline, readiness.signal)?;
         }
         let ready = match readiness.signal {
-            Signal::Lease => address.is_some(),
+            Signal::Lease | Signal::Address => address.is_some(),
             Signal::Agent => vm.agent().ping(),
             Signal::Ssh => match &address {
                 Some((ip, _)) => {
@@ -151,29 +137,34 @@ fn describe_missing(signal: Signal, has_network_nic: bool) -> String {
         (Signal::Lease, false) => "a DHCP lease (no NIC on a libvirt network: use wait=agent)".to_string(),
         (Signal::Agent, _) => "an answer from the guest agent".to_string(),
         (Signal::Ssh, _) => "an address for SSH (no lease, no agent address)".to_string(),
+        (Signal::Address, _) => "an address (no lease, reservation, agent address or ARP entry)".to_string(),
     }
 }
 
-/// The lease address of the NIC, else (for SSH) the agent's first routable address.
+/// The lease address of the NIC, else (for SSH) the agent's first routable address; for
+/// [`Signal::Address`], the inventory's lookup.
 fn find_address(
     hypervisor: &Hypervisor,
     vm: &Vm,
     nic: Option<&crate::domain_facts::Nic>,
     baseline: &LeaseBaseline,
     signal: Signal,
-) -> Result<Option<(String, AddressSource)>> {
+) -> Result<Option<(String, IpSource)>> {
+    if signal == Signal::Address {
+        return address_of(hypervisor, vm);
+    }
     if let Some(nic) = nic {
         let network = nic.network.as_deref().unwrap_or_default();
         let leases = hypervisor.network_leases(network)?;
         let since = baseline.0.get(&nic.mac).copied().flatten();
         if let Some(lease) = lease_newer_than(&leases, &nic.mac, since, unix_now()) {
-            return Ok(Some((lease.ip.clone(), AddressSource::Lease)));
+            return Ok(Some((lease.ip.clone(), IpSource::Lease)));
         }
     }
     if signal == Signal::Ssh {
         if let Ok(addresses) = vm.agent().addresses() {
             let first = addresses.into_iter().min_by_key(|a| a.ipv6);
-            return Ok(first.map(|a| (a.ip, AddressSource::Agent)));
+            return Ok(first.map(|a| (a.ip, IpSource::Agent)));
         }
     }
     Ok(None)

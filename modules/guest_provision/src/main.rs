@@ -39,7 +39,7 @@ fn spec() -> ArgSpec {
         Opt::raw("revision_vars").default(json!({})),
         Opt::bool("prune").default(true),
         Opt::bool("quiesce").default(true),
-        Opt::str("wait").choices(&["none", "lease", "agent", "ssh"]).default("lease"),
+        Opt::str("wait").choices(&["none", "lease", "agent", "ssh", "address"]).default("lease"),
         Opt::int("timeout").default(120).aliases(&["connection_timeout"]),
         Opt::str("host"),
         Opt::int("port").default(22),
