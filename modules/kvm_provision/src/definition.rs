@@ -36,6 +36,8 @@ pub struct Request {
     pub remove_storage: bool,
     /// The VMs.
     pub vms: Vec<VmDefinition>,
+    /// What the module accepts without acting on it (keys of ansible_farm's `vm`).
+    pub warnings: Vec<String>,
 }
 
 /// The state a VM should end in.
@@ -248,11 +250,12 @@ impl Request {
             None => vec![(String::new(), Value::Object(Map::new()))],
         };
         let mut vms = Vec::with_capacity(items.len());
+        let mut warnings = Vec::new();
         for (path, item) in items {
             let item = pool_item(&path, item, stem, images)?;
             let mut merged = defaults.clone();
             merged.extend(item);
-            vms.push(parse_vm(&path, merged, state, module)?);
+            vms.push(parse_vm(&path, merged, state, module, &mut warnings)?);
         }
         let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
         names.sort_unstable();
@@ -268,7 +271,7 @@ impl Request {
                 macs.push((mac, &vm.name));
             }
         }
-        Ok(Request { state, wait, wait_timeout, stop_timeout, remove_storage, vms })
+        Ok(Request { state, wait, wait_timeout, stop_timeout, remove_storage, vms, warnings })
     }
 }
 
@@ -365,11 +368,17 @@ fn check_texts(path: &str, value: &Value) -> Result<()> {
     }
 }
 
-fn parse_vm(path: &str, mut merged: Map<String, Value>, state: State, module: &str) -> Result<VmDefinition> {
+fn parse_vm(
+    path: &str,
+    mut merged: Map<String, Value>,
+    state: State,
+    module: &str,
+    warnings: &mut Vec<String>,
+) -> Result<VmDefinition> {
     if let Some(legacy) = merged.remove("vm") {
         // ansible_farm's form underneath, native keys on top.
         let vm_path = if path.is_empty() { "vm".to_string() } else { format!("{path}.vm") };
-        let mut native = legacy_to_native(Loose::new(vm_path, &legacy)?)?;
+        let mut native = legacy_to_native(Loose::new(vm_path, &legacy)?, warnings)?;
         native.extend(merged);
         merged = native;
     }
@@ -647,44 +656,76 @@ fn parse_kernel(kernel: &Params) -> Result<DirectKernel> {
     })
 }
 
-/// ansible_farm's `vm` (a target merged with a platform) as native keys. Keys it does not
-/// describe a domain with (sources, template, passwords, ...) are left alone.
-fn legacy_to_native(vm: Loose) -> Result<Map<String, Value>> {
+/// The keys of ansible_farm's `vm` that its kvm_provision role acts on and this module does
+/// not, with why: accepted so that its definitions work unchanged, each named in a warning.
+const NOT_RUN: [(&str, &str); 5] = [
+    ("sources", "nothing is downloaded or converted; put the images in the pool first"),
+    ("callbacks", "the source callbacks are not run"),
+    ("template", "the XML template is not rendered; render it yourself and pass xml"),
+    ("cleanup_tmp", "nothing is downloaded, so nothing is cleaned up"),
+    ("tmp_dir", "nothing is downloaded"),
+];
+
+/// The keys of ansible_farm's `vm` that are native options under another name.
+const DOMAIN_KEYS: [(&str, &str); 8] = [
+    ("virt_domain", "domain_type"),
+    ("arch", "arch"),
+    ("machine", "machine"),
+    ("emulator", "emulator"),
+    ("cpu", "cpu"),
+    ("ram", "memory"),
+    ("vcpus", "vcpus"),
+    ("firmware", "firmware"),
+];
+
+/// ansible_farm's `vm` (a target merged with a platform) as native keys: the keys its
+/// kvm_provision template reads, plus `kernel.initrd`. The keys of its role that this module
+/// does not act on add a warning; any other key is refused, naming it.
+fn legacy_to_native(vm: Loose, warnings: &mut Vec<String>) -> Result<Map<String, Value>> {
+    let mut top: Vec<&str> = DOMAIN_KEYS.iter().map(|(key, _)| *key).collect();
+    top.extend(["metadata", "kernel", "disks", "net"]);
+    // Some definitions have cleanup_tmp beside metadata rather than in it.
+    let top_not_run: Vec<_> = NOT_RUN.into_iter().filter(|(key, _)| *key == "cleanup_tmp").collect();
+    vm.check_keys(&top, &top_not_run, warnings)?;
     let mut native = Map::new();
     let Some(meta) = vm.dict("metadata")? else { bail!("{}: required", vm.name("metadata")) };
+    let meta_keys = ["name", "hostname", "platform_name", "target_name", "arch_name", "libvirt_pool_dir", "connection"];
+    meta.check_keys(&[&meta_keys[..], &["auth"]].concat(), &NOT_RUN, warnings)?;
     native.insert("name".into(), json!(meta.required_text("name")?));
+    // The libvirt URI of the VM, as ansible_farm's roles pass it to libvirt.
+    if let Some(uri) = meta.text("connection")? {
+        native.insert("uri".into(), json!(uri));
+    }
     let pool_dir = meta.text("libvirt_pool_dir")?.unwrap_or_default();
     let mut metadata = Map::new();
-    for (from, to) in [
-        ("platform_name", "platform"),
-        ("target_name", "target"),
-        ("hostname", "hostname"),
-        ("connection", "ansible_connection"),
-    ] {
-        if let Some(value) = meta.text(from)? {
-            metadata.insert(to.into(), json!(value));
+    // arch_name is a target definition's name for itself.
+    let target = meta.text("target_name")?.or(meta.text("arch_name")?);
+    for (key, value) in
+        [("platform", meta.text("platform_name")?), ("target", target), ("hostname", meta.text("hostname")?)]
+    {
+        if let Some(value) = value {
+            metadata.insert(key.into(), json!(value));
         }
     }
-    if let Some(user) = meta.dict("auth")?.map(|auth| auth.text("user")).transpose()?.flatten() {
-        metadata.insert("ansible_user".into(), json!(user));
+    if let Some(auth) = meta.dict("auth")? {
+        auth.check_keys(&["user", "password", "become_user", "become_password", "become_method"], &[], warnings)?;
+        // The secrets stay with Ansible (the role passes them to add_host), never in the domain.
+        if let Some(user) = auth.text("user")? {
+            metadata.insert("ansible_user".into(), json!(user));
+        }
     }
     native.insert("metadata".into(), Value::Object(metadata));
-    for (from, to) in [
-        ("ram", "memory"),
-        ("vcpus", "vcpus"),
-        ("arch", "arch"),
-        ("machine", "machine"),
-        ("emulator", "emulator"),
-        ("virt_domain", "domain_type"),
-        ("cpu", "cpu"),
-        ("firmware", "firmware"),
-    ] {
+    for (from, to) in DOMAIN_KEYS {
         if let Some(value) = vm.get(from) {
             native.insert(to.into(), value.clone());
         }
     }
     if let Some(kernel) = vm.dict("kernel")? {
+        kernel.check_keys(&["src", "params", "initrd"], &[], warnings)?;
         let mut direct = json!({ "path": format!("{pool_dir}{}", kernel.required_text("src")?) });
+        if let Some(initrd) = kernel.text("initrd")? {
+            direct["initrd"] = json!(format!("{pool_dir}{initrd}"));
+        }
         if let Some(params) = kernel.text("params")? {
             direct["cmdline"] = json!(params);
         }
@@ -692,6 +733,7 @@ fn legacy_to_native(vm: Loose) -> Result<Map<String, Value>> {
     }
     let mut disks = Vec::new();
     for (i, disk) in vm.dicts("disks")?.into_iter().enumerate() {
+        disk.check_keys(&["type", "devname", "src"], &[], warnings)?;
         let default_target = || format!("vd{}", char::from(b'a' + (i % 26) as u8));
         disks.push(json!({
             "path": format!("{pool_dir}{}", disk.required_text("src")?),
@@ -703,20 +745,34 @@ fn legacy_to_native(vm: Loose) -> Result<Map<String, Value>> {
         native.insert("disks".into(), json!(disks));
     }
     if let Some(net) = vm.dict("net")? {
-        let mut nic = match net.text("type")?.as_deref().unwrap_or("network") {
-            "user" => json!({ "type": "user" }),
-            "bridge" => json!({ "bridge": net.required_text("source")? }),
-            "network" => json!({ "network": net.required_text("source")? }),
-            other => bail!("{}: {other:?} is not supported (network, bridge or user)", net.name("type")),
-        };
-        for key in ["mac", "ip"] {
-            if let Some(value) = net.text(key)? {
-                nic[key] = json!(value);
-            }
-        }
-        native.insert("networks".into(), json!([nic]));
+        native.insert("networks".into(), json!([legacy_nic(&net, warnings)?]));
     }
     Ok(native)
+}
+
+/// ansible_farm's `vm.net` as one item of `networks`.
+fn legacy_nic(net: &Loose, warnings: &mut Vec<String>) -> Result<Value> {
+    let kind = net.text("type")?.unwrap_or_else(|| "network".into());
+    let user = kind == "user";
+    // With `user`, source (hostfwd=...) and ip (127.0.0.1) describe a port forward.
+    let forwards = "libvirt's user network has no port forwarding; reach the guest through its agent";
+    let warned: &[(&str, &str)] = if user { &[("source", forwards), ("ip", forwards)] } else { &[] };
+    // mask is accepted: a reservation takes the network's own netmask.
+    net.check_keys(&["type", "source", "mac", "ip", "mask"], warned, warnings)?;
+    let mut nic = match kind.as_str() {
+        "user" => json!({ "type": "user" }),
+        "bridge" => json!({ "bridge": net.required_text("source")? }),
+        "network" => json!({ "network": net.required_text("source")? }),
+        other => bail!("{}: {other:?} is not supported (network, bridge or user)", net.name("type")),
+    };
+    if let Some(mac) = net.text("mac")? {
+        nic["mac"] = json!(mac);
+    }
+    // `dhcp` asks for no fixed address.
+    if let Some(ip) = net.text("ip")?.filter(|ip| !user && ip != "dhcp") {
+        nic["ip"] = json!(ip);
+    }
+    Ok(nic)
 }
 
 #[cfg(test)]
@@ -759,13 +815,13 @@ mod tests {
     #[test]
     fn ansible_farm_vm_definitions_are_accepted_as_they_are() {
         let request = parse(json!({"state": "present", "vm": {
-            "metadata": {"name": "debian12-amd64", "hostname": "deb", "connection": "ssh", "libvirt_pool_dir": "/pool/",
+            "metadata": {"name": "debian12-amd64", "hostname": "deb", "connection": "qemu+ssh://hv1/system", "libvirt_pool_dir": "/pool/",
                          "platform_name": "debian_12", "target_name": "amd64", "template": "default.xml.j2",
                          "auth": {"user": "user", "password": "secret", "become_user": "root"},
                          "sources": [{"before_provision": []}]},
             "arch": "x86_64", "emulator": "/usr/bin/qemu-system-x86_64", "virt_domain": "qemu", "cpu": "", "machine": "q35",
             "vcpus": 2, "ram": 768, "disks": [{"type": "qcow2", "devname": "vda", "src": "debian12.qcow2"}],
-            "kernel": {"src": "vmlinuz", "params": "root=/dev/vda"},
+            "kernel": {"src": "vmlinuz", "initrd": "initrd.img", "params": "root=/dev/vda"},
             "net": {"type": "network", "source": "vfnet", "mac": "52:54:00:12:34:56", "ip": "10.77.0.77", "mask": "255.255.255.0"}
         }}))
         .unwrap();
@@ -776,6 +832,11 @@ mod tests {
         assert_eq!((spec.memory_mib, spec.vcpus, spec.cpu_model.clone()), (768, 2, None));
         assert_eq!(spec.disks[0].path, "/pool/debian12.qcow2");
         assert_eq!(spec.kernel.as_ref().unwrap().kernel, "/pool/vmlinuz");
+        assert_eq!(spec.kernel.as_ref().unwrap().initrd.as_deref(), Some("/pool/initrd.img"));
+        assert_eq!(vm.uri, "qemu+ssh://hv1/system", "metadata.connection is the VM's libvirt URI");
+        assert!(spec.metadata.vars.iter().all(|(key, _)| key != "ansible_connection"));
+        let warned: Vec<_> = request.warnings.iter().map(|w| w.split(':').next().unwrap()).collect();
+        assert_eq!(warned, ["vm.metadata.sources", "vm.metadata.template"]);
         assert_eq!(spec.nics[0].mac, "52:54:00:12:34:56");
         assert_eq!(spec.metadata.platform.as_deref(), Some("debian_12"));
         assert_eq!(spec.metadata.user.as_deref(), Some("user"));
@@ -801,6 +862,14 @@ mod tests {
             (json!({"vms": [{"name": "a", "image": "b"}, {"name": "a", "image": "b"}]}), "vms"),
             (json!({"name": "a", "xml": "<domain/>", "memory": 3}), "xml"),
             (json!({"vm": {"ram": 3}}), "vm.metadata"),
+            (json!({"vm": {"metadata": {"name": "a"}, "colour": "red"}}), "vm.colour"),
+            (json!({"vm": {"metadata": {"name": "a", "auth": {"token": "x"}}}}), "vm.metadata.auth.token"),
+            (json!({"vm": {"metadata": {"name": "a"}, "net": {"type": "vde", "source": "/tmp/sw"}}}), "vm.net.type"),
+            (json!({"vm": {"metadata": {"hostname": "a"}}}), "vm.metadata.name"),
+            (
+                json!({"vms": [{"vm": {"metadata": {"name": "a"}, "kernel": {"src": "k", "initramfs": "i"}}}]}),
+                "vms[0].vm.kernel.initramfs",
+            ),
             (json!({"name": "a", "disk_size": "3G", "disks": []}), "disk_size"),
         ];
         for (args, expected) in cases {

@@ -1,6 +1,7 @@
 //! Reads of the values the argument spec leaves free-form: sizes with units (`memory`,
-//! `disk_size`), and ansible_farm's `vm` dictionary, whose unknown keys are ignored rather
-//! than refused. Errors name the parameter by its full path (`vms[1].vm.metadata.name`).
+//! `disk_size`), and ansible_farm's `vm` dictionary, whose keys are checked against the
+//! ones that format defines. Errors name the parameter by its full path
+//! (`vms[1].vm.metadata.name`).
 
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
@@ -46,7 +47,7 @@ fn parse_size(text: &str, default_unit: u64) -> Option<u64> {
     number.checked_mul(multiplier).filter(|n| *n > 0)
 }
 
-/// A dictionary of ansible_farm's format, read loosely: only the keys asked for.
+/// A dictionary of ansible_farm's format: values read by key, types checked on read.
 pub struct Loose<'a> {
     path: String,
     map: &'a Map<String, Value>,
@@ -94,6 +95,19 @@ impl<'a> Loose<'a> {
         self.get(key).map(|value| Loose::new(self.name(key), value)).transpose()
     }
 
+    /// Refuses a key that is neither `honoured` nor `warned`, naming it; for each `warned`
+    /// key given, adds a warning that names it and says why nothing is done with it.
+    pub fn check_keys(&self, honoured: &[&str], warned: &[(&str, &str)], warnings: &mut Vec<String>) -> Result<()> {
+        for key in self.map.keys() {
+            if let Some((_, why)) = warned.iter().find(|(name, _)| name == key) {
+                warnings.push(format!("{}: accepted but not run: {why}", self.name(key)));
+            } else if !honoured.contains(&key.as_str()) {
+                bail!("{}: unknown key (known here: {})", self.name(key), honoured.join(", "));
+            }
+        }
+        Ok(())
+    }
+
     /// A list of dictionaries, each named `KEY[INDEX]`.
     pub fn dicts(&self, key: &str) -> Result<Vec<Loose<'a>>> {
         match self.get(key) {
@@ -129,7 +143,23 @@ mod tests {
     }
 
     #[test]
-    fn loose_reads_name_the_parameter_and_ignore_the_rest() {
+    fn loose_keys_are_honoured_warned_or_refused() {
+        let check = |value: Value, warnings: &mut Vec<String>| {
+            Loose::new("vm.disks[0]".into(), &value).unwrap().check_keys(
+                &["src"],
+                &[("sources", "no download")],
+                warnings,
+            )
+        };
+        let mut warnings = Vec::new();
+        check(json!({"src": "a", "sources": []}), &mut warnings).unwrap();
+        assert_eq!(warnings, ["vm.disks[0].sources: accepted but not run: no download"]);
+        let err = check(json!({"src": "a", "colour": "red"}), &mut warnings).unwrap_err().to_string();
+        assert_eq!(err, "vm.disks[0].colour: unknown key (known here: src)");
+    }
+
+    #[test]
+    fn loose_reads_name_the_parameter() {
         let value = json!({"metadata": {"name": 3, "auth": "x"}, "disks": [{"src": "a"}, 7], "template": {}});
         let vm = Loose::new("vm".into(), &value).unwrap();
         let meta = vm.dict("metadata").unwrap().unwrap();

@@ -22,6 +22,9 @@ fn main() {
 fn provision(module: &Module) -> anyhow::Result<Response> {
     let context = module.context();
     let mut request = Request::from_params(module.params(), &context.module_name)?;
+    for warning in &request.warnings {
+        module.warn(warning.clone());
+    }
     let mut connections = virtfarm_libvirt::Connections::default();
     let unplaced = placing::assign(module.params(), &mut request, &mut connections)?;
     let mut outcomes = apply::apply_all(&request, context.check_mode, &mut connections);
