@@ -1,9 +1,14 @@
-//! The crate's error: each message is what the Ansible user reads as `msg`,
+//! The crate's errors: each message is what the Ansible user reads as `msg`,
 //! worded as `AnsibleModule` words it so that documentation, search results
-//! and habits carry over. Nested option names are dotted: `cloud_init.user`.
+//! and habits carry over. Nested option names are full paths:
+//! `cloud_init.user`, `disks[1].size`.
 
+use std::fmt;
 use std::path::PathBuf;
 
+use serde_json::Value;
+
+use crate::response::Response;
 use crate::spec::Type;
 
 /// Everything that can go wrong between reading the arguments and getting
@@ -179,3 +184,81 @@ fn supported_with_aliases(supported: &[String], aliases: &[String]) -> String {
         format!("{options} ({})", aliases.join(", "))
     }
 }
+
+/// Every argument error of one run, in the order found: unknown names first
+/// (a typo is the likeliest cause of the rest), then the spec's other errors,
+/// then the module's own rules. One round trip shows the user all of them:
+/// the failed result's `msg` joins them with `; ` and `argument_errors`
+/// lists them, as Ansible's `validate_argument_spec` does.
+///
+/// ```
+/// use ansible_module::ArgumentErrors;
+///
+/// let mut errors = ArgumentErrors::new();
+/// let port: Option<u16> = errors.check("70000".parse::<u16>().map_err(|e| format!("port: {e}")));
+/// errors.push("host: required");
+/// assert_eq!(port, None);
+/// assert_eq!(errors.to_string(), "port: number too large to fit in target type; host: required");
+/// assert!(errors.finish(()).is_err());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArgumentErrors(Vec<String>);
+
+impl ArgumentErrors {
+    /// No errors yet.
+    pub fn new() -> ArgumentErrors {
+        ArgumentErrors::default()
+    }
+
+    /// Adds an error; one already listed is not repeated.
+    pub fn push(&mut self, error: impl fmt::Display) {
+        // `{:#}` keeps the causes of an `anyhow` error.
+        let message = format!("{error:#}");
+        if !self.0.contains(&message) {
+            self.0.push(message);
+        }
+    }
+
+    /// The value of `result`, or `None` once its error is added.
+    pub fn check<T, E: fmt::Display>(&mut self, result: Result<T, E>) -> Option<T> {
+        result.map_err(|error| self.push(error)).ok()
+    }
+
+    /// Adds every error of `other`, after these.
+    pub fn extend(&mut self, other: ArgumentErrors) {
+        other.0.into_iter().for_each(|message| self.push(message));
+    }
+
+    /// Whether no error was found.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The messages, in the order found.
+    pub fn messages(&self) -> &[String] {
+        &self.0
+    }
+
+    /// `value` if no error was found, else the errors.
+    pub fn finish<T>(self, value: T) -> Result<T, ArgumentErrors> {
+        if self.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The failed result that reports them: `msg` and `argument_errors`.
+    pub fn to_response(&self) -> Response {
+        let listed: Vec<Value> = self.0.iter().cloned().map(Value::String).collect();
+        Response::fail(self.to_string()).with("argument_errors", listed)
+    }
+}
+
+impl fmt::Display for ArgumentErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
+
+impl std::error::Error for ArgumentErrors {}

@@ -9,7 +9,7 @@
 //! - validates the arguments against a declarative [`ArgSpec`] of [`Opt`]s:
 //!   type conversions, defaults, choices, aliases, suboptions and the
 //!   `mutually_exclusive`/`required_*` rules, failing with the messages
-//!   `AnsibleModule` gives;
+//!   `AnsibleModule` gives, all of them at once ([`ArgumentErrors`]);
 //! - hands the body the validated [`Params`] and the task's [`Context`]
 //!   (check mode, diff, verbosity...) through a [`Module`];
 //! - skips the task in check mode unless the spec
@@ -60,8 +60,15 @@
 //! let reply = ansible_module::execute(&spec(), json!({"name": "web01"}), ensure_state);
 //! assert_eq!(reply["msg"], "web01 is running");
 //!
-//! let reply = ansible_module::execute(&spec(), json!({"nmae": "web01"}), ensure_state);
-//! assert_eq!(reply["msg"], "missing required arguments: name");
+//! // Every argument error at once, unknown names first: a typo explains the rest.
+//! let args = json!({"nmae": "web01", "_ansible_module_name": "web"});
+//! let reply = ansible_module::execute(&spec(), args, ensure_state);
+//! assert_eq!(
+//!     reply["msg"],
+//!     "Unsupported parameters for (web) module: nmae. Supported parameters include: name.; \
+//!      missing required arguments: name"
+//! );
+//! assert_eq!(reply["argument_errors"][1], "missing required arguments: name");
 //! assert_eq!(reply["failed"], true);
 //! ```
 
@@ -78,7 +85,7 @@ mod spec;
 mod validate;
 
 pub use entry::{panic_text, run};
-pub use error::Error;
+pub use error::{ArgumentErrors, Error};
 pub use params::Params;
 pub use response::{Diff, Response};
 pub use runtime::{execute, Context, Module};

@@ -138,7 +138,8 @@ pub(crate) fn failure(error: &Error) -> Value {
 /// Runs one module invocation on `args` (the JSON Ansible sends, flat or
 /// wrapped in `ANSIBLE_MODULE_ARGS`) and returns the reply to print.
 ///
-/// Validation failures, check mode on a module that does not support it,
+/// Validation failures (every one found, as [`ArgumentErrors`](crate::ArgumentErrors) reports
+/// them), check mode on a module that does not support it,
 /// and errors from `body` (shown with `{:#}`, so an `anyhow` chain is kept)
 /// all become replies; `no_log` values never appear in the reply.
 pub fn execute<E: Display>(spec: &ArgSpec, args: Value, body: impl FnOnce(&Module) -> Result<Response, E>) -> Value {
@@ -150,8 +151,8 @@ pub fn execute<E: Display>(spec: &ArgSpec, args: Value, body: impl FnOnce(&Modul
     no_log.add_from(spec, &args);
     let validated = match validate(spec, &args, &context.module_name) {
         Ok(validated) => validated,
-        Err(error) => {
-            let mut reply = Response::fail(error.to_string()).into_fields();
+        Err(errors) => {
+            let mut reply = errors.to_response().into_fields();
             reply.insert("invocation".to_string(), invocation(Value::Object(args)));
             return sealed(reply, &no_log);
         }
@@ -359,6 +360,26 @@ mod tests {
         assert_eq!(reply["echo"], MASK);
         assert_eq!(reply["nested"], json!({"list": ["<********>"]}));
         assert!(!reply.to_string().contains("s3cr3t!"));
+    }
+
+    #[test]
+    fn every_validation_error_is_reported_listed_and_masked() {
+        let args = json!({
+            "_ansible_module_name": "virtfarm.kvm.kvm_provision",
+            "memroy": 1, "memory": "s3cr3t!x", "password": "s3cr3t!x",
+        });
+        let reply = execute(&spec(), args, echo);
+        let errors = [
+            "Unsupported parameters for (virtfarm.kvm.kvm_provision) module: memroy. \
+             Supported parameters include: memory, name, password (vm_name).",
+            "missing required arguments: name",
+            "argument 'memory' is of type <class 'str'> and we were unable to convert to int: \
+             \"'********'\" cannot be converted to an int",
+        ];
+        assert_eq!(reply["failed"], true);
+        assert_eq!(reply["argument_errors"], json!(errors));
+        assert_eq!(reply["msg"], errors.join("; "));
+        assert!(!reply.to_string().contains("s3cr3t!x"), "{reply}");
     }
 
     #[test]

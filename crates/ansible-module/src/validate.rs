@@ -1,13 +1,16 @@
-//! Validation of the arguments against an [`ArgSpec`], in the order
-//! ansible-core's `ArgumentSpecValidator.validate` runs its checks, so that
-//! the first error reported is the one Ansible would report.
+//! Validation of the arguments against an [`ArgSpec`], with the checks
+//! ansible-core's `ArgumentSpecValidator.validate` runs, in its order. Where
+//! Ansible stops at its first error, every error is collected: unknown names
+//! first, then the others as they are found, level by level.
 //!
 //! A `null` value counts as not given: defaults apply and `required` fails.
+//! A value that cannot be converted is dropped after its error is noted, so
+//! that the checks after it see the option as unset rather than wrong.
 
 use serde_json::{Map, Value};
 
 use crate::coerce::{coerce, python_str, python_type, FALSE_WORDS, TRUE_WORDS};
-use crate::error::Error;
+use crate::error::{ArgumentErrors, Error};
 use crate::params::Params;
 use crate::response::Deprecation;
 use crate::spec::{ArgSpec, Opt, Type};
@@ -23,7 +26,7 @@ pub(crate) struct Validated {
 }
 
 /// Validates `args`, the user's arguments without the `_ansible_*` keys.
-pub(crate) fn validate(spec: &ArgSpec, args: &Map<String, Value>, module: &str) -> Result<Validated, Error> {
+pub(crate) fn validate(spec: &ArgSpec, args: &Map<String, Value>, module: &str) -> Result<Validated, ArgumentErrors> {
     validate_at(spec, args, "", module)
 }
 
@@ -39,94 +42,93 @@ impl ArgSpec {
     /// use ansible_module::{ArgSpec, Opt};
     /// use serde_json::json;
     ///
-    /// let spec = ArgSpec::new([Opt::int("memory")]);
+    /// let spec = ArgSpec::new([Opt::int("memory"), Opt::str("name").required()]);
     /// let item = json!({"memory": "lots"});
-    /// let error = spec.validate_at(item.as_object().unwrap(), "vms[2]", "kvm_provision").unwrap_err();
-    /// assert!(error.to_string().starts_with("argument 'vms[2].memory' is of type <class 'str'>"));
+    /// let errors = spec.validate_at(item.as_object().unwrap(), "vms[2]", "kvm_provision").unwrap_err();
+    /// assert_eq!(errors.messages()[0], "missing required arguments: vms[2].name");
+    /// assert!(errors.messages()[1].starts_with("argument 'vms[2].memory' is of type <class 'str'>"));
     /// ```
-    pub fn validate_at(&self, args: &Map<String, Value>, path: &str, module: &str) -> Result<Params, Error> {
+    pub fn validate_at(&self, args: &Map<String, Value>, path: &str, module: &str) -> Result<Params, ArgumentErrors> {
         validate_at(self, args, path, module).map(|validated| Params::new(validated.params, path.to_string()))
     }
 }
 
-fn validate_at(spec: &ArgSpec, args: &Map<String, Value>, path: &str, module: &str) -> Result<Validated, Error> {
-    let mut validator = Validator::default();
-    let params = validator.section(spec, args, path)?;
-    // Ansible reports unknown names only when nothing else is wrong: a
-    // misspelt required option reads "missing required arguments: name".
-    if let Some((supported, aliases)) = validator.supported {
-        validator.unsupported.sort();
-        return Err(Error::Unsupported {
-            module: module.to_string(),
-            unsupported: validator.unsupported,
-            supported,
-            aliases,
-        });
+fn validate_at(
+    spec: &ArgSpec,
+    args: &Map<String, Value>,
+    path: &str,
+    module: &str,
+) -> Result<Validated, ArgumentErrors> {
+    let mut validator = Validator { module, ..Validator::default() };
+    let params = validator.section(spec, args, path);
+    let mut errors = ArgumentErrors::new();
+    for error in validator.unsupported.iter().chain(&validator.errors) {
+        errors.push(error);
     }
-    Ok(Validated { params, warnings: validator.warnings, deprecations: validator.deprecations })
+    errors.finish(Validated { params, warnings: validator.warnings, deprecations: validator.deprecations })
 }
 
 #[derive(Default)]
-struct Validator {
+struct Validator<'a> {
+    module: &'a str,
     warnings: Vec<String>,
     deprecations: Vec<Deprecation>,
-    /// Unknown names, dotted, from every level.
-    unsupported: Vec<String>,
-    /// The sorted options and aliases of the first level with unknown names.
-    supported: Option<(Vec<String>, Vec<String>)>,
+    /// Unknown names, one error per level that has them.
+    unsupported: Vec<Error>,
+    /// Every other error, in the order found.
+    errors: Vec<Error>,
 }
 
-impl Validator {
+impl Validator<'_> {
     /// Validates one level: the module's options, or the suboptions of the
     /// dict found at `path` (`cloud_init`, `disks[0]`; empty at the top).
-    fn section(&mut self, spec: &ArgSpec, given: &Map<String, Value>, path: &str) -> Result<Map<String, Value>, Error> {
+    fn section(&mut self, spec: &ArgSpec, given: &Map<String, Value>, path: &str) -> Map<String, Value> {
         let mut params = self.canonicalize(spec, given, path);
-        check_mutually_exclusive(spec, &params, path)?;
+        self.errors.extend(check_mutually_exclusive(spec, &params, path).err());
         for option in &spec.options {
             if let (false, Some(default)) = (is_set(&params, &option.name), &option.default) {
                 params.insert(option.name.clone(), default.clone());
             }
         }
-        check_required(spec, &params, path)?;
+        self.errors.extend(check_required(spec, &params, path).err());
         for option in &spec.options {
             if let Some(value) = params.remove(&option.name).filter(|value| !value.is_null()) {
-                params.insert(option.name.clone(), convert(option, value, path)?);
+                if let Some(value) = convert(option, value, path, &mut self.errors) {
+                    params.insert(option.name.clone(), value);
+                }
             }
         }
         for option in &spec.options {
             if let Some(value) = params.get_mut(&option.name) {
-                check_choices(option, value, path)?;
+                self.errors.extend(check_choices(option, value, path).err());
             }
         }
-        check_requirements(spec, &params, path)?;
+        self.errors.extend(check_requirements(spec, &params, path));
         for option in &spec.options {
             params.entry(option.name.clone()).or_insert(Value::Null);
         }
         for option in &spec.options {
             if let (Some(subspec), Some(value)) = (&option.suboptions, params.get_mut(&option.name)) {
-                self.nested(option, subspec, value, &qualified(path, &option.name))?;
+                self.nested(option, subspec, value, &qualified(path, &option.name));
             }
         }
-        Ok(params)
+        params
     }
 
     /// Validates the suboptions of `option`, whose converted value is `value`.
-    fn nested(&mut self, option: &Opt, subspec: &ArgSpec, value: &mut Value, name: &str) -> Result<(), Error> {
+    fn nested(&mut self, option: &Opt, subspec: &ArgSpec, value: &mut Value, name: &str) {
         match value {
-            Value::Object(map) => *map = self.section(subspec, map, name)?,
-            Value::Null if option.apply_defaults => {
-                *value = Value::Object(self.section(subspec, &Map::new(), name)?);
-            }
+            Value::Object(map) => *map = self.section(subspec, map, name),
+            Value::Null if option.apply_defaults => *value = Value::Object(self.section(subspec, &Map::new(), name)),
             Value::Array(items) => {
                 for (index, item) in items.iter_mut().enumerate() {
                     if let Value::Object(map) = item {
-                        *map = self.section(subspec, map, &format!("{name}[{index}]"))?;
+                        *map = self.section(subspec, map, &format!("{name}[{index}]"));
                     }
                 }
             }
             _ => {}
         }
-        Ok(())
     }
 
     /// Keys `given` by canonical option names, noting unknown names,
@@ -163,13 +165,16 @@ impl Validator {
             params.insert(option.name.clone(), value.clone());
         }
         if !unsupported.is_empty() {
-            self.unsupported.append(&mut unsupported);
-            self.supported.get_or_insert_with(|| {
-                let mut options: Vec<String> = spec.options.iter().map(|option| option.name.clone()).collect();
-                let mut aliases: Vec<String> = spec.options.iter().flat_map(|option| option.aliases.clone()).collect();
-                options.sort();
-                aliases.sort();
-                (options, aliases)
+            unsupported.sort();
+            let mut supported: Vec<String> = spec.options.iter().map(|option| option.name.clone()).collect();
+            let mut aliases: Vec<String> = spec.options.iter().flat_map(|option| option.aliases.clone()).collect();
+            supported.sort();
+            aliases.sort();
+            self.unsupported.push(Error::Unsupported {
+                module: self.module.to_string(),
+                unsupported,
+                supported,
+                aliases,
             });
         }
         params
@@ -194,32 +199,31 @@ fn is_set(params: &Map<String, Value>, name: &str) -> bool {
     params.get(name).is_some_and(|value| !value.is_null())
 }
 
-fn convert(option: &Opt, value: Value, path: &str) -> Result<Value, Error> {
+/// `value` converted to the option's type, or `None`, noting in `errors`
+/// why. An element that cannot be converted is noted and kept as given, so
+/// that the other elements keep their index and are still checked.
+fn convert(option: &Opt, value: Value, path: &str, errors: &mut Vec<Error>) -> Option<Value> {
     let name = qualified(path, &option.name);
     let found = python_type(&value);
-    let value = coerce(value, option.kind).map_err(|reason| Error::Conversion {
-        name: name.clone(),
-        found,
-        wanted: option.kind,
-        reason,
-    })?;
+    let value = coerce(value, option.kind)
+        .map_err(|reason| errors.push(Error::Conversion { name: name.clone(), found, wanted: option.kind, reason }))
+        .ok()?;
     // A list with suboptions is a list of dicts even if `elements` is unsaid.
     let elements = option.elements.or_else(|| option.suboptions.as_ref().map(|_| Type::Dict));
     match (value, elements) {
-        (Value::Array(items), Some(wanted)) => items
-            .into_iter()
-            .map(|item| {
-                let found = python_type(&item);
-                coerce(item, wanted).map_err(|reason| Error::ElementConversion {
-                    name: name.clone(),
-                    found,
-                    wanted,
-                    reason,
+        (Value::Array(items), Some(wanted)) => Some(Value::Array(
+            items
+                .into_iter()
+                .map(|item| {
+                    let found = python_type(&item);
+                    coerce(item.clone(), wanted).unwrap_or_else(|reason| {
+                        errors.push(Error::ElementConversion { name: name.clone(), found, wanted, reason });
+                        item
+                    })
                 })
-            })
-            .collect::<Result<_, _>>()
-            .map(Value::Array),
-        (value, _) => Ok(value),
+                .collect(),
+        )),
+        (value, _) => Some(value),
     }
 }
 
@@ -305,21 +309,22 @@ fn check_required(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -> Re
 }
 
 /// `required_together`, `required_one_of`, `required_if`, `required_by`, in
-/// Ansible's order.
-fn check_requirements(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -> Result<(), Error> {
+/// Ansible's order, every rule broken.
+fn check_requirements(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -> Vec<Error> {
     let unset = |names: &[String]| -> Vec<String> {
         let unset = names.iter().filter(|name| !is_set(params, name)).cloned().collect::<Vec<_>>();
         qualified_all(path, &unset)
     };
+    let mut errors = Vec::new();
     for group in &spec.required_together {
         let missing = unset(group);
         if !missing.is_empty() && missing.len() < group.len() {
-            return Err(Error::RequiredTogether(qualified_all(path, group)));
+            errors.push(Error::RequiredTogether(qualified_all(path, group)));
         }
     }
     for group in &spec.required_one_of {
         if unset(group).len() == group.len() {
-            return Err(Error::RequiredOneOf(qualified_all(path, group)));
+            errors.push(Error::RequiredOneOf(qualified_all(path, group)));
         }
     }
     for rule in &spec.required_if {
@@ -328,7 +333,7 @@ fn check_requirements(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -
         }
         let missing = unset(&rule.requirements);
         if !missing.is_empty() && (!rule.any || missing.len() == rule.requirements.len()) {
-            return Err(Error::RequiredIf {
+            errors.push(Error::RequiredIf {
                 name: qualified(path, &rule.name),
                 value: python_str(&rule.value),
                 any: rule.any,
@@ -339,10 +344,10 @@ fn check_requirements(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -
     for (name, requirements) in &spec.required_by {
         let missing = unset(requirements);
         if is_set(params, name) && !missing.is_empty() {
-            return Err(Error::RequiredBy { name: qualified(path, name), missing });
+            errors.push(Error::RequiredBy { name: qualified(path, name), missing });
         }
     }
-    Ok(())
+    errors
 }
 
 #[cfg(test)]
@@ -351,7 +356,7 @@ mod tests {
     use crate::spec::Removal;
     use serde_json::json;
 
-    fn run(spec: &ArgSpec, args: Value) -> Result<Validated, Error> {
+    fn run(spec: &ArgSpec, args: Value) -> Result<Validated, ArgumentErrors> {
         let Value::Object(args) = args else { panic!("test args must be an object") };
         validate(spec, &args, "virtfarm.kvm.test")
     }
@@ -443,9 +448,97 @@ mod tests {
     }
 
     #[test]
-    fn unknown_options_are_reported_after_other_errors() {
+    fn unknown_options_are_reported_before_other_errors() {
         let spec = ArgSpec::new([Opt::str("name").required()]);
-        assert_eq!(message(&spec, json!({"nmae": "a"})), "missing required arguments: name");
+        assert_eq!(
+            message(&spec, json!({"nmae": "a"})),
+            "Unsupported parameters for (virtfarm.kvm.test) module: nmae. Supported parameters include: name.; \
+             missing required arguments: name"
+        );
+    }
+
+    fn messages(spec: &ArgSpec, args: Value) -> Vec<String> {
+        match run(spec, args) {
+            Ok(validated) => panic!("unexpectedly valid: {:?}", validated.params),
+            Err(errors) => errors.messages().to_vec(),
+        }
+    }
+
+    #[test]
+    fn every_error_at_the_top_level_is_reported_unknown_names_first() {
+        let spec = ArgSpec::new([
+            Opt::str("name").required(),
+            Opt::str("state").choices(&["present", "absent"]),
+            Opt::int("count"),
+            Opt::bool("force"),
+            Opt::str("image"),
+            Opt::str("url"),
+            Opt::str("user"),
+            Opt::str("password"),
+            Opt::list("tags").elements(Type::Int),
+        ])
+        .mutually_exclusive(&["image", "url"])
+        .required_together(&["user", "password"])
+        .required_if("state", "absent", &["count"]);
+        assert_eq!(
+            messages(
+                &spec,
+                json!({"colour": 1, "state": "absent", "count": "many", "force": "maybe", "image": "i",
+                       "url": "u", "user": "u", "tags": [1, "x", "y"], "nmae": "a"})
+            ),
+            [
+                "Unsupported parameters for (virtfarm.kvm.test) module: colour, nmae. \
+                 Supported parameters include: count, force, image, name, password, state, tags, url, user.",
+                "parameters are mutually exclusive: image|url",
+                "missing required arguments: name",
+                "argument 'count' is of type <class 'str'> and we were unable to convert to int: \
+                 \"'many'\" cannot be converted to an int",
+                "argument 'force' is of type <class 'str'> and we were unable to convert to bool: \
+                 The value 'maybe' is not a valid boolean.  Valid booleans include: \
+                 'y', 'yes', 'on', '1', 'true', 't', 1, 1.0, True, 'n', 'no', 'off', '0', 'false', 'f', 0, 0.0, False",
+                "Elements value for option 'tags' is of type <class 'str'> and we were unable to convert to int: \
+                 \"'x'\" cannot be converted to an int",
+                "Elements value for option 'tags' is of type <class 'str'> and we were unable to convert to int: \
+                 \"'y'\" cannot be converted to an int",
+                "parameters are required together: user, password",
+                // count could not be converted, so it counts as missing.
+                "state is absent but all of the following are missing: count",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_error_inside_lists_of_dicts_is_reported_with_its_path() {
+        let spec = cloud_init_spec();
+        assert_eq!(
+            messages(
+                &spec,
+                json!({
+                    "name": "vm",
+                    "colour": "red",
+                    "cloud_init": {"password": "p", "hash": "h", "shell": "sh", "ssh_keys": {"a": 1}},
+                    "disks": [{"size": "1G"}, {"bus": "ide", "cache": "none"}, {"size": "lots", "bus": 3}, "big"],
+                })
+            ),
+            [
+                "Unsupported parameters for (virtfarm.kvm.test) module: colour. \
+                 Supported parameters include: cloud_init, disks, name.",
+                "Unsupported parameters for (virtfarm.kvm.test) module: cloud_init.shell. \
+                 Supported parameters include: hash, password, ssh_keys, user.",
+                "Unsupported parameters for (virtfarm.kvm.test) module: disks[1].cache. \
+                 Supported parameters include: bus, size.",
+                "Elements value for option 'disks' is of type <class 'str'> and we were unable to convert to dict: \
+                 dictionary requested, could not parse JSON or key=value",
+                "parameters are mutually exclusive: cloud_init.password|cloud_init.hash",
+                "missing required arguments: cloud_init.user",
+                "argument 'cloud_init.ssh_keys' is of type <class 'dict'> and we were unable to convert to list: \
+                 <class 'dict'> cannot be converted to a list",
+                // The string among the disks is refused; the dicts beside it are checked all the same.
+                "missing required arguments: disks[1].size",
+                "argument 'disks[2].size' is of type <class 'str'> and we were unable to convert to bytes: \
+                 <class 'str'> cannot be converted to a Byte value",
+            ]
+        );
     }
 
     #[test]
