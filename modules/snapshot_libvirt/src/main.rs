@@ -5,11 +5,11 @@ mod backing;
 mod request;
 mod run;
 
-use ansible_module::{ArgSpec, Diff, Error, Module, Opt, Params, Response, Type};
+use ansible_module::{ArgSpec, ArgumentErrors, Diff, Error, Module, Opt, Params, Response, Type};
 use serde_json::{json, Value};
 use virtfarm_libvirt::snapshot::CreateOptions;
 
-use request::{AfterRevert, BadOption, Domain, Request, State};
+use request::{AfterRevert, Domain, Request, State};
 
 fn spec() -> ArgSpec {
     ArgSpec::new([
@@ -40,8 +40,8 @@ fn spec() -> ArgSpec {
     .supports_check_mode()
 }
 
-/// Second stage of parsing: typed, checked, in domain terms.
-fn to_request(params: &Params) -> Result<Result<Request, BadOption>, Error> {
+/// Second stage of parsing: typed, checked, in domain terms; every bad option is reported.
+fn to_request(params: &Params) -> Result<Result<Request, ArgumentErrors>, Error> {
     let uri = params.str("uri")?;
     let on_uri = |name: &str| Domain { name: name.to_string(), uri: uri.to_string() };
     let (domains, domains_option) = if let Some(name) = params.opt_str("name")? {
@@ -52,42 +52,54 @@ fn to_request(params: &Params) -> Result<Result<Request, BadOption>, Error> {
         (Ok(params.list_of_str("names")?.into_iter().map(on_uri).collect()), "names")
     };
     let after = params.dict("after_revert")?;
-    let state = State::parse(params.str("state")?);
-    let requested = request::parse_type(params.str("type")?);
-    let wait = request::parse_wait(after.str("wait")?);
-    let shutdown_timeout = request::seconds("shutdown_timeout", params.int("shutdown_timeout")?);
-    let wait_timeout = request::seconds("after_revert.timeout", after.int("timeout")?);
-    let snapshot = params.opt_str("snapshot")?.map(str::to_string);
-    let shutdown_first = params.bool("shutdown_first")?;
-    let memory = params.opt_bool("memory")?;
-    let quiesce = params.bool("quiesce")?;
-    let sync_clock = after.bool("sync_clock")?;
-    let mode = request::parse_mode(params.str("mode")?, params.opt_str("volume_path")?);
-    let build = move || -> Result<Request, BadOption> {
-        let state = state?;
-        let domains = domains?;
+    let mut errors = ArgumentErrors::new();
+    let state = errors.check(State::parse(params.str("state")?));
+    let domains = errors.check(domains.and_then(|domains| {
         request::check_domains(domains_option, &domains)?;
-        let mode = mode?;
-        request::check_one_host(&mode, &domains)?;
-        request::check_snapshot(state, &mode, snapshot.as_deref())?;
-        Ok(Request {
-            domains,
-            domains_option,
-            mode,
-            snapshot,
-            state,
-            create: CreateOptions { requested: requested?, memory, quiesce },
-            shutdown_first: if shutdown_first { Some(shutdown_timeout?) } else { None },
-            after_revert: AfterRevert { sync_clock, wait: wait?, timeout: wait_timeout? },
-        })
+        Ok(domains)
+    }));
+    let mode = errors.check(request::parse_mode(params.str("mode")?, params.opt_str("volume_path")?));
+    let snapshot = params.opt_str("snapshot")?.map(str::to_string);
+    if let (Some(mode), Some(domains)) = (&mode, &domains) {
+        errors.check(request::check_one_host(mode, domains));
+    }
+    if let (Some(state), Some(mode)) = (state, &mode) {
+        errors.check(request::check_snapshot(state, mode, snapshot.as_deref()));
+    }
+    let requested = errors.check(request::parse_type(params.str("type")?));
+    let shutdown_first = match params.bool("shutdown_first")? {
+        true => errors.check(request::seconds("shutdown_timeout", params.int("shutdown_timeout")?)).map(Some),
+        false => Some(None),
     };
-    Ok(build())
+    let wait = errors.check(request::parse_wait(after.str("wait")?));
+    let wait_timeout = errors.check(request::seconds("after_revert.timeout", after.int("timeout")?));
+    let request = match (state, domains, mode, requested, shutdown_first, wait, wait_timeout) {
+        (Some(state), Some(domains), Some(mode), Some(requested), Some(shutdown_first), Some(wait), Some(timeout)) => {
+            Request {
+                domains,
+                domains_option,
+                mode,
+                snapshot,
+                state,
+                create: CreateOptions {
+                    requested,
+                    memory: params.opt_bool("memory")?,
+                    quiesce: params.bool("quiesce")?,
+                },
+                shutdown_first,
+                after_revert: AfterRevert { sync_clock: after.bool("sync_clock")?, wait, timeout },
+            }
+        }
+        // Each missing value added its error.
+        _ => return Ok(Err(errors)),
+    };
+    Ok(errors.finish(request))
 }
 
 fn snapshot_libvirt(module: &Module) -> Result<Response, Error> {
     let request = match to_request(module.params())? {
         Ok(request) => request,
-        Err(bad) => return Ok(Response::fail(bad.to_string())),
+        Err(errors) => return Ok(errors.to_response()),
     };
     let check_mode = module.context().check_mode;
     match run::run(&request, check_mode) {
@@ -142,6 +154,19 @@ mod tests {
             assert_eq!(reply["failed"], true, "{args}: {reply}");
             assert!(reply["msg"].as_str().unwrap().starts_with(expected), "{args}: {reply}");
         }
+    }
+
+    #[test]
+    fn every_bad_option_is_named_at_once() {
+        let reply = reply(json!({
+            "names": ["a", "a"], "mode": "backing_file", "shutdown_first": true, "shutdown_timeout": -1,
+            "after_revert": {"timeout": 0},
+        }));
+        let errors: Vec<&str> =
+            reply["argument_errors"].as_array().into_iter().flatten().filter_map(|e| e.as_str()).collect();
+        let named: Vec<&str> = errors.iter().map(|e| e.split(':').next().unwrap_or_default()).collect();
+        assert_eq!(named, ["names", "volume_path", "shutdown_timeout", "after_revert.timeout"], "{reply}");
+        assert_eq!(reply["msg"], errors.join("; "));
     }
 
     #[test]
