@@ -11,7 +11,7 @@ mod steps;
 use std::path::Path;
 use std::time::Duration;
 
-use ansible_module::{ArgSpec, Module, Opt, Params, Response, Type};
+use ansible_module::{ArgSpec, ArgumentErrors, Module, Opt, Params, Response, Type};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
 use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
@@ -71,30 +71,54 @@ enum Step<'a> {
 }
 
 impl<'a> Step<'a> {
-    fn parse(params: &'a Params) -> Result<Self> {
-        Ok(match params.str("state")? {
-            "phases" => Step::Phases(phase_query(params)?),
+    /// The step, or every parameter it refuses.
+    fn parse(params: &'a Params) -> Result<Self, ArgumentErrors> {
+        let mut errors = ArgumentErrors::new();
+        match Step::read(params, &mut errors) {
+            Some(step) if errors.is_empty() => Ok(step),
+            _ => Err(errors),
+        }
+    }
+
+    /// The step; `None` once `errors` names what is wrong. Every value is read before
+    /// any is given up on, so that each bad one is named.
+    fn read(params: &'a Params, errors: &mut ArgumentErrors) -> Option<Self> {
+        Some(match errors.check(params.str("state"))? {
+            "phases" => Step::Phases(errors.check(phase_query(params))?),
             "reachable" => {
-                let port =
-                    u16::try_from(params.int("port")?).map_err(|_| anyhow!("port must be between 0 and 65535"))?;
-                let banner = params.opt_str("banner")?.unwrap_or(if port == 22 { "SSH-" } else { "" });
-                Step::Reachable { host: params.str("host")?, port, banner, timeout: seconds(params, "timeout")? }
+                let port = errors.check(bounded::<u16>(params, "port", "between 0 and 65535"));
+                let host = errors.check(params.str("host"));
+                let banner = errors.check(params.opt_str("banner"));
+                let timeout = errors.check(seconds(params, "timeout"));
+                let port = port?;
+                let banner = banner?.unwrap_or(if port == 22 { "SSH-" } else { "" });
+                Step::Reachable { host: host?, port, banner, timeout: timeout? }
             }
             "started" => {
-                Step::Started { wait: Signal::parse(params.str("wait")?), timeout: seconds(params, "timeout")? }
+                let wait = errors.check(params.str("wait")).map(Signal::parse);
+                let timeout = errors.check(seconds(params, "timeout"));
+                Step::Started { wait: wait?, timeout: timeout? }
             }
-            "cache_prepared" => Step::CachePrepared {
-                names: cache_names(params)?,
-                allowed: allowed_phases(params)?,
-                prune: params.bool("prune")?,
-            },
-            "cache_saved" => Step::CacheSaved { names: cache_names(params)?, quiesce: params.bool("quiesce")? },
-            "stopped" => Step::Stopped {
-                retry_count: u32::try_from(params.int("retry_count")?)
-                    .map_err(|_| anyhow!("retry_count must be 0 or more"))?,
-                retry_delay: seconds(params, "retry_delay")?,
-            },
-            other => bail!("state: unknown step {other}"),
+            "cache_prepared" => {
+                let names = errors.check(cache_names(params));
+                let allowed = errors.check(allowed_phases(params));
+                let prune = errors.check(params.bool("prune"));
+                Step::CachePrepared { names: names?, allowed: allowed?, prune: prune? }
+            }
+            "cache_saved" => {
+                let names = errors.check(cache_names(params));
+                let quiesce = errors.check(params.bool("quiesce"));
+                Step::CacheSaved { names: names?, quiesce: quiesce? }
+            }
+            "stopped" => {
+                let retry_count = errors.check(bounded::<u32>(params, "retry_count", "0 or more"));
+                let retry_delay = errors.check(seconds(params, "retry_delay"));
+                Step::Stopped { retry_count: retry_count?, retry_delay: retry_delay? }
+            }
+            other => {
+                errors.push(format!("state: unknown step {other}"));
+                return None;
+            }
         })
     }
 }
@@ -102,7 +126,10 @@ impl<'a> Step<'a> {
 fn run(module: &Module) -> Result<Response> {
     let params = module.params();
     let check_mode = module.context().check_mode;
-    let step = Step::parse(params)?;
+    let step = match Step::parse(params) {
+        Ok(step) => step,
+        Err(errors) => return Ok(errors.to_response()),
+    };
     // The domain, locked against other runs (kvm_provision, snapshot_libvirt, a second
     // lifecycle of the same VM) for as long as this step changes it; check mode takes no lock.
     let on_domain = || -> Result<(Hypervisor, Vm, Option<DomainLock>)> {
@@ -191,8 +218,13 @@ fn cache_names(params: &Params) -> Result<CacheNames> {
 }
 
 fn seconds(params: &Params, name: &str) -> Result<Duration> {
+    bounded::<u64>(params, name, "0 or more").map(Duration::from_secs)
+}
+
+/// An `int` option whose values must fit `T`, which `range` says in words.
+fn bounded<T: TryFrom<i64>>(params: &Params, name: &str, range: &str) -> Result<T> {
     let value = params.int(name)?;
-    u64::try_from(value).map(Duration::from_secs).map_err(|_| anyhow!("{name} must be 0 or more, got {value}"))
+    T::try_from(value).map_err(|_| anyhow!("{name} must be {range}, got {value}"))
 }
 
 #[cfg(test)]
@@ -240,6 +272,19 @@ mod tests {
             let msg = failure(args.clone());
             assert!(msg.contains(parameter), "{args}: {msg}");
         }
+    }
+
+    #[test]
+    fn every_bad_parameter_of_a_step_is_named_at_once() {
+        let reply = reply(json!({"state": "reachable", "host": "localhost", "port": 70000, "timeout": -1}));
+        assert_eq!(
+            reply["argument_errors"],
+            json!(["port must be between 0 and 65535, got 70000", "timeout must be 0 or more, got -1"]),
+            "{reply}"
+        );
+        let msg = failure(json!({"state": "cache_prepared", "name": "vm", "project_id": "p", "revision": "auto",
+                                 "allowed_phases": ["main", "restore everything"]}));
+        assert!(msg.contains("revision: ") && msg.contains("allowed_phases: "), "{msg}");
     }
 
     #[test]
