@@ -210,6 +210,17 @@ impl ArgumentErrors {
         ArgumentErrors::default()
     }
 
+    /// Runs `read`, which adds an error for every bad value it meets and
+    /// gives up with `None` only after adding one: its value if no error
+    /// was found, else every error.
+    pub fn collect<T>(read: impl FnOnce(&mut ArgumentErrors) -> Option<T>) -> Result<T, ArgumentErrors> {
+        let mut errors = ArgumentErrors::new();
+        match read(&mut errors) {
+            Some(value) => errors.finish(value),
+            None => Err(errors),
+        }
+    }
+
     /// Adds an error; one already listed is not repeated.
     pub fn push(&mut self, error: impl fmt::Display) {
         // `{:#}` keeps the causes of an `anyhow` error.

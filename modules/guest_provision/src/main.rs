@@ -73,11 +73,7 @@ enum Step<'a> {
 impl<'a> Step<'a> {
     /// The step, or every parameter it refuses.
     fn parse(params: &'a Params) -> Result<Self, ArgumentErrors> {
-        let mut errors = ArgumentErrors::new();
-        match Step::read(params, &mut errors) {
-            Some(step) if errors.is_empty() => Ok(step),
-            _ => Err(errors),
-        }
+        ArgumentErrors::collect(|errors| Step::read(params, errors))
     }
 
     /// The step; `None` once `errors` names what is wrong. Every value is read before
