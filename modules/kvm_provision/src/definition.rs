@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ansible_module::{ArgSpec, Opt, Params, Type};
+use ansible_module::{ArgSpec, ArgumentErrors, Opt, Params, Type};
 use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Map, Value};
 use virtfarm_libvirt::cloud_init::CloudInit;
@@ -221,20 +221,26 @@ fn vm_options(name: Opt) -> Vec<Opt> {
 }
 
 impl Request {
-    /// Turns the validated parameters into VM definitions; the first problem is returned
-    /// naming its parameter. `module` names the module in messages about unknown options.
-    pub fn from_params(params: &Params, module: &str) -> Result<Request> {
-        let state = match params.str("state")? {
+    /// Turns the validated parameters into VM definitions, or names every problem by its
+    /// parameter. `module` names the module in messages about unknown options.
+    pub fn from_params(params: &Params, module: &str) -> Result<Request, ArgumentErrors> {
+        ArgumentErrors::collect(|errors| Request::read(params, module, errors))
+    }
+
+    /// The request; `None` once `errors` names what is wrong. Every VM is read, each as far
+    /// as its own problems allow, so that one run names them all.
+    fn read(params: &Params, module: &str, errors: &mut ArgumentErrors) -> Option<Request> {
+        let state = match errors.check(params.str("state"))? {
             "present" => State::Present,
             "stopped" => State::Stopped,
             "absent" => State::Absent,
             _ => State::Running,
         };
-        let wait = Signal::parse(params.str("wait")?);
-        let wait_timeout = seconds(params, "wait_timeout")?;
-        let stop_timeout = seconds(params, "stop_timeout")?;
-        let remove_storage = params.bool("remove_storage")?;
-        let stem = params.opt_str("stem")?;
+        let wait = errors.check(params.str("wait")).map(Signal::parse);
+        let wait_timeout = errors.check(seconds(params, "wait_timeout"));
+        let stop_timeout = errors.check(seconds(params, "stop_timeout"));
+        let remove_storage = errors.check(params.bool("remove_storage"));
+        let stem = errors.check(params.opt_str("stem"))?;
         let no_images = Map::new();
         let images = params.get("images").and_then(Value::as_object).unwrap_or(&no_images);
         let mut defaults = Map::new();
@@ -244,34 +250,50 @@ impl Request {
             }
         }
         let items: Vec<(String, Value)> = match params.get("vms").and_then(Value::as_array) {
-            Some(items) if items.is_empty() => bail!("vms: the list is empty"),
+            Some(items) if items.is_empty() => {
+                errors.push("vms: the list is empty");
+                return None;
+            }
             Some(items) => items.iter().enumerate().map(|(i, item)| (format!("vms[{i}]"), item.clone())).collect(),
-            None if defaults.is_empty() => bail!("name: required (or vm, xml, or a list in vms)"),
+            None if defaults.is_empty() => {
+                errors.push("name: required (or vm, xml, or a list in vms)");
+                return None;
+            }
             None => vec![(String::new(), Value::Object(Map::new()))],
         };
         let mut vms = Vec::with_capacity(items.len());
         let mut warnings = Vec::new();
         for (path, item) in items {
-            let item = pool_item(&path, item, stem, images)?;
+            let Some(item) = errors.check(pool_item(&path, item, stem, images)) else { continue };
             let mut merged = defaults.clone();
             merged.extend(item);
-            vms.push(parse_vm(&path, merged, state, module, &mut warnings)?);
+            vms.extend(parse_vm(&path, merged, state, module, &mut warnings, errors));
         }
         let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
         names.sort_unstable();
-        if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
-            bail!("vms: the name {} is given twice", pair[0]);
+        for pair in names.windows(2).filter(|w| w[0] == w[1]) {
+            errors.push(format!("vms: the name {} is given twice", pair[0]));
         }
         let mut macs: Vec<(String, &str)> = Vec::new();
         for vm in &vms {
-            for mac in vm.macs()?.into_iter().filter(|m| !m.is_empty()) {
-                if let Some((_, first)) = macs.iter().find(|(seen, _)| *seen == mac) {
-                    bail!("networks: MAC {mac} is given to both {first} and {}", vm.name);
+            for mac in errors.check(vm.macs()).unwrap_or_default().into_iter().filter(|m| !m.is_empty()) {
+                match macs.iter().find(|(seen, _)| *seen == mac) {
+                    Some((_, first)) => {
+                        errors.push(format!("networks: MAC {mac} is given to both {first} and {}", vm.name))
+                    }
+                    None => macs.push((mac, &vm.name)),
                 }
-                macs.push((mac, &vm.name));
             }
         }
-        Ok(Request { state, wait, wait_timeout, stop_timeout, remove_storage, vms, warnings })
+        Some(Request {
+            state,
+            wait: wait?,
+            wait_timeout: wait_timeout?,
+            stop_timeout: stop_timeout?,
+            remove_storage: remove_storage?,
+            vms,
+            warnings,
+        })
     }
 }
 
@@ -368,17 +390,20 @@ fn check_texts(path: &str, value: &Value) -> Result<()> {
     }
 }
 
+/// One VM, read as far as its problems allow: each is added to `errors`, naming its
+/// parameter; `None` if there was any.
 fn parse_vm(
     path: &str,
     mut merged: Map<String, Value>,
     state: State,
     module: &str,
     warnings: &mut Vec<String>,
-) -> Result<VmDefinition> {
+    errors: &mut ArgumentErrors,
+) -> Option<VmDefinition> {
     if let Some(legacy) = merged.remove("vm") {
         // ansible_farm's form underneath, native keys on top.
         let vm_path = if path.is_empty() { "vm".to_string() } else { format!("{path}.vm") };
-        let mut native = legacy_to_native(Loose::new(vm_path, &legacy)?, warnings)?;
+        let mut native = errors.check(Loose::new(vm_path, &legacy).and_then(|vm| legacy_to_native(vm, warnings)))?;
         native.extend(merged);
         merged = native;
     }
@@ -387,24 +412,31 @@ fn parse_vm(
             *network = json!({ "network": network.take() });
         }
     }
-    let fields = vm_spec().validate_at(&merged, path, module)?;
-    check_texts(path, fields.as_value())?;
-    let name = fields.str("name")?.to_string();
-    check_name(&fields.name_of("name"), &name)?;
-    let uri = fields.opt_str("uri")?.unwrap_or("qemu:///system").to_string();
-    check_uri(&fields.name_of("uri"), &uri)?;
-    let pool = fields.opt_str("pool")?.unwrap_or("default").to_string();
-    check_object_name(&fields.name_of("pool"), &pool)?;
-    let domain_type = fields.opt_str("domain_type")?.map(str::to_string);
-    let metadata = parse_metadata(&fields)?;
-    if let Some(xml) = fields.opt_str("xml")? {
+    let fields = vm_spec().validate_at(&merged, path, module).map_err(|spec_errors| errors.extend(spec_errors)).ok()?;
+    errors.check(check_texts(path, fields.as_value()));
+    let text = |errors: &mut ArgumentErrors, option: &str, default: &str| {
+        errors.check(fields.opt_str(option)).map(|value| value.unwrap_or(default).to_string())
+    };
+    let name = errors.check(fields.str("name"))?.to_string();
+    errors.check(check_name(&fields.name_of("name"), &name));
+    let uri = text(errors, "uri", "qemu:///system")?;
+    errors.check(check_uri(&fields.name_of("uri"), &uri));
+    let pool = text(errors, "pool", "default")?;
+    errors.check(check_object_name(&fields.name_of("pool"), &pool));
+    let domain_type = errors.check(fields.opt_str("domain_type"))?.map(str::to_string);
+    let metadata = errors.check(parse_metadata(&fields));
+    if let Some(xml) = errors.check(fields.opt_str("xml"))? {
         for conflicting in ["image", "cloud_init", "networks", "disks", "kernel", "memory", "vcpus"] {
             if fields.is_set(conflicting) {
-                bail!("{}: cannot be combined with {}", fields.name_of("xml"), fields.name_of(conflicting));
+                errors.push(format!(
+                    "{}: cannot be combined with {}",
+                    fields.name_of("xml"),
+                    fields.name_of(conflicting)
+                ));
             }
         }
-        let domain = DomainSource::Given { xml: xml.to_string(), metadata: Box::new(metadata) };
-        return Ok(VmDefinition {
+        let domain = DomainSource::Given { xml: xml.to_string(), metadata: Box::new(metadata?) };
+        return Some(VmDefinition {
             name,
             uri,
             domain,
@@ -415,6 +447,72 @@ fn parse_vm(
             networks: vec![],
         });
     }
+    let memory_mib = errors.check(parse_memory(&fields));
+    let vcpus = errors.check(parse_vcpus(&fields));
+    let root_disk = errors.check(parse_root_disk(&fields));
+    if matches!(root_disk, Some(None)) && !fields.is_set("disks") && state != State::Absent {
+        errors.push(format!(
+            "{}: required (a base volume name or path), unless disks or xml are given",
+            fields.name_of("image")
+        ));
+    }
+    let disks = errors.check(parse_disks(&fields));
+    let nics = parse_networks(&fields, &name, errors);
+    let cloud_init = errors.check(
+        fields
+            .opt_dict("cloud_init")
+            .map_err(anyhow::Error::from)
+            .and_then(|c| c.map(|c| parse_cloud_init(&c, &name)).transpose()),
+    );
+    let filesystems = errors.check(parse_filesystems(&fields));
+    let kernel = errors.check(
+        fields.opt_dict("kernel").map_err(anyhow::Error::from).and_then(|k| k.map(|k| parse_kernel(&k)).transpose()),
+    );
+    let optional_path =
+        |errors: &mut ArgumentErrors, option: &str| {
+            errors.check(fields.opt_str(option).map_err(anyhow::Error::from).and_then(|path| {
+                path.map(|p| check_path(&fields.name_of(option), p).map(|()| p.to_string())).transpose()
+            }))
+        };
+    let emulator = optional_path(errors, "emulator");
+    let firmware = optional_path(errors, "firmware");
+    let arch = text(errors, "arch", "x86_64");
+    let machine = text(errors, "machine", "q35");
+    let cpu_model = errors.check(fields.opt_str("cpu")).map(|cpu| cpu.filter(|c| !c.is_empty()).map(str::to_string));
+    let (nics, networks) = nics?;
+    let spec = DomainSpec {
+        name: name.clone(),
+        uuid: None,
+        domain_type: String::new(),
+        arch: arch?,
+        machine: Some(machine?),
+        emulator: emulator?,
+        memory_mib: memory_mib?,
+        vcpus: vcpus?,
+        cpu_model: cpu_model?,
+        firmware: firmware?,
+        kernel: kernel?,
+        disks: disks?,
+        nics,
+        filesystems: filesystems?,
+        console_log: Some(format!("/var/log/libvirt/qemu/{name}-console.log")),
+        metadata: metadata?,
+    };
+    let domain = DomainSource::Generated(Box::new(spec));
+    Some(VmDefinition {
+        name,
+        uri,
+        domain,
+        domain_type,
+        root_disk: root_disk?,
+        pool,
+        cloud_init: cloud_init?,
+        networks,
+    })
+}
+
+/// `memory` in MiB: 1024 unless given.
+fn parse_memory(fields: &Params) -> Result<u64> {
     let memory_mib = match fields.get("memory") {
         Some(memory) => size(&fields.name_of("memory"), memory, 1 << 20)? >> 20,
         None => 1024,
@@ -422,46 +520,18 @@ fn parse_vm(
     if memory_mib == 0 {
         bail!("{}: at least 1 MiB", fields.name_of("memory"));
     }
-    let vcpus = match fields.opt_int("vcpus")? {
-        None => 1,
+    Ok(memory_mib)
+}
+
+/// `vcpus`: 1 unless given.
+fn parse_vcpus(fields: &Params) -> Result<u32> {
+    match fields.opt_int("vcpus")? {
+        None => Ok(1),
         Some(n) => match u32::try_from(n) {
-            Ok(n) if (1..=4096).contains(&n) => n,
+            Ok(n) if (1..=4096).contains(&n) => Ok(n),
             _ => bail!("{}: {n} is not a number of CPUs (1 to 4096)", fields.name_of("vcpus")),
         },
-    };
-    let root_disk = parse_root_disk(&fields)?;
-    if root_disk.is_none() && !fields.is_set("disks") && state != State::Absent {
-        bail!("{}: required (a base volume name or path), unless disks or xml are given", fields.name_of("image"));
     }
-    let disks = parse_disks(&fields)?;
-    let (nics, networks) = parse_networks(&fields, &name)?;
-    let cloud_init = fields.opt_dict("cloud_init")?.map(|c| parse_cloud_init(&c, &name)).transpose()?;
-    let filesystems = parse_filesystems(&fields)?;
-    let kernel = fields.opt_dict("kernel")?.map(|k| parse_kernel(&k)).transpose()?;
-    let optional_path = |option: &str| -> Result<Option<String>> {
-        let path = fields.opt_str(option)?;
-        path.map(|p| check_path(&fields.name_of(option), p).map(|()| p.to_string())).transpose()
-    };
-    let spec = DomainSpec {
-        name: name.clone(),
-        uuid: None,
-        domain_type: String::new(),
-        arch: fields.opt_str("arch")?.unwrap_or("x86_64").to_string(),
-        machine: Some(fields.opt_str("machine")?.unwrap_or("q35").to_string()),
-        emulator: optional_path("emulator")?,
-        memory_mib,
-        vcpus,
-        cpu_model: fields.opt_str("cpu")?.filter(|c| !c.is_empty()).map(str::to_string),
-        firmware: optional_path("firmware")?,
-        kernel,
-        disks,
-        nics,
-        filesystems,
-        console_log: Some(format!("/var/log/libvirt/qemu/{name}-console.log")),
-        metadata,
-    };
-    let domain = DomainSource::Generated(Box::new(spec));
-    Ok(VmDefinition { name, uri, domain, domain_type, root_disk, pool, cloud_init, networks })
 }
 
 /// Checks a libvirt URI's shape (`driver[+transport]://[host]/path`); whether it answers
@@ -551,65 +621,98 @@ fn parse_disks(fields: &Params) -> Result<Vec<DiskDevice>> {
     Ok(disks)
 }
 
-fn parse_networks(fields: &Params, vm_name: &str) -> Result<(Vec<NicDevice>, Vec<NetworkWant>)> {
+/// The NICs and the networks they need; every bad value of every NIC is added to `errors`.
+fn parse_networks(
+    fields: &Params,
+    vm_name: &str,
+    errors: &mut ArgumentErrors,
+) -> Option<(Vec<NicDevice>, Vec<NetworkWant>)> {
     let mut nics = Vec::new();
     let mut wants = Vec::new();
-    for (i, nic) in fields.dicts("networks")?.into_iter().enumerate() {
-        let mac = match nic.opt_str("mac")? {
-            Some(mac) => {
-                check_mac(mac).map_err(|e| anyhow!("{}: {e}", nic.name_of("mac")))?;
-                if u8::from_str_radix(&mac[..2], 16).is_ok_and(|octet| octet & 1 == 1) {
-                    bail!("{}: {mac} is a multicast address; a NIC needs a unicast one", nic.name_of("mac"));
-                }
-                mac.to_ascii_lowercase()
+    let mut complete = true;
+    for (i, nic) in errors.check(fields.dicts("networks"))?.into_iter().enumerate() {
+        match parse_nic(&fields.name_of(&format!("networks[{i}]")), &nic, i, vm_name, errors) {
+            Some((device, want)) => {
+                nics.push(device);
+                wants.extend(want);
             }
-            None => derived_mac(vm_name, i),
-        };
-        let name_checked = |option: &str| -> Result<Option<String>> {
-            let value = nic.opt_str(option)?;
-            value.map(|v| check_object_name(&nic.name_of(option), v).map(|()| v.to_string())).transpose()
-        };
-        let source = match (nic.opt_str("type")?, name_checked("network")?, name_checked("bridge")?) {
-            (Some("user"), None, None) => NicSource::User,
-            (None | Some("network"), Some(network), None) => NicSource::Network(network),
-            (None | Some("bridge"), None, Some(bridge)) => NicSource::Bridge(bridge),
-            _ => bail!(
-                "{}: give exactly one of network, bridge, or type: user",
-                fields.name_of(&format!("networks[{i}]"))
-            ),
-        };
-        let ip = nic
-            .opt_str("ip")?
-            .map(|ip| {
-                ip.parse::<Ipv4Addr>().map_err(|_| anyhow!("{}: {ip:?} is not an IPv4 address", nic.name_of("ip")))
-            })
-            .transpose()?;
-        let hostname = nic.opt_str("hostname")?.map(str::to_string);
-        if let Some(hostname) = &hostname {
-            check_object_name(&nic.name_of("hostname"), hostname)?;
+            None => complete = false,
         }
-        let subnet = nic
-            .opt_str("subnet")?
+    }
+    complete.then_some((nics, wants))
+}
+
+/// NIC number `index`, found at `path`, and the network it needs, if any.
+fn parse_nic(
+    path: &str,
+    nic: &Params,
+    index: usize,
+    vm_name: &str,
+    errors: &mut ArgumentErrors,
+) -> Option<(NicDevice, Option<NetworkWant>)> {
+    // A value of the NIC, checked by `check` when given.
+    let checked = |errors: &mut ArgumentErrors, option: &str, check: &dyn Fn(&str, &str) -> Result<()>| {
+        errors.check(
+            nic.opt_str(option)
+                .map_err(anyhow::Error::from)
+                .and_then(|value| value.map(|v| check(&nic.name_of(option), v).map(|()| v.to_string())).transpose()),
+        )
+    };
+    let mac = errors.check(nic_mac(nic, index, vm_name));
+    let network = checked(errors, "network", &check_object_name);
+    let bridge = checked(errors, "bridge", &check_object_name);
+    let kind = errors.check(nic.opt_str("type"));
+    let source = match (kind, network, bridge) {
+        (Some(kind), Some(network), Some(bridge)) => match (kind, network, bridge) {
+            (Some("user"), None, None) => Some(NicSource::User),
+            (None | Some("network"), Some(network), None) => Some(NicSource::Network(network)),
+            (None | Some("bridge"), None, Some(bridge)) => Some(NicSource::Bridge(bridge)),
+            _ => {
+                errors.push(format!("{path}: give exactly one of network, bridge, or type: user"));
+                None
+            }
+        },
+        _ => None,
+    };
+    let ip = errors.check(nic.opt_str("ip").map_err(anyhow::Error::from).and_then(|ip| {
+        ip.map(|ip| ip.parse::<Ipv4Addr>().map_err(|_| anyhow!("{}: {ip:?} is not an IPv4 address", nic.name_of("ip"))))
+            .transpose()
+    }));
+    let hostname = checked(errors, "hostname", &check_object_name);
+    let subnet = errors.check(nic.opt_str("subnet").map_err(anyhow::Error::from).and_then(|subnet| {
+        subnet
             .map(|s| {
                 Subnet::parse(s)
                     .ok_or_else(|| anyhow!("{}: {s:?} is not a subnet such as 10.88.0.0/24", nic.name_of("subnet")))
             })
-            .transpose()?;
-        let bridge_name = name_checked("bridge_name")?;
-        if let NicSource::Network(network) = &source {
+            .transpose()
+    }));
+    let bridge_name = checked(errors, "bridge_name", &check_object_name);
+    let (source, mac, ip, hostname, subnet, bridge_name) = (source?, mac?, ip?, hostname?, subnet?, bridge_name?);
+    let want = match &source {
+        NicSource::Network(network) => {
             let create = subnet.map(|subnet| NewNetwork { name: network.clone(), subnet, bridge: bridge_name });
             let reservation =
                 ip.map(|ip| Reservation { mac: mac.clone(), ip, hostname: hostname.or(Some(vm_name.to_string())) });
-            wants.push(NetworkWant { name: network.clone(), create, reservation });
-        } else if ip.is_some() || subnet.is_some() {
-            bail!(
-                "{}: ip and subnet need a libvirt network (network: NAME)",
-                fields.name_of(&format!("networks[{i}]"))
-            );
+            Some(NetworkWant { name: network.clone(), create, reservation })
         }
-        nics.push(NicDevice { source, mac });
+        _ if ip.is_some() || subnet.is_some() => {
+            errors.push(format!("{path}: ip and subnet need a libvirt network (network: NAME)"));
+            return None;
+        }
+        _ => None,
+    };
+    Some((NicDevice { source, mac }, want))
+}
+
+/// The NIC's MAC as given (a unicast address), or one derived from the VM's name.
+fn nic_mac(nic: &Params, index: usize, vm_name: &str) -> Result<String> {
+    let Some(mac) = nic.opt_str("mac")? else { return Ok(derived_mac(vm_name, index)) };
+    check_mac(mac).map_err(|e| anyhow!("{}: {e}", nic.name_of("mac")))?;
+    if u8::from_str_radix(&mac[..2], 16).is_ok_and(|octet| octet & 1 == 1) {
+        bail!("{}: {mac} is a multicast address; a NIC needs a unicast one", nic.name_of("mac"));
     }
-    Ok((nics, wants))
+    Ok(mac.to_ascii_lowercase())
 }
 
 fn parse_cloud_init(given: &Params, vm_name: &str) -> Result<CloudInit> {
@@ -782,7 +885,7 @@ mod tests {
     /// The module's two stages, as `ansible_module::run` drives them.
     fn parse(args: Value) -> Result<Request> {
         let params = spec().validate_at(args.as_object().expect("an object"), "", "kvm_provision")?;
-        Request::from_params(&params, "kvm_provision")
+        Ok(Request::from_params(&params, "kvm_provision")?)
     }
 
     fn generated(vm: &VmDefinition) -> &DomainSpec {
@@ -842,6 +945,37 @@ mod tests {
         assert_eq!(spec.metadata.user.as_deref(), Some("user"));
         assert_eq!(vm.networks[0].reservation.as_ref().unwrap().ip.to_string(), "10.77.0.77");
         assert!(!format!("{:?}", spec).contains("secret"));
+    }
+
+    #[test]
+    fn every_problem_of_every_vm_is_named_at_once() {
+        let refused = |args: Value| parse(args).err().expect("refused");
+        let err = refused(json!({"name": "vm1", "networks": [{"network": "default", "mac": "zz:zz:zz"}]})).to_string();
+        assert!(err.starts_with("image: required") && err.contains("; networks[0].mac: "), "{err}");
+        let err = refused(json!({"vms": [
+            {"name": "a", "image": "b", "memory": "lots", "networks": [{"network": "n", "mac": "zz", "ip": "10.1"}]},
+            {"name": "b b", "image": "b", "vcpus": 0},
+            {"image": "b", "colour": 1},
+            {"name": "c", "image": "b"},
+            {"name": "c", "image": "b"},
+        ]}));
+        let errors = err.downcast_ref::<ArgumentErrors>().expect("argument errors");
+        let named: Vec<&str> = errors.messages().iter().map(|e| e.split(": ").next().unwrap_or_default()).collect();
+        assert_eq!(
+            named,
+            [
+                "vms[0].memory",
+                "vms[0].networks[0].mac",
+                "vms[0].networks[0].ip",
+                "vms[1].name",
+                "vms[1].vcpus",
+                "Unsupported parameters for (kvm_provision) module",
+                "missing required arguments",
+                "vms",
+            ],
+            "{err}"
+        );
+        assert!(errors.messages()[5].contains("vms[2].colour") && errors.messages()[6].ends_with("vms[2].name"));
     }
 
     #[test]

@@ -21,7 +21,10 @@ fn main() {
 
 fn provision(module: &Module) -> anyhow::Result<Response> {
     let context = module.context();
-    let mut request = Request::from_params(module.params(), &context.module_name)?;
+    let mut request = match Request::from_params(module.params(), &context.module_name) {
+        Ok(request) => request,
+        Err(errors) => return Ok(errors.to_response()),
+    };
     for warning in &request.warnings {
         module.warn(warning.clone());
     }
