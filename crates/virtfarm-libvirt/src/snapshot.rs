@@ -39,6 +39,7 @@ pub use xml::{SnapshotDisk, SnapshotInfo, SnapshotType};
 use crate::connection::Hypervisor;
 use crate::domain_facts::DomainFacts;
 use crate::error::{Doing, Error, Result};
+use crate::naming::snapshot_overlay_prefix;
 use crate::vm::{PowerState, Vm};
 
 /// The longest snapshot name accepted: it becomes part of overlay file names.
@@ -205,7 +206,7 @@ fn take(vm: &Vm, facts: &DomainFacts, name: &str, kind: SnapshotType, memory: bo
 
 /// The file name of the overlay that takes a disk's writes after snapshot `label`.
 fn overlay_name(domain: &str, target: &str, label: &str) -> String {
-    format!("{domain}-{target}.{label}.qcow2")
+    format!("{}{label}.qcow2", snapshot_overlay_prefix(domain, target))
 }
 
 /// `file_name` in the directory of `path`.
@@ -563,8 +564,12 @@ fn explain_refused_delete(vm: &Vm, info: &SnapshotInfo, error: Error) -> Error {
 pub fn remove_unused_revert_overlays(hv: &Hypervisor, vm: &Vm) -> Result<Vec<String>> {
     let conn = hv.raw();
     let facts = DomainFacts::parse(&vm.xml(true)?)?;
-    let prefixes: Vec<String> =
-        facts.disks.iter().filter(|d| d.device == "disk").map(|d| format!("{}-{}.", vm.name(), d.target)).collect();
+    let prefixes: Vec<String> = facts
+        .disks
+        .iter()
+        .filter(|d| d.device == "disk")
+        .map(|d| snapshot_overlay_prefix(vm.name(), &d.target))
+        .collect();
     let ours = |file: &str| {
         prefixes.iter().any(|p| {
             file.strip_prefix(p.as_str())

@@ -487,7 +487,7 @@ fn remove(
 }
 
 /// Deletes the volumes made for the domain (its clone and seed, the levels the backing-file
-/// mode saved of them) and the snapshot overlays on top of them, tops first; a shared base
+/// mode saved of them and its markers) and the snapshot overlays on top of them, tops first; a shared base
 /// image is never among them, and a volume that something else still stands on is kept.
 fn remove_volumes(
     hypervisor: &Hypervisor,
@@ -499,8 +499,10 @@ fn remove_volumes(
 ) -> Result<()> {
     let mut made_for_it = owned.to_vec();
     for volume in owned {
+        // Its levels go too, and the markers a killed run left on them.
         if hypervisor.volume_exists(volume)? {
             made_for_it.extend(backing_file::levels(hypervisor, volume)?.into_iter().map(|level| level.file));
+            made_for_it.extend(backing_file::unfinished(hypervisor, volume)?.iter().map(|u| u.marker_file()));
         }
     }
     let mut gone: Vec<String> = Vec::new();

@@ -122,6 +122,11 @@ pub struct Unfinished {
 }
 
 impl Unfinished {
+    /// The marker volume that announces it.
+    pub fn marker_file(&self) -> String {
+        self.operation.marker(&self.file)
+    }
+
     /// The level as users name it, for messages.
     fn level_name(&self) -> &str {
         self.level.as_deref().unwrap_or("the default level")
@@ -244,7 +249,7 @@ impl<'c> Marker<'c> {
     }
 
     fn of(conn: &'c Connect, unfinished: &Unfinished) -> Marker<'c> {
-        Marker { conn, path: unfinished.operation.marker(&unfinished.file) }
+        Marker { conn, path: unfinished.marker_file() }
     }
 
     /// The operation is complete (or undone): the marker goes.
