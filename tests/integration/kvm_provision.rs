@@ -412,3 +412,47 @@ fn two_runs_at_once_never_give_one_mac_to_two_domains() {
         assert!(refused[0]["msg"].as_str().unwrap_or_default().contains("networks"), "{}", refused[0]);
     }
 }
+
+/// remove_storage left files behind that then blocked the name: the backing-file level, the
+/// marker of a run killed while saving it, and a killed revert's fresh overlay standing on the
+/// disk (which kept the disk, with a warning). All of them go, nothing else does.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn remove_storage_leaves_no_level_marker_or_stray_overlay() {
+    let bed = Bed::get();
+    let hypervisor = Hypervisor::open(&bed.uri).expect("connect");
+    let name = bed.unique_name("kpr");
+    let args = with(base_args(bed), json!({ "name": name, "state": "present" }));
+    let _cleanup = Cleanup(args.clone());
+    assert_ok(&bed.run_module("kvm_provision", args.clone()));
+    let level = json!({ "uri": bed.uri, "names": [name], "mode": "backing_file", "volume_path": bed.disks_dir, "state": "present" });
+    assert_ok(&bed.run_module("snapshot_libvirt", level));
+    let disk = vda(&hypervisor, &name);
+    let stray = format!("{}/{name}-vda.s1-r1796000000.qcow2", bed.disks_dir.display());
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &disk, &stray])
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    std::fs::write(format!("{disk}.bak.saving"), b"").expect("a marker");
+    // Not ours: a file that only starts like the VM's name.
+    let neighbour = format!("{}/{name}x-vda.s1.qcow2", bed.disks_dir.display());
+    std::fs::write(&neighbour, b"").expect("a neighbour");
+    let refreshed = std::process::Command::new("virsh")
+        .args(["-c", &bed.uri, "pool-refresh", &bed.disks_pool])
+        .output()
+        .expect("virsh");
+    assert!(refreshed.status.success());
+
+    let removed = bed.run_module("kvm_provision", with(args, json!({ "state": "absent", "remove_storage": true })));
+    assert_ok(&removed);
+    assert_eq!(removed["warnings"], Value::Null, "{removed}");
+    let left: Vec<String> = std::fs::read_dir(&bed.disks_dir)
+        .expect("disks dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with(&name) && !f.ends_with(".virtfarm-lock"))
+        .collect();
+    assert_eq!(left, [format!("{name}x-vda.s1.qcow2")], "{removed}");
+    hypervisor.delete_volume(&neighbour).expect("delete the neighbour");
+}
