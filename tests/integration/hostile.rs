@@ -4,7 +4,7 @@
 //! addresses, nonsense URIs, arguments that are not a JSON object, wrong nesting.
 //!
 //! Every case must give one JSON object with `failed: true` and a message naming the
-//! parameter, never a panic; the hypervisor's domains, networks, pools, volumes and
+//! parameter (every parameter, for the cases with several mistakes), never a panic; the hypervisor's domains, networks, pools, volumes and
 //! snapshots must be the same afterwards. The corpus is generated from a table of
 //! (module, option, kind of value): each kind has its own list of hostile values.
 
@@ -31,8 +31,8 @@ struct Case {
     module: &'static str,
     label: String,
     payload: Payload,
-    /// A parameter name the message must contain.
-    parameter: String,
+    /// What the message must contain: a parameter's name, one for each mistake.
+    parameters: Vec<String>,
 }
 
 /// What a run gave, as the summary counts it.
@@ -181,13 +181,18 @@ struct ModuleCorpus {
     special: Specials,
 }
 
-/// A module's own cases: (label, arguments, parameter the message must name).
+/// A module's own cases: (label, arguments, what the message must name).
 #[derive(Default)]
-struct Specials(Vec<(String, Value, String)>);
+struct Specials(Vec<(String, Value, Vec<String>)>);
 
 impl Specials {
     fn add(&mut self, label: &str, args: Value, parameter: &str) {
-        self.0.push((label.to_string(), args, parameter.to_string()));
+        self.mistakes(label, args, &[parameter]);
+    }
+
+    /// A case with several mistakes: the one failed result must name every one.
+    fn mistakes(&mut self, label: &str, args: Value, named: &[&str]) {
+        self.0.push((label.to_string(), args, named.iter().map(|name| name.to_string()).collect()));
     }
 }
 
@@ -371,6 +376,37 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
         "name",
     );
     special.add("vcpus zero", with(&base, "vcpus", json!(0)), "vcpus");
+    let mut no_image = base.clone();
+    no_image.as_object_mut().map(|args| args.remove("image"));
+    special.mistakes(
+        "no image and a bad MAC",
+        with(&no_image, "networks", json!([{ "network": "hx-no-such-net", "mac": "zz:zz:zz" }])),
+        &["image: required", "networks[0].mac"],
+    );
+    special.mistakes(
+        "unknown key, bad state, bad wait_timeout",
+        with(&with(&with(&base, "colour", json!(1)), "state", json!("bogus")), "wait_timeout", json!("soon")),
+        &["module: colour.", "value of state must be one of", "argument 'wait_timeout'"],
+    );
+    special.mistakes(
+        "two VMs, three mistakes",
+        with(
+            &no_name,
+            "vms",
+            json!([{ "name": "hx a", "image": "b", "vcpus": 0 },
+                   { "name": "hx-b", "image": "b", "networks": [{ "network": "n", "ip": "10.1" }] }]),
+        ),
+        &["vms[0].name", "vms[0].vcpus", "vms[1].networks[0].ip"],
+    );
+    special.mistakes(
+        "mistakes in three suboptions",
+        with(
+            &with(&with(&base, "cloud_init", json!({ "usr": "x" })), "disks", json!([{ "target": "vdb" }])),
+            "filesystems",
+            json!([{ "source": "/srv" }]),
+        ),
+        &["cloud_init.usr", "disks[0].path", "filesystems[0].target"],
+    );
     special.add("vcpus beyond u32", with(&base, "vcpus", json!(1u64 << 40)), "vcpus");
     special.add("memory zero MiB", with(&base, "memory", json!("512K")), "memory");
     ModuleCorpus {
@@ -439,6 +475,22 @@ fn snapshot_libvirt(bed: &Bed) -> ModuleCorpus {
     }
     special.add("domain not found", base.clone(), "name");
     special.add("domain not found for revert", with(&base, "state", json!("reverted")), "name");
+    special.mistakes(
+        "unknown key and bad type",
+        with(&with(&base, "colour", json!(1)), "type", json!("both")),
+        &["module: colour.", "value of type must be one of"],
+    );
+    special.mistakes(
+        "names twice, no volume_path, negative timeout",
+        json!({ "uri": bed.uri, "names": ["hx-a", "hx-a"], "mode": "backing_file",
+                "shutdown_first": true, "shutdown_timeout": -1 }),
+        &["names: ", "volume_path: ", "shutdown_timeout: "],
+    );
+    special.mistakes(
+        "mistakes inside after_revert and beside it",
+        with(&with(&base, "state", json!("gone")), "after_revert", json!({ "wait": "forever", "colour": 1 })),
+        &["after_revert.colour", "value of after_revert.wait must be one of", "value of state must be one of"],
+    );
     ModuleCorpus {
         module: "snapshot_libvirt",
         base,
@@ -494,6 +546,21 @@ fn guest_provision(bed: &Bed) -> ModuleCorpus {
         "allowed_phases",
     );
     special.add("domain not found", base.clone(), "name");
+    special.mistakes(
+        "unknown key and no state",
+        json!({ "zz_no_such_option": 1, "name": "hx-none" }),
+        &["zz_no_such_option", "missing required arguments: state"],
+    );
+    special.mistakes(
+        "unknown key, bad wait, bad timeout",
+        with(&with(&with(&base, "zz", json!(1)), "wait", json!("forever")), "timeout", json!("soon")),
+        &["module: zz.", "value of wait must be one of", "argument 'timeout'"],
+    );
+    special.mistakes(
+        "bad port and bad timeout",
+        json!({ "state": "reachable", "host": "hx-nowhere.invalid", "port": 70000, "timeout": -1 }),
+        &["port must be", "timeout must be"],
+    );
     special.add(
         "domain not found on stop",
         json!({ "state": "stopped", "name": "hx-none", "uri": bed.uri, "retry_count": 0 }),
@@ -515,12 +582,15 @@ fn guest_provision(bed: &Bed) -> ModuleCorpus {
 }
 
 fn libvirt_ping(bed: &Bed) -> ModuleCorpus {
-    ModuleCorpus {
-        module: "libvirt_ping",
-        base: json!({ "uri": bed.uri }),
-        options: vec![("uri", Kind::Uri)],
-        special: Specials::default(),
-    }
+    // Its options take any text: the mistakes it can be given are unknown names.
+    let mut special = Specials::default();
+    special.mistakes("two unknown keys", json!({ "uri": bed.uri, "colour": 1, "size": 2 }), &["colour", "size"]);
+    special.mistakes(
+        "three unknown keys",
+        json!({ "uri": bed.uri, "dta": "x", "colour": 1, "size": 2 }),
+        &["dta", "colour", "size"],
+    );
+    ModuleCorpus { module: "libvirt_ping", base: json!({ "uri": bed.uri }), options: vec![("uri", Kind::Uri)], special }
 }
 
 /// Cases every module gets: unknown keys, arguments that are not an object or not JSON.
@@ -532,7 +602,7 @@ fn protocol_cases(module: &'static str, base: &Value) -> Vec<Case> {
             module,
             label: format!("unknown key {key:?}"),
             payload: Payload::Json(args),
-            parameter: key.to_string(),
+            parameters: vec![key.to_string()],
         });
     }
     let not_objects: [(&str, &[u8]); 9] = [
@@ -551,7 +621,7 @@ fn protocol_cases(module: &'static str, base: &Value) -> Vec<Case> {
             module,
             label: label.to_string(),
             payload: Payload::Raw(bytes.to_vec()),
-            parameter: "module arguments".into(),
+            parameters: vec!["module arguments".into()],
         });
     }
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
@@ -559,7 +629,7 @@ fn protocol_cases(module: &'static str, base: &Value) -> Vec<Case> {
         module,
         label: "nested 100000 deep".into(),
         payload: Payload::Raw(deep.into_bytes()),
-        parameter: "module arguments".into(),
+        parameters: vec!["module arguments".into()],
     });
     cases
 }
@@ -571,11 +641,11 @@ fn corpus(bed: &Bed) -> Vec<Case> {
             for value in values_of(*kind) {
                 let label = format!("{option} = {}", short(&value));
                 let payload = Payload::Json(with(&module.base, option, value));
-                cases.push(Case { module: module.module, label, payload, parameter: option.to_string() });
+                cases.push(Case { module: module.module, label, payload, parameters: vec![option.to_string()] });
             }
         }
-        for (label, args, parameter) in module.special.0 {
-            cases.push(Case { module: module.module, label, payload: Payload::Json(args), parameter });
+        for (label, args, parameters) in module.special.0 {
+            cases.push(Case { module: module.module, label, payload: Payload::Json(args), parameters });
         }
         cases.extend(protocol_cases(module.module, &module.base));
     }
@@ -618,7 +688,7 @@ fn judge(bed: &Bed, case: &Case) -> (Verdict, String) {
     if reply["failed"] != json!(true) || !reply.is_object() {
         return (Verdict::Accepted, short_text(&reply.to_string()));
     }
-    if !msg.contains(&case.parameter) {
+    if case.parameters.iter().any(|parameter| !msg.contains(parameter.as_str())) {
         return (Verdict::Unnamed, detail);
     }
     (Verdict::Refused, detail)
@@ -714,7 +784,8 @@ fn every_module_refuses_hostile_input_naming_the_parameter() {
         );
         for (case, (verdict, detail)) in of_module {
             if *verdict != Verdict::Refused {
-                bad.push(format!("{module} [{}] expected '{}' — {verdict:?}: {detail}", case.label, case.parameter));
+                let expected = case.parameters.join("', '");
+                bad.push(format!("{module} [{}] expected '{expected}' — {verdict:?}: {detail}", case.label));
             }
         }
     }
