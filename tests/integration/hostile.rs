@@ -310,6 +310,19 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
             "networks[0].mac",
         ),
         ("vm a list", json!([1]), "vm"),
+        ("vm unknown key", json!({ "metadata": { "name": "hx-vm" }, "colour": "red" }), "vm.colour"),
+        ("vm metadata unknown key", json!({ "metadata": { "name": "hx-vm", "owner": "x" } }), "vm.metadata.owner"),
+        (
+            "vm net type vde",
+            json!({ "metadata": { "name": "hx-vm" }, "net": { "type": "vde", "source": "/tmp/switch" } }),
+            "vm.net.type",
+        ),
+        ("vm without metadata.name", json!({ "metadata": { "hostname": "hx-vm" } }), "vm.metadata.name"),
+        (
+            "vm kernel unknown key",
+            json!({ "metadata": { "name": "hx-vm" }, "kernel": { "src": "k", "initramfs": "i" } }),
+            "vm.kernel.initramfs",
+        ),
     ] {
         special.add(label, json!({ "vm": vm, "uri": bed.uri, "state": "present" }), parameter);
     }
@@ -814,7 +827,7 @@ fn secret_vm(bed: &Bed, name: &str) -> Value {
         "uri": bed.uri, "pool": bed.disks_pool, "image": bed.base_volume, "image_pool": bed.images_pool,
         "memory": 256, "networks": [bed.network], "state": "present",
         "vms": [{
-            "vm": { "metadata": { "name": name, "auth": { "user": "ops", "password": SECRETS[2], "become_pass": SECRETS[3] } } },
+            "vm": { "metadata": { "name": name, "auth": { "user": "ops", "password": SECRETS[2], "become_password": SECRETS[3] } } },
             "cloud_init": { "user": "ops", "password_hash": SECRETS[0], "user_data": SECRETS[1] },
         }],
     })
