@@ -348,6 +348,8 @@ struct World {
     /// Last external revert per (vm, snapshot): the revert overlay is named after the second.
     last_external_revert: BTreeMap<(usize, String), Instant>,
     counts: BTreeMap<&'static str, (usize, usize)>,
+    /// The reply of the last module run, shown with a violation.
+    last_reply: String,
     kills: usize,
     kills_mid_run: usize,
 }
@@ -532,6 +534,7 @@ impl World {
             images_dir,
             last_external_revert: BTreeMap::new(),
             counts: BTreeMap::new(),
+            last_reply: String::new(),
             kills: 0,
             kills_mid_run: 0,
         }
@@ -551,6 +554,14 @@ impl World {
             None => format!("{}.bak", self.disk_path(vm)),
             Some(l) => format!("{}.{l}.bak", self.disk_path(vm)),
         }
+    }
+
+    /// True when the level's file exists and is not still being written: a run killed while
+    /// saving it leaves a partial copy beside the `.saving` marker, which the next run of the
+    /// backing-file mode removes (the disk is replaced only once the copy is whole).
+    fn level_saved(&self, vm: usize, level: &Option<String>) -> bool {
+        let file = self.level_path(vm, level);
+        Path::new(&file).exists() && !Path::new(&format!("{file}.saving")).exists()
     }
 
     fn under_path(&self, vm: usize, under: &Under) -> String {
@@ -1215,10 +1226,11 @@ impl World {
         let keep = std::env::var("VIRTFARM_SEQ_KEEP").is_ok_and(|v| v == "1");
         panic!(
             "\nsequence: invariant violated at step {} of seed {:#x}:\n  {what}\n\nlast steps:\n  {}\n\n\
-             replay: VIRTFARM_SEQ_SEED={:#x} VIRTFARM_SEQ_STEPS={}{}\n",
+             last reply: {}\n\nreplay: VIRTFARM_SEQ_SEED={:#x} VIRTFARM_SEQ_STEPS={}{}\n",
             self.step,
             self.seed,
             log.join("\n  "),
+            self.last_reply,
             self.seed,
             self.step + 1,
             if keep { " (domains and files kept)" } else { "" }
@@ -1253,8 +1265,12 @@ impl World {
                 let (module, args) = self.module_call(inner).expect("a module step");
                 self.kills += 1;
                 match self.run_module(module, &args, Some(Duration::from_millis(*after_ms))) {
-                    Ran::Done(reply) => self.settle(inner, expect, after, &reply),
+                    Ran::Done(reply) => {
+                        self.last_reply = reply.to_string();
+                        self.settle(inner, expect, after, &reply)
+                    }
                     Ran::Killed => {
+                        self.last_reply = "(killed)".to_string();
                         self.kills_mid_run += 1;
                         // libvirtd finishes the call the killed client made (a volume being
                         // created is written in two steps): let it, before looking.
@@ -1266,6 +1282,7 @@ impl World {
             _ => {
                 let (module, args) = self.module_call(&op).expect("a module step");
                 let Ran::Done(reply) = self.run_module(module, &args, None) else { unreachable!("not killed") };
+                self.last_reply = reply.to_string();
                 self.settle(&op, expect, after, &reply)
             }
         }
@@ -1275,6 +1292,7 @@ impl World {
     fn settle(&mut self, op: &Op, expect: Expect, after: Vec<VmModel>, reply: &Value) -> Result<(), Violation> {
         let before_disk_on: Vec<Under> = self.vms.iter().map(|m| m.disk_on.clone()).collect();
         let before_levels: Vec<Vec<Level>> = self.vms.iter().map(|m| m.levels.clone()).collect();
+        let before_owned: Vec<bool> = self.vms.iter().map(|m| m.exists && m.owns_disk).collect();
         let failed = reply["failed"] == true;
         let msg = reply["msg"].as_str().unwrap_or_default().to_string();
         let tally = self.counts.entry(op.label()).or_default();
@@ -1339,9 +1357,11 @@ impl World {
                 m.owns_disk = false;
                 m.disk_on = before_disk_on[*vm].clone();
             }
+            // A disk the domain did not make (a leftover it took over) stays with its levels.
+            let stays = kept || !before_owned[*vm];
             let present: Vec<Level> = before_levels[*vm]
                 .iter()
-                .filter(|l| kept && Path::new(&self.level_path(*vm, &l.id)).exists())
+                .filter(|l| stays && self.level_saved(*vm, &l.id))
                 .cloned()
                 .collect();
             self.vms[*vm].levels = present;
@@ -1608,7 +1628,7 @@ impl World {
             let real: BTreeSet<Option<String>> = LEVELS
                 .iter()
                 .map(|l| l.map(str::to_string))
-                .filter(|l| Path::new(&self.level_path(vm, l)).exists())
+                .filter(|l| self.level_saved(vm, l))
                 .collect();
             let must: BTreeSet<_> = bl.intersection(&al).cloned().collect();
             let may: BTreeSet<_> = bl.union(&al).cloned().collect();
@@ -1725,7 +1745,7 @@ impl World {
         let real: BTreeSet<Option<String>> = LEVELS
             .iter()
             .map(|l| l.map(str::to_string))
-            .filter(|l| Path::new(&self.level_path(vm, l)).exists())
+            .filter(|l| self.level_saved(vm, l))
             .collect();
         let modelled: BTreeSet<Option<String>> = m.levels.iter().map(|l| l.id.clone()).collect();
         if real != modelled {
