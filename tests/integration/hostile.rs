@@ -860,7 +860,7 @@ fn leaked(text: &str) -> Vec<&'static str> {
 #[ignore = "needs the test bed: cargo xtask test"]
 fn secrets_never_reach_any_output() {
     let bed = Bed::get();
-    let name = bed.unique_name("hx-secret");
+    let name = bed.unique_name("sec");
     let args = secret_vm(bed, &name);
     let _cleanup = Removed(args.clone());
     let mut outputs = vec![];
