@@ -586,20 +586,11 @@ fn a_killed_group_snapshot_resumes_what_it_paused_and_nothing_else() {
     assert_eq!(state(a), PowerState::Running, "{reply}");
 
     // Killed while it holds the second member paused (libvirt saves the first one's RAM meanwhile).
-    let (mut child, dir) = spawn_module("snapshot_libvirt", &group("g1", &[a, b, c]));
     let second = hv.vm(b).expect("the second domain");
     let started = Instant::now();
-    let mut caught = false;
-    while started.elapsed() < Duration::from_secs(60) && !matches!(child.try_wait(), Ok(Some(_))) {
-        if second.power_state().ok() == Some(PowerState::Paused) {
-            caught = child.kill().is_ok();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(dir);
+    let caught = kill_when("snapshot_libvirt", &group("g1", &[a, b, c]), || {
+        second.power_state().ok() == Some(PowerState::Paused)
+    });
     assert!(caught, "the group snapshot ended before it paused {b}");
     let killed_after = started.elapsed();
     // libvirt finishes a RAM snapshot it was saving, then runs that domain again; the run
@@ -642,19 +633,8 @@ fn a_killed_group_snapshot_resumes_what_it_paused_and_nothing_else() {
             ))
         )
     };
-    let (mut child, dir) = spawn_module("snapshot_libvirt", &group("g2", &[a, b, c]));
     let started = Instant::now();
-    let mut caught = false;
-    while started.elapsed() < Duration::from_secs(60) && !matches!(child.try_wait(), Ok(Some(_))) {
-        if saving() {
-            caught = child.kill().is_ok();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(dir);
+    let caught = kill_when("snapshot_libvirt", &group("g2", &[a, b, c]), saving);
     eprintln!("fx: group snapshot killed while libvirt saved {a}'s RAM: {caught} after {:?}", started.elapsed());
     if caught {
         let reply = bed.run_module(
