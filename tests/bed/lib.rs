@@ -34,6 +34,13 @@ pub struct Bed {
     pub base_volume: String,
     /// The base image's path.
     pub base_image: PathBuf,
+    /// The bootable disk's volume name in `images_pool` (partitions, BIOS and UEFI boot
+    /// loaders, no user or key: cloud-init makes them); empty in a bed described before it.
+    #[serde(default)]
+    pub bootable_volume: String,
+    /// The bootable disk's path.
+    #[serde(default)]
+    pub bootable_image: PathBuf,
     /// The pool for clones.
     pub disks_pool: String,
     /// Its directory.
@@ -190,7 +197,12 @@ impl Bed {
 
     /// Runs `command` on the guest at `ip` over SSH as `ssh_user`, from inside the namespace.
     pub fn ssh(&self, ip: &str, command: &str) -> Output {
-        let target = format!("{}@{ip}", self.ssh_user);
+        self.ssh_as(&self.ssh_user, ip, command)
+    }
+
+    /// Runs `command` on the guest at `ip` over SSH as `user` (who accepts `ssh_key`).
+    pub fn ssh_as(&self, user: &str, ip: &str, command: &str) -> Output {
+        let target = format!("{user}@{ip}");
         let key = self.ssh_key.to_str().expect("UTF-8 path");
         #[rustfmt::skip]
         let args = ["60", "ssh", "-i", key, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -228,6 +240,16 @@ impl Bed {
     /// Defines (without starting) a guest on a linked clone of the base image, its disk in
     /// the bed's disks pool as `<name>.qcow2`; it is removed with its disk on drop.
     pub fn define_vm(&self, name: &str) -> TestVm {
+        let disk = self.clone_disk(name);
+        let hypervisor = Hypervisor::open(&self.uri).expect("connect to the bed");
+        let domain_type = hypervisor.preferred_domain_type().expect("read capabilities");
+        hypervisor.define_vm(&self.domain_xml(name, domain_type.as_str(), &disk)).expect("define the test domain");
+        TestVm { name: name.to_string(), disk }
+    }
+
+    /// Makes `<name>.qcow2` in the bed's disks pool, a linked clone of the base image, for a
+    /// domain that the caller defines (remove it with the domain: see [`TestVm`]).
+    pub fn clone_disk(&self, name: &str) -> PathBuf {
         let disk = self.disks_dir.join(format!("{name}.qcow2"));
         let base = self.base_image.to_str().expect("UTF-8 path");
         let status = Command::new("qemu-img")
@@ -241,10 +263,7 @@ impl Bed {
             .args(["-c", &self.uri, "pool-refresh", &self.disks_pool])
             .stdout(Stdio::null())
             .status();
-        let hypervisor = Hypervisor::open(&self.uri).expect("connect to the bed");
-        let domain_type = hypervisor.preferred_domain_type().expect("read capabilities");
-        hypervisor.define_vm(&self.domain_xml(name, domain_type.as_str(), &disk)).expect("define the test domain");
-        TestVm { name: name.to_string(), disk }
+        disk
     }
 
     /// A small domain for the bed's guest image: direct kernel boot, virtio, agent channel.

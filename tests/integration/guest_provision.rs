@@ -60,12 +60,12 @@ fn results<'a>(doc: &'a Value, host: &str, task: &str) -> Vec<&'a Value> {
 }
 
 /// True when the task ran (was not skipped) for `host`.
-fn ran(doc: &Value, host: &str, task: &str) -> bool {
+pub(crate) fn ran(doc: &Value, host: &str, task: &str) -> bool {
     results(doc, host, task).iter().any(|r| r["skipped"] != true)
 }
 
 /// One line per task of `host`: its outcome and name, for assertion messages.
-fn outline(doc: &Value, host: &str) -> String {
+pub(crate) fn outline(doc: &Value, host: &str) -> String {
     let tasks =
         doc["plays"].as_array().into_iter().flatten().flat_map(|play| play["tasks"].as_array().into_iter().flatten());
     let lines = tasks.filter_map(|t| {
@@ -81,14 +81,14 @@ fn outline(doc: &Value, host: &str) -> String {
 }
 
 /// The single result of a task that must have run.
-fn result<'a>(doc: &'a Value, host: &str, task: &str) -> &'a Value {
+pub(crate) fn result<'a>(doc: &'a Value, host: &str, task: &str) -> &'a Value {
     let found = results(doc, host, task);
     let run: Vec<_> = found.into_iter().filter(|r| r["skipped"] != true).collect();
     assert_eq!(run.len(), 1, "task {task:?} should have run once: {run:?}");
     run[0]
 }
 
-fn snapshots(vm: &str) -> Vec<String> {
+pub(crate) fn snapshots(vm: &str) -> Vec<String> {
     let hypervisor = Hypervisor::open(&Bed::get().uri).unwrap();
     let mut names: Vec<String> = hypervisor.vm(vm).unwrap().snapshots().unwrap().into_iter().map(|s| s.name).collect();
     names.sort();
@@ -102,11 +102,11 @@ fn clean_and(init: &str) -> Vec<String> {
     names
 }
 
-fn power_state(vm: &str) -> PowerState {
+pub(crate) fn power_state(vm: &str) -> PowerState {
     Hypervisor::open(&Bed::get().uri).unwrap().vm(vm).unwrap().power_state().unwrap()
 }
 
-fn assert_ok(run: &AnsibleRun, what: &str) -> Value {
+pub(crate) fn assert_ok(run: &AnsibleRun, what: &str) -> Value {
     assert!(run.success, "{what} failed:\n{}\n{}", run.stdout, run.stderr);
     run.json()
 }
@@ -115,9 +115,9 @@ const DEPENDENCIES: &str = "phase dependencies generic";
 const INIT: &str = "phase init platform";
 const MAIN: &str = "phase main target";
 const TERMINATE: &str = "phase terminate generic";
-const SAVE: &str = "Save the init cache";
-const CACHE: &str = "Restore or create the cache snapshots";
-const SHUTDOWN: &str = "Shut down the VM";
+pub(crate) const SAVE: &str = "Save the init cache";
+pub(crate) const CACHE: &str = "Restore or create the cache snapshots";
+pub(crate) const SHUTDOWN: &str = "Shut down the VM";
 
 #[test]
 #[ignore = "needs the test bed: cargo xtask test"]

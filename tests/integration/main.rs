@@ -3,6 +3,8 @@
 //! VM tests are `#[ignore]`d so that a plain `cargo test` needs no daemon;
 //! `cargo xtask test` brings the bed up and runs them with `--include-ignored`.
 
+/// ansible_farm's playbooks and inventories with only the role names changed.
+mod ansible_farm;
 /// The bed itself: a guest boots from a linked clone, leases, answers its agent and SSH.
 mod bed_smoke;
 /// The collection as installed from its tarball: docs, ad-hoc use.
