@@ -389,6 +389,9 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
         "name",
     );
     special.add("vcpus zero", with(&base, "vcpus", json!(0)), "vcpus");
+    special.add("firmware not one of the choices", with(&base, "firmware", json!("uefi")), "firmware");
+    special.add("a loader that does not exist", with(&base, "loader", json!("/nonexistent/OVMF_CODE.fd")), "loader");
+    special.add("secure_boot without UEFI", with(&base, "secure_boot", json!(true)), "secure_boot");
     let mut no_image = base.clone();
     no_image.as_object_mut().map(|args| args.remove("image"));
     special.mistakes(
@@ -443,6 +446,8 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
             ("pool", Kind::ObjectName),
             ("emulator", Kind::AbsolutePath),
             ("firmware", Kind::AbsolutePath),
+            ("loader", Kind::AbsolutePath),
+            ("secure_boot", Kind::Bool),
             ("cloud_init", Kind::Dict),
             ("kernel", Kind::Dict),
         ],

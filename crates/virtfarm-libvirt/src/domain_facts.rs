@@ -23,7 +23,7 @@ pub struct DomainFacts {
     pub nics: Vec<Nic>,
     /// Disks and CD-ROMs, in the order of the XML.
     pub disks: Vec<Disk>,
-    /// Firmware loader (UEFI/pflash) present: internal snapshots are refused there.
+    /// UEFI firmware from pflash (a loader, or `firmware=efi`): internal snapshots are refused there.
     pub has_pflash: bool,
     /// The inner XML of `<metadata>`, as libvirt stores it; empty when there is none.
     pub metadata_xml: String,
@@ -82,6 +82,8 @@ struct Sized64 {
 
 #[derive(Deserialize)]
 struct RawOs {
+    #[serde(rename = "@firmware", default)]
+    firmware: Option<String>,
     #[serde(default)]
     loader: Option<RawLoader>,
 }
@@ -165,7 +167,10 @@ impl DomainFacts {
             domain_type: raw.kind,
             vcpus: raw.vcpu.map(|v| v.value as u32).unwrap_or(0),
             memory_mib,
-            has_pflash: raw.os.and_then(|os| os.loader).is_some_and(|l| l.kind.as_deref() == Some("pflash")),
+            // libvirt 9.0 chooses `firmware='efi'`'s loader (pflash on x86) only when the domain starts.
+            has_pflash: raw.os.is_some_and(|os| {
+                os.firmware.as_deref() == Some("efi") || os.loader.is_some_and(|l| l.kind.as_deref() == Some("pflash"))
+            }),
             nics: raw
                 .devices
                 .interfaces
@@ -261,6 +266,8 @@ mod tests {
         assert_eq!(facts.disks[1].device, "cdrom");
         assert!(facts.metadata_xml.contains("<vf:platform>debian</vf:platform>"));
         assert!(!facts.has_pflash);
+        let efi = LIVE_XML.replace("<os>", "<os firmware='efi'>");
+        assert!(DomainFacts::parse(&efi).expect("valid XML").has_pflash);
     }
 
     #[test]

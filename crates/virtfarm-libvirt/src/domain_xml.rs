@@ -41,8 +41,8 @@ pub struct DomainSpec {
     pub vcpus: u32,
     /// CPU model name; `host-passthrough` on KVM and libvirt's default on TCG when `None`.
     pub cpu_model: Option<String>,
-    /// Firmware loader (pflash) path, for UEFI guests.
-    pub firmware: Option<String>,
+    /// The firmware the guest boots.
+    pub firmware: Firmware,
     /// Direct kernel boot, when the image has no boot loader.
     pub kernel: Option<DirectKernel>,
     /// Disks and CD-ROMs, in bus order.
@@ -55,6 +55,22 @@ pub struct DomainSpec {
     pub console_log: Option<String>,
     /// What we store under `<metadata>`.
     pub metadata: InstanceMetadata,
+}
+
+/// The firmware a guest boots.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Firmware {
+    /// The hypervisor's BIOS (SeaBIOS on x86).
+    #[default]
+    Bios,
+    /// UEFI, chosen by libvirt from the host's firmware descriptors, with an NVRAM file of the
+    /// guest's own made from the firmware's template.
+    Efi {
+        /// Pick a firmware with Secure Boot and enrolled keys.
+        secure_boot: bool,
+    },
+    /// An explicit read-only pflash loader; libvirt makes the NVRAM as for `Efi`.
+    Loader(String),
 }
 
 /// Kernel, initrd and command line for direct kernel boot.
@@ -164,6 +180,10 @@ impl DomainSpec {
         w.create_element("features").write_inner_content(|w| {
             w.create_element("acpi").write_empty()?;
             w.create_element("apic").write_empty()?;
+            if self.firmware == (Firmware::Efi { secure_boot: true }) {
+                // Secure Boot firmware keeps its variables safe from the guest in SMM.
+                w.create_element("smm").with_attribute(("state", "on")).write_empty()?;
+            }
             if self.domain_type == "qemu" {
                 // Halves qemu's memory under TCG (the default cache is 1 GiB).
                 w.create_element("tcg").write_inner_content(|w| {
@@ -191,17 +211,38 @@ impl DomainSpec {
     }
 
     fn write_os(&self, w: &mut XmlWriter) -> std::io::Result<()> {
-        w.create_element("os").write_inner_content(|w| {
+        let mut os = w.create_element("os");
+        if matches!(self.firmware, Firmware::Efi { .. }) {
+            os = os.with_attribute(("firmware", "efi"));
+        }
+        os.write_inner_content(|w| {
             let mut os_type = w.create_element("type").with_attribute(("arch", self.arch.as_str()));
             if let Some(machine) = &self.machine {
                 os_type = os_type.with_attribute(("machine", machine.as_str()));
             }
             os_type.write_text_content(text("hvm"))?;
-            if let Some(loader) = &self.firmware {
-                w.create_element("loader")
-                    .with_attribute(("readonly", "yes"))
-                    .with_attribute(("type", "pflash"))
-                    .write_text_content(text(loader))?;
+            match &self.firmware {
+                Firmware::Bios => {}
+                Firmware::Efi { secure_boot } => {
+                    // Said either way: left open, libvirt would pick the host's first descriptor,
+                    // on Debian a Secure Boot one that refuses unsigned boot loaders.
+                    let enabled = if *secure_boot { "yes" } else { "no" };
+                    w.create_element("firmware").write_inner_content(|w| {
+                        for name in ["secure-boot", "enrolled-keys"] {
+                            w.create_element("feature")
+                                .with_attribute(("enabled", enabled))
+                                .with_attribute(("name", name))
+                                .write_empty()?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                Firmware::Loader(loader) => {
+                    w.create_element("loader")
+                        .with_attribute(("readonly", "yes"))
+                        .with_attribute(("type", "pflash"))
+                        .write_text_content(text(loader))?;
+                }
             }
             if let Some(kernel) = &self.kernel {
                 text_element(w, "kernel", &kernel.kernel)?;
@@ -631,6 +672,24 @@ mod tests {
         assert_eq!((facts.memory_mib, facts.vcpus), (384, 1));
         assert_eq!(facts.nics[0].network.as_deref(), Some("vfnet"));
         assert!(xml.contains("org.qemu.guest_agent.0") && xml.contains("<tb-cache unit=\"MiB\">128</tb-cache>"));
+    }
+
+    #[test]
+    fn efi_firmware_is_chosen_by_libvirt_with_secure_boot_said_either_way() {
+        let mut efi = spec();
+        efi.firmware = Firmware::Efi { secure_boot: false };
+        let xml = efi.to_xml().unwrap();
+        assert!(xml.contains("<os firmware=\"efi\">"), "{xml}");
+        assert!(xml.contains("<feature enabled=\"no\" name=\"secure-boot\"/>"), "{xml}");
+        assert!(!xml.contains("<smm") && !xml.contains("<loader"), "{xml}");
+        efi.firmware = Firmware::Efi { secure_boot: true };
+        let xml = efi.to_xml().unwrap();
+        assert!(
+            xml.contains("<feature enabled=\"yes\" name=\"enrolled-keys\"/>") && xml.contains("<smm state=\"on\"/>")
+        );
+        efi.firmware = Firmware::Loader("/fw/<code>.fd".into());
+        let xml = efi.to_xml().unwrap();
+        assert!(xml.contains("<os>") && xml.contains("type=\"pflash\">/fw/&lt;code&gt;.fd</loader>"), "{xml}");
     }
 
     #[test]

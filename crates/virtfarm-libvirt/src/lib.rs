@@ -25,6 +25,7 @@ pub mod disk_use;
 pub mod domain_facts;
 pub mod domain_xml;
 pub mod error;
+pub mod firmware;
 pub mod leases;
 pub mod lock;
 pub mod naming;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use virtfarm_libvirt::disk_use::DiskUse;
 use virtfarm_libvirt::domain_facts::DomainFacts;
-use virtfarm_libvirt::domain_xml::{reconcile_identity, DiskDevice, DomainSpec, InstanceMetadata};
+use virtfarm_libvirt::domain_xml::{reconcile_identity, DiskDevice, DomainSpec, Firmware, InstanceMetadata};
 use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
 use virtfarm_libvirt::naming::fingerprint;
 use virtfarm_libvirt::power::{stop, StopOutcome, StopPolicy};
@@ -305,6 +305,8 @@ fn definition_xml(
                 Some(kind) => kind.clone(),
                 None => hypervisor.preferred_domain_type()?.as_str().to_string(),
             };
+            let firmware_option = if matches!(spec.firmware, Firmware::Loader(_)) { "loader" } else { "firmware" };
+            hypervisor.check_firmware(&spec).context(firmware_option)?;
             // A disk made now has its size; one that existed may have to grow.
             let mut grow_root = None;
             if let Some(root) = &vm.root_disk {

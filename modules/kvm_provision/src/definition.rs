@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use virtfarm_libvirt::cloud_init::CloudInit;
 use virtfarm_libvirt::domain_facts::DomainFacts;
 use virtfarm_libvirt::domain_xml::{
-    is_secret_key, DirectKernel, DiskDevice, DomainSpec, InstanceMetadata, NicDevice, NicSource, Share,
+    is_secret_key, DirectKernel, DiskDevice, DomainSpec, Firmware, InstanceMetadata, NicDevice, NicSource, Share,
 };
 use virtfarm_libvirt::leases::check_mac;
 use virtfarm_libvirt::naming::{derived_mac, pool_node};
@@ -38,6 +38,8 @@ pub struct Request {
     pub vms: Vec<VmDefinition>,
     /// What the module accepts without acting on it (keys of ansible_farm's `vm`).
     pub warnings: Vec<String>,
+    /// What still works but goes away (a path in `firmware`).
+    pub deprecations: Vec<String>,
 }
 
 /// The state a VM should end in.
@@ -210,6 +212,8 @@ fn vm_options(name: Opt) -> Vec<Opt> {
         Opt::str("domain_type").choices(&["kvm", "qemu"]),
         Opt::str("cpu"),
         Opt::str("firmware"),
+        Opt::str("loader"),
+        Opt::bool("secure_boot"),
         Opt::dict("kernel").suboptions(ArgSpec::new([
             Opt::str("path").required(),
             Opt::str("initrd"),
@@ -263,11 +267,12 @@ impl Request {
         };
         let mut vms = Vec::with_capacity(items.len());
         let mut warnings = Vec::new();
+        let mut deprecations = Vec::new();
         for (path, item) in items {
             let Some(item) = errors.check(pool_item(&path, item, stem, images)) else { continue };
             let mut merged = defaults.clone();
             merged.extend(item);
-            vms.extend(parse_vm(&path, merged, state, module, &mut warnings, errors));
+            vms.extend(parse_vm(&path, merged, state, module, (&mut warnings, &mut deprecations), errors));
         }
         let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
         names.sort_unstable();
@@ -293,6 +298,7 @@ impl Request {
             remove_storage: remove_storage?,
             vms,
             warnings,
+            deprecations,
         })
     }
 }
@@ -397,7 +403,7 @@ fn parse_vm(
     mut merged: Map<String, Value>,
     state: State,
     module: &str,
-    warnings: &mut Vec<String>,
+    (warnings, deprecations): (&mut Vec<String>, &mut Vec<String>),
     errors: &mut ArgumentErrors,
 ) -> Option<VmDefinition> {
     if let Some(legacy) = merged.remove("vm") {
@@ -475,7 +481,7 @@ fn parse_vm(
             }))
         };
     let emulator = optional_path(errors, "emulator");
-    let firmware = optional_path(errors, "firmware");
+    let firmware = errors.check(parse_firmware(&fields, deprecations));
     let arch = text(errors, "arch", "x86_64");
     let machine = text(errors, "machine", "q35");
     let cpu_model = errors.check(fields.opt_str("cpu")).map(|cpu| cpu.filter(|c| !c.is_empty()).map(str::to_string));
@@ -509,6 +515,34 @@ fn parse_vm(
         cloud_init: cloud_init?,
         networks,
     })
+}
+
+/// `firmware`, `loader` and `secure_boot` as one firmware; a path in `firmware` is the `loader`
+/// it used to be, with a deprecation.
+fn parse_firmware(fields: &Params, deprecations: &mut Vec<String>) -> Result<Firmware> {
+    let name = |option| fields.name_of(option);
+    let loader = fields.opt_str("loader")?;
+    if let Some(path) = loader {
+        check_path(&name("loader"), path)?;
+    }
+    let firmware = match (fields.opt_str("firmware")?, loader) {
+        (None | Some("bios"), None) => Firmware::Bios,
+        (Some("efi"), None) => Firmware::Efi { secure_boot: fields.opt_bool("secure_boot")?.unwrap_or(false) },
+        (None | Some("efi"), Some(path)) => Firmware::Loader(path.to_string()),
+        (Some(path), None) if path.starts_with('/') => {
+            check_path(&name("firmware"), path)?;
+            deprecations.push(format!("{}: a loader path here is deprecated; give it as loader", name("firmware")));
+            Firmware::Loader(path.to_string())
+        }
+        (Some("bios"), Some(_)) => bail!("{}: a pflash loader is UEFI firmware, not bios", name("loader")),
+        (Some(other), _) => {
+            bail!("{}: must be bios or efi (a loader path goes in loader), not {other:?}", name("firmware"))
+        }
+    };
+    if fields.opt_bool("secure_boot")? == Some(true) && !matches!(firmware, Firmware::Efi { .. }) {
+        bail!("{}: needs firmware: efi (libvirt then picks a Secure Boot firmware)", name("secure_boot"));
+    }
+    Ok(firmware)
 }
 
 /// `memory` in MiB: 1024 unless given.
@@ -778,7 +812,8 @@ const DOMAIN_KEYS: [(&str, &str); 8] = [
     ("cpu", "cpu"),
     ("ram", "memory"),
     ("vcpus", "vcpus"),
-    ("firmware", "firmware"),
+    // ansible_farm's firmware is a pflash path.
+    ("firmware", "loader"),
 ];
 
 /// ansible_farm's `vm` (a target merged with a platform) as native keys: the keys its
@@ -976,6 +1011,38 @@ mod tests {
             "{err}"
         );
         assert!(errors.messages()[5].contains("vms[2].colour") && errors.messages()[6].ends_with("vms[2].name"));
+    }
+
+    #[test]
+    fn firmware_is_bios_efi_or_a_loader_and_a_path_in_firmware_is_a_deprecated_loader() {
+        let firmware = |extra: Value| {
+            let mut args = json!({"name": "a", "image": "b"});
+            args.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            let request = parse(args).map_err(|e| e.to_string())?;
+            Ok::<_, String>((generated(&request.vms[0]).firmware.clone(), request.deprecations))
+        };
+        assert_eq!(firmware(json!({})).unwrap(), (Firmware::Bios, vec![]));
+        assert_eq!(firmware(json!({"firmware": "efi"})).unwrap().0, Firmware::Efi { secure_boot: false });
+        let secure = json!({"firmware": "efi", "secure_boot": true});
+        assert_eq!(firmware(secure).unwrap().0, Firmware::Efi { secure_boot: true });
+        let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+        assert_eq!(firmware(json!({"loader": code})).unwrap(), (Firmware::Loader(code.into()), vec![]));
+        let (old_form, deprecations) = firmware(json!({"firmware": code})).unwrap();
+        assert_eq!(old_form, Firmware::Loader(code.into()));
+        assert!(deprecations[0].starts_with("firmware:"), "{deprecations:?}");
+        let farm = parse(json!({"vm": {"metadata": {"name": "a"}, "firmware": code}, "image": "b"})).unwrap();
+        assert_eq!(generated(&farm.vms[0]).firmware, Firmware::Loader(code.into()));
+        assert!(farm.deprecations.is_empty(), "ansible_farm's vm.firmware is its loader");
+        for (extra, named) in [
+            (json!({"firmware": "uefi"}), "firmware:"),
+            (json!({"secure_boot": true}), "secure_boot:"),
+            (json!({"loader": code, "secure_boot": true}), "secure_boot:"),
+            (json!({"loader": "OVMF_CODE.fd"}), "loader:"),
+            (json!({"firmware": "bios", "loader": code}), "loader:"),
+        ] {
+            let err = firmware(extra.clone()).expect_err("refused");
+            assert!(err.contains(named), "{extra} gave '{err}', expected it to name {named}");
+        }
     }
 
     #[test]

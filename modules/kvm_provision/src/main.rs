@@ -10,7 +10,7 @@ mod definition;
 mod fields;
 mod placing;
 
-use ansible_module::{Module, Response};
+use ansible_module::{Module, Removal, Response};
 use serde_json::json;
 
 use crate::definition::Request;
@@ -27,6 +27,9 @@ fn provision(module: &Module) -> anyhow::Result<Response> {
     };
     for warning in &request.warnings {
         module.warn(warning.clone());
+    }
+    for deprecation in &request.deprecations {
+        module.deprecate(deprecation.clone(), Removal::version("1.0.0", "virtfarm.libvirt"));
     }
     let mut connections = virtfarm_libvirt::Connections::default();
     let unplaced = placing::assign(module.params(), &mut request, &mut connections)?;
