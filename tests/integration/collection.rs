@@ -130,3 +130,37 @@ fn every_modules_examples_are_valid_tasks() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every role of the installed collection renders with ansible-doc, its argument spec has every
+/// variable of its defaults, and its README names every option of the spec.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn every_role_documents_every_variable() {
+    let bed = Bed::get();
+    let roles = bed.collections_path.join("ansible_collections/virtfarm/libvirt/roles");
+    for role in ["guest_provision", "kvm_provision", "snapshot_libvirt"] {
+        let fqcn = format!("virtfarm.libvirt.{role}");
+        let doc = bed.ansible("ansible-doc", &["-t", "role", "--json", &fqcn]);
+        assert!(doc.success, "ansible-doc -t role {fqcn}: {}", doc.stderr);
+        let doc = doc.json();
+        let options: BTreeSet<String> = doc[&fqcn]["entry_points"]["main"]["options"]
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let defaults = std::fs::read_to_string(roles.join(role).join("defaults/main.yml")).expect("defaults");
+        // Top-level keys: the variables a role's defaults set.
+        let variables = defaults.lines().filter_map(|line| line.split_once(':')).map(|(key, _)| key);
+        for variable in
+            variables.filter(|key| !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        {
+            assert!(
+                options.contains(variable),
+                "{role}: {variable} is in defaults/main.yml but not in the argument spec"
+            );
+        }
+        let readme = std::fs::read_to_string(roles.join(role).join("README.md")).expect("the role's README");
+        for option in &options {
+            assert!(readme.contains(&format!("`{option}`")), "{role}: README.md does not list {option}");
+        }
+    }
+}
