@@ -7,13 +7,17 @@
 //! A snapshot table entry is 40 fixed bytes (its `id_str_size` at 12, `name_size` at 14 and
 //! `extra_data_size` at 36), then the extra data, the id and the name, padded to 8 bytes.
 
+use std::time::{Duration, Instant};
+
 use virt::connect::Connect;
+use virt::error::ErrorNumber;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
 use super::chain::volume_at;
 use crate::connection::Hypervisor;
 use crate::error::{Doing, Error, Result};
+use crate::wait;
 
 const MAGIC: u64 = 0x5146_49fb;
 const HEADER_BYTES: u64 = 72;
@@ -23,6 +27,8 @@ const MAX_L1_BYTES: u64 = 32 << 20;
 /// The largest snapshot table read; QEMU itself refuses tables above 64 MiB, and real ones
 /// take a few hundred bytes per snapshot.
 const MAX_TABLE_BYTES: u64 = 8 << 20;
+/// How long a volume that libvirtd is still creating is waited for.
+const BUILD_WAIT: Duration = Duration::from_secs(300);
 
 /// The header fields this module needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +76,21 @@ fn parse_names(table: &[u8], count: u64) -> Option<Vec<String>> {
 fn read_bytes(conn: &Connect, volume: &StorageVol, path: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
     let doing = || format!("reading the qcow2 metadata of {path}");
     let stream = Stream::new(conn, 0).doing(doing)?;
-    volume.download(&stream, offset, length, 0).doing(doing)?;
+    // libvirtd goes on creating a volume for a client killed meanwhile (a killed run of ours):
+    // it cannot be read until that ends, which takes as long as writing the image.
+    let until = wait::deadline(BUILD_WAIT);
+    loop {
+        match volume.download(&stream, offset, length, 0) {
+            Err(e)
+                if e.code().is(ErrorNumber::OperationInvalid)
+                    && e.message().contains("being allocated")
+                    && Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            started => break started.map(drop).doing(doing)?,
+        }
+    }
     let mut bytes = Vec::new();
     let mut buffer = vec![0u8; 64 << 10];
     loop {
