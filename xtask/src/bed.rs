@@ -49,6 +49,7 @@ pub fn bed_is_up() -> bool {
 pub fn up(image: &GuestImage, venv: &Path, collections: &Path) -> Result<PathBuf> {
     let bed_json = state_dir().join("bed.json");
     if bed_is_up() {
+        add_bootable(image)?;
         write_description(&bed_json, image, venv, collections)?;
         eprintln!("test bed: already up ({})", bed_json.display());
         return Ok(bed_json);
@@ -103,7 +104,18 @@ fn define_resources(image: &GuestImage) -> Result<()> {
     virsh(&["net-define", path_str(&net_xml)?])?;
     virsh(&["net-start", NETWORK])?;
     define_pool(IMAGES_POOL, &image.dir)?;
+    add_bootable(image)?;
     define_pool(DISKS_POOL, &disks_dir())
+}
+
+/// Puts the bootable disk into the images pool (whose directory is the direct-kernel image's),
+/// as a hard link: no copy, and a bed that is up gets it without redefining its pool.
+fn add_bootable(image: &GuestImage) -> Result<()> {
+    let volume = image.dir.join(image.bootable_volume()?);
+    if !volume.exists() {
+        std::fs::hard_link(&image.bootable, &volume).or_else(|_| std::fs::copy(&image.bootable, &volume).map(drop))?;
+    }
+    virsh(&["pool-refresh", IMAGES_POOL]).map(drop)
 }
 
 /// Writes `bed.json`, which tells the tests where everything is.
@@ -117,6 +129,8 @@ fn write_description(bed_json: &Path, image: &GuestImage, venv: &Path, collectio
         "images_pool": IMAGES_POOL,
         "base_volume": crate::image::BASE_VOLUME,
         "base_image": image.base(),
+        "bootable_volume": image.bootable_volume()?,
+        "bootable_image": image.dir.join(image.bootable_volume()?),
         "disks_pool": DISKS_POOL,
         "disks_dir": disks_dir(),
         "kernel": image.dir.join("vmlinuz"),

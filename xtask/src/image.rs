@@ -1,5 +1,7 @@
-//! The guest image: built once from Debian packages, cached outside the clone, keyed on the
-//! recipe's content so that a changed recipe builds a new image and an unchanged one is reused.
+//! The guest images: built once from Debian packages, cached outside the clone, each keyed on
+//! its recipe's content so that a changed recipe builds a new image and an unchanged one is reused.
+//! The bootable disk is what users bring; the direct-kernel image boots faster (no firmware, no
+//! boot loader, no first-boot cloud-init), for the tests that boot many guests.
 
 use std::path::{Path, PathBuf};
 
@@ -12,16 +14,25 @@ pub const BASE_VOLUME: &str = "base.qcow2";
 /// The kernel command line the image boots with (direct kernel boot, no boot loader).
 pub const KERNEL_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0";
 
-/// A built guest image and what it takes to boot it.
+/// The built guest images.
 pub struct GuestImage {
-    /// Its directory: base.qcow2, vmlinuz, initrd.img, id_ed25519(.pub).
+    /// The direct-kernel image's directory: base.qcow2, vmlinuz, initrd.img, id_ed25519(.pub).
     pub dir: PathBuf,
+    /// The bootable disk (BIOS and UEFI boot loaders, no user or key of ours), in a directory of its own.
+    pub bootable: PathBuf,
 }
 
 impl GuestImage {
     /// The qcow2 base image.
     pub fn base(&self) -> PathBuf {
         self.dir.join(BASE_VOLUME)
+    }
+
+    /// The bootable disk's volume name in the images pool: its cache directory's name, so that
+    /// a changed recipe gives a new volume beside the old one.
+    pub fn bootable_volume(&self) -> Result<String> {
+        let dir = self.bootable.parent().and_then(Path::file_name).context("bootable image without a directory")?;
+        Ok(format!("{}.qcow2", dir.to_string_lossy()))
     }
 }
 
@@ -36,24 +47,35 @@ pub fn content_key(files: &[&Path]) -> Result<String> {
     for line in sums.lines() {
         digest_input.push_str(line.split_whitespace().next().unwrap_or(""));
     }
-    let tmp = std::env::temp_dir().join(format!("virtfarm-key-{}", std::process::id()));
+    // Per thread: the images' keys are taken side by side.
+    let tmp =
+        std::env::temp_dir().join(format!("virtfarm-key-{}-{:?}", std::process::id(), std::thread::current().id()));
     std::fs::write(&tmp, digest_input)?;
     let key = sh::output("sha256sum", &[tmp.to_str().context("non-UTF-8 temp dir")?]);
     std::fs::remove_file(&tmp)?;
     Ok(key?.chars().take(12).collect())
 }
 
-/// The cached image for the current recipe, built first when there is none.
+/// The cached images for the current recipes, built first (side by side) when there are none.
 pub fn ensure(root: &Path) -> Result<GuestImage> {
-    let recipe = root.join("xtask/guest/build-image.sh");
+    let (dir, bootable) = std::thread::scope(|scope| {
+        let bootable = scope.spawn(|| cached(root, "build-bootable-image.sh", "bookworm-bootable", "bootable.qcow2"));
+        let direct = cached(root, "build-image.sh", "bookworm", BASE_VOLUME);
+        (direct, bootable.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the bootable image's build panicked"))))
+    });
+    Ok(GuestImage { dir: dir?, bootable: bootable?.join("bootable.qcow2") })
+}
+
+/// The directory a recipe in xtask/guest builds `product` into, keyed on the recipe's content.
+fn cached(root: &Path, recipe: &str, prefix: &str, product: &str) -> Result<PathBuf> {
+    let recipe = root.join("xtask/guest").join(recipe);
     let key = content_key(&[&recipe])?;
-    let dir = setup::cache_dir().join(format!("images/bookworm-{key}"));
-    let image = GuestImage { dir };
-    if image.base().exists() {
-        eprintln!("guest image: cached at {}", image.dir.display());
-        return Ok(image);
+    let dir = setup::cache_dir().join(format!("images/{prefix}-{key}"));
+    if dir.join(product).exists() {
+        eprintln!("guest image: cached at {}", dir.display());
+        return Ok(dir);
     }
-    let building = image.dir.with_extension("building");
+    let building = dir.with_extension("building");
     let _ = std::fs::remove_dir_all(&building);
     std::fs::create_dir_all(&building)?;
     let started = std::time::Instant::now();
@@ -62,9 +84,9 @@ pub fn ensure(root: &Path) -> Result<GuestImage> {
         &[recipe.to_str().context("non-UTF-8 path")?, building.to_str().context("non-UTF-8 path")?, &mirror()],
     )?;
     // Only a complete build gets the final name: an interrupted one is never mistaken for a cache hit.
-    std::fs::rename(&building, &image.dir)?;
-    eprintln!("guest image: built in {:.0} s at {}", started.elapsed().as_secs_f64(), image.dir.display());
-    Ok(image)
+    std::fs::rename(&building, &dir)?;
+    eprintln!("guest image: built in {:.0} s at {}", started.elapsed().as_secs_f64(), dir.display());
+    Ok(dir)
 }
 
 /// The Debian mirror this host's apt already uses.

@@ -22,6 +22,11 @@ const PACKAGES: &[&str] = &[
     "openssh-client",
     "openssh-server",
     "e2fsprogs",
+    // The bootable image's partition table, EFI system partition, and the firmware to boot it with.
+    "fdisk",
+    "dosfstools",
+    "mtools",
+    "ovmf",
     "xorriso",
 ];
 
