@@ -303,7 +303,8 @@ fn virsh(args: &[&str]) -> std::process::Output {
 }
 
 /// A group call that fails part way says what it changed: `changed` and the results of the
-/// members it did change come with the failure. Shut-off domains: nothing boots.
+/// members it did change come with the failure; one refused for a member before it starts
+/// changes nothing. Shut-off domains: nothing boots.
 #[test]
 #[ignore = "needs the test bed: cargo xtask test"]
 fn a_group_call_failing_part_way_reports_the_members_it_changed() {
@@ -352,14 +353,20 @@ fn a_group_call_failing_part_way_reports_the_members_it_changed() {
     expect_partial("reverted", &reply, &a.name, &b.name);
     ok(json!({"uri": uri, "name": a.name, "snapshot": "p", "state": "absent"}));
 
-    // The backing-file mode: a's level is made, b's disk is not the image the mode works on
-    // (its snapshot's overlay, which libvirt no longer lists: a snapshot it lists is refused
-    // for the whole group before anything changes).
-    assert!(virsh(&["snapshot-delete", &b.name, "p", "--metadata"]).status.success());
+    // The backing-file mode refuses the whole group before it changes anything when a member
+    // cannot be done: b's snapshot overlay stands on its disk (listed by libvirt or not).
     let args = |state: &str| json!({"uri": uri, "names": [a.name, b.name], "mode": "backing_file", "volume_path": bed.disks_dir, "state": state});
-    let reply = bed.run_module(MODULE, args("present"));
-    expect_partial("backing_file present", &reply, &a.name, &b.name);
-    ok(json!({"uri": uri, "name": a.name, "mode": "backing_file", "volume_path": bed.disks_dir, "state": "absent"}));
+    let a_level = format!("{}.bak", a.disk.display());
+    for forget in [false, true] {
+        if forget {
+            assert!(virsh(&["snapshot-delete", &b.name, "p", "--metadata"]).status.success());
+        }
+        let reply = bed.run_module(MODULE, args("present"));
+        assert_eq!(reply["failed"], true, "{reply}");
+        assert!(reply["msg"].as_str().unwrap_or_default().contains(&b.name), "{reply}");
+        assert_ne!(reply["changed"], true, "{reply}");
+        assert!(!Path::new(&a_level).exists(), "a's level was made by a refused call: {reply}");
+    }
     assert!(problems.is_empty(), "{problems:#?}");
 }
 

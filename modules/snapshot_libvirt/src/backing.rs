@@ -146,10 +146,12 @@ fn carry_out(
 }
 
 /// True when saving or restoring `level` would change nothing: the domain is off (a running
-/// guest may be writing) and its overlay sits on the level, empty.
+/// guest may be writing), writes into `disk` itself (not into an overlay on it), and that
+/// disk sits on the level, empty.
 fn unchanged_since_level(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>) -> Result<bool, String> {
     let off = vm.power_state().map_err(|e| e.to_string())? == PowerState::ShutOff;
-    Ok(off && backing_file::is_saved(hv, disk, level).map_err(|e| e.to_string())?)
+    let writes_disk = vm.facts().map_err(|e| e.to_string())?.disks.iter().any(|d| d.file.as_deref() == Some(disk));
+    Ok(off && writes_disk && backing_file::is_saved(hv, disk, level).map_err(|e| e.to_string())?)
 }
 
 fn report(changed: bool, results: Vec<Value>, before: Value, after: Value) -> Report {

@@ -272,9 +272,14 @@ pub enum Change {
 /// Refuses, before anything changes, when a snapshot lives in a file that `change` of `level`
 /// would replace, rewrite or delete: a libvirt snapshot of `vm` that names the disk's file or
 /// the level's, or an internal snapshot inside one of them that libvirt does not list. Such
-/// a snapshot would be lost, or left pointing at a file without it.
+/// a snapshot would be lost, or left pointing at a file without it. Saving or restoring also
+/// refuses a disk that another image stands on (an external snapshot's overlay, say): the
+/// domain's data is up there, and the image would read another disk below it.
 pub fn refuse_over_snapshots(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>, change: Change) -> Result<()> {
     let conn = hv.raw();
+    if matches!(change, Change::Save | Change::Restore) && volume_at(conn, disk).is_ok() {
+        refuse_if_based_on(conn, disk)?;
+    }
     let bak = level_path(disk, level);
     let disk_touched = match change {
         Change::Save | Change::Restore => true,
@@ -323,7 +328,6 @@ pub fn save(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>) -> Result
     let conn = hv.raw();
     let bak = level_path(disk, level);
     refuse_over_snapshots(hv, vm, disk, level, Change::Save)?;
-    refuse_if_based_on(conn, disk)?;
     if volume_at(conn, &bak).is_err() {
         let definition = vm.xml(true)?;
         let marker = Marker::create(conn, &bak, Pending::Saving)?;
@@ -400,7 +404,6 @@ pub fn restore(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option<&str>) -> Res
             pending.operation.as_str()
         )));
     }
-    refuse_if_based_on(conn, disk)?;
     refuse_over_snapshots(hv, vm, disk, level, Change::Restore)?;
     let marker = Marker::create(conn, &bak, Pending::Restoring)?;
     replace_by_overlay(hv, vm, &target, disk, &bak)?;
