@@ -104,7 +104,7 @@ fn the_guest_provision_readme_playbook_runs_with_fqcn_role_names() {
             // Defined only: guest_provision starts it, after restoring a snapshot if it can.
             "kvm_provision_state": "present",
             "project_id": PROJECT,
-            "connection_timeout": 240,
+            "connection_timeout": 600,
             "retry_count": 12,
             "retry_delay": 5,
             "ansible_python_interpreter": "/usr/bin/python3",
@@ -203,7 +203,7 @@ fn the_kvm_provision_role_on_a_hypervisor_host_then_guest_provision() {
     // One slot for both: they boot together, as the role starts them in one call.
     let _slot = bed.boot_slot();
     let extra = json!({
-        "run_id": 1, "project_id": PROJECT, "connection_timeout": 300, "retry_count": 12, "retry_delay": 5,
+        "run_id": 1, "project_id": PROJECT, "connection_timeout": 600, "retry_count": 12, "retry_delay": 5,
         "ansible_python_interpreter": "/usr/bin/python3",
     });
     let (run, seconds) = farm.run("two_vms.yml", extra);
