@@ -212,9 +212,14 @@ impl Bed {
 
     /// Runs `command` over SSH until it succeeds or `bound` passes; returns its stdout.
     pub fn ssh_until_ok(&self, ip: &str, command: &str, bound: Duration) -> String {
+        self.ssh_as_until_ok(&self.ssh_user, ip, command, bound)
+    }
+
+    /// [`Bed::ssh_until_ok`] as `user`.
+    pub fn ssh_as_until_ok(&self, user: &str, ip: &str, command: &str, bound: Duration) -> String {
         let deadline = std::time::Instant::now() + bound;
         loop {
-            let output = self.ssh(ip, command);
+            let output = self.ssh_as(user, ip, command);
             if output.status.success() {
                 return String::from_utf8_lossy(&output.stdout).trim().to_string();
             }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use virtfarm_libvirt::{Hypervisor, PowerState};
 
 /// Removes the VMs (and the volumes kvm_provision made for them) however the test ends.
-struct Cleanup(Value);
+pub(crate) struct Cleanup(pub(crate) Value);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -35,14 +35,14 @@ fn base_args(bed: &Bed) -> Value {
     })
 }
 
-fn with(mut args: Value, extra: Value) -> Value {
+pub(crate) fn with(mut args: Value, extra: Value) -> Value {
     for (key, value) in extra.as_object().expect("an object").clone() {
         args[key] = value;
     }
     args
 }
 
-fn vms(result: &Value) -> &Vec<Value> {
+pub(crate) fn vms(result: &Value) -> &Vec<Value> {
     result["vms"].as_array().unwrap_or_else(|| panic!("no vms in {result}"))
 }
 
@@ -51,8 +51,21 @@ fn memory_mib(hypervisor: &Hypervisor, name: &str) -> u64 {
     virtfarm_libvirt::domain_facts::DomainFacts::parse(&xml).expect("facts").memory_mib
 }
 
-fn assert_ok(result: &Value) {
+pub(crate) fn assert_ok(result: &Value) {
     assert!(result.get("failed").is_none(), "module failed: {result}");
+}
+
+/// Runs kvm_provision holding two boot slots (all the bed allows: its guests boot at once);
+/// returns its result, which must not have failed, and how long it took.
+pub(crate) fn boot_with_two_slots(bed: &Bed, args: &Value) -> (Value, f64) {
+    let started = Instant::now();
+    let created = {
+        let _slots = (bed.boot_slot(), bed.boot_slot());
+        bed.run_module("kvm_provision", args.clone())
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    assert_ok(&created);
+    (created, seconds)
 }
 
 /// The main scenario, on one set of three guests so that each boots once or twice.
@@ -76,13 +89,7 @@ fn three_guests_in_one_call_through_their_whole_life() {
     );
     let _cleanup = Cleanup(args.clone());
 
-    let started = Instant::now();
-    let created = {
-        let _slots = (bed.boot_slot(), bed.boot_slot());
-        bed.run_module("kvm_provision", args.clone())
-    };
-    let boot_seconds = started.elapsed().as_secs_f64();
-    assert_ok(&created);
+    let (created, boot_seconds) = boot_with_two_slots(bed, &args);
     assert_eq!(created["changed"], true);
     let got: Vec<&str> = vms(&created).iter().map(|v| v["name"].as_str().expect("name")).collect();
     assert_eq!(got, names.iter().map(String::as_str).collect::<Vec<_>>(), "pool naming");

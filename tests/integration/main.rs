@@ -7,6 +7,8 @@
 mod ansible_farm;
 /// The bed itself: a guest boots from a linked clone, leases, answers its agent and SSH.
 mod bed_smoke;
+/// The bootable image, as users bring theirs: BIOS and UEFI guests, NVRAM, cloud-init's first boot.
+mod bootable;
 /// The collection as installed from its tarball: docs, ad-hoc use.
 mod collection;
 /// The demo playbook, end to end.
