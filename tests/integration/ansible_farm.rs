@@ -176,6 +176,37 @@ fn the_guest_provision_readme_playbook_runs_with_fqcn_role_names() {
     let held = bed.ssh_until_ok(&ip, "cat /var/tmp/farm/log", Duration::from_secs(120));
     assert_eq!(held.lines().collect::<Vec<_>>(), log(3, 3)[..2], "the guest as its init snapshot holds it");
 
+    // The shutdown_hypervisor handler, notified by a guest nested in this VM. No nesting under
+    // TCG: the nested guest is a defined bed domain, and the libvirt steps delegated to the VM
+    // standing in as its hypervisor run here, against the bed.
+    let nested = bed.define_vm(&bed.unique_name("af-nested"));
+    let stand_in = json!({ "all": { "children": {
+        "hypervisor_vms": { "hosts": { &name: {
+            "ansible_connection": "local", "kvm_host": "hv", "vm": definition(bed, &name),
+        } } },
+        "nested": { "hosts": { &nested.name: {
+            "ansible_connection": "local", "kvm_host": name, "retry_count": 6, "retry_delay": 5,
+            "vm": { "metadata": { "name": nested.name, "connection": bed.uri } },
+        } } },
+    }, "hosts": { "hv": { "ansible_connection": "local" } } } });
+    let stand_in_path = farm.dir.join("nested.json");
+    std::fs::write(&stand_in_path, stand_in.to_string()).expect("write the inventory");
+    let playbook = farm.dir.join("nested.yml");
+    let run = bed.ansible(
+        "ansible-playbook",
+        &[
+            "-i",
+            stand_in_path.to_str().expect("UTF-8"),
+            playbook.to_str().expect("UTF-8"),
+            "-e",
+            "ansible_python_interpreter={{ ansible_playbook_python }}",
+        ],
+    );
+    let doc = assert_ok(&run, "nested guest");
+    let stopped = result(&doc, &nested.name, "Shut down the VM");
+    assert_eq!(stopped["changed"], true, "{stopped}");
+    assert_eq!(power_state(&name), PowerState::ShutOff, "the handler shuts the hypervisor VM down");
+
     let left = listed(json!({ "delete": "farm-off", "list": true }));
     assert_eq!(left, sorted([format!("{PROJECT}.clean"), new_init]));
 }
