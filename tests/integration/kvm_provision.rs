@@ -23,6 +23,15 @@ impl Drop for Cleanup {
     }
 }
 
+/// Deletes a file the test made, after the domains declared later are gone.
+struct RemovedFile(std::path::PathBuf);
+
+impl Drop for RemovedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn guest_kernel(bed: &Bed) -> Value {
     json!({ "path": bed.kernel, "initrd": bed.initrd, "cmdline": bed::GUEST_CMDLINE })
 }
@@ -170,7 +179,22 @@ fn definitions_conflicts_remote_uri_and_bad_arguments() {
         "disks": [{ "type": "qcow2", "devname": "vda", "src": format!("{legacy_name}.qcow2") }],
         "net": { "type": "network", "source": bed.network },
     }});
+    // Its disk is attached as it is: a missing one is refused, naming it, before anything is defined.
+    let legacy_disk = bed.disks_dir.join(format!("{legacy_name}.qcow2"));
+    let _legacy_disk_removal = RemovedFile(legacy_disk.clone());
     let _legacy_cleanup = Cleanup(legacy.clone());
+    refused_naming(&bed.run_module("kvm_provision", legacy.clone()), "disks", &legacy_disk.display().to_string());
+    assert!(hypervisor.find_vm(&legacy_name).expect("lookup").is_none());
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&bed.base_image)
+        .arg(&legacy_disk)
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let refreshed =
+        std::process::Command::new("virsh").args(["-c", &bed.uri, "pool-refresh", &bed.disks_pool]).status();
+    assert!(refreshed.expect("virsh").success());
     let defined = bed.run_module("kvm_provision", legacy.clone());
     assert_ok(&defined);
     let xml = hypervisor.vm(&legacy_name).expect("defined").xml(true).expect("xml");

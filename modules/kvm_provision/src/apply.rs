@@ -391,6 +391,14 @@ fn safe_disks(
         disks
             .check_writable(file, &vm.name)
             .with_context(|| format!("{option}: {file} cannot be a disk of {}", vm.name))?;
+        // Attached as they are, so they must be there; a file outside every pool cannot be
+        // looked up through the API and is left to libvirt.
+        if option == "disks"
+            && !hypervisor.volume_exists(file)?
+            && hypervisor.pool_of_first_disk(std::slice::from_ref(file))?.is_some()
+        {
+            anyhow::bail!("{option}: {file} does not exist (a disk given by path is attached as it is)");
+        }
     }
     if let (Some(size), Some(root)) = (definition.grow_root, facts.disks.iter().find(|d| d.target == "vda")) {
         let file = root.file.as_deref().unwrap_or_default();
