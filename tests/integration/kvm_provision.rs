@@ -185,16 +185,8 @@ fn definitions_conflicts_remote_uri_and_bad_arguments() {
     let _legacy_cleanup = Cleanup(legacy.clone());
     refused_naming(&bed.run_module("kvm_provision", legacy.clone()), "disks", &legacy_disk.display().to_string());
     assert!(hypervisor.find_vm(&legacy_name).expect("lookup").is_none());
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&bed.base_image)
-        .arg(&legacy_disk)
-        .status()
-        .expect("qemu-img");
-    assert!(made.success());
-    let refreshed =
-        std::process::Command::new("virsh").args(["-c", &bed.uri, "pool-refresh", &bed.disks_pool]).status();
-    assert!(refreshed.expect("virsh").success());
+    overlay(&bed.base_image.display().to_string(), &legacy_disk.display().to_string());
+    refresh_disks_pool(bed);
     let defined = bed.run_module("kvm_provision", legacy.clone());
     assert_ok(&defined);
     let xml = hypervisor.vm(&legacy_name).expect("defined").xml(true).expect("xml");
@@ -295,6 +287,24 @@ fn qemu_io(image: &str, command: &str) -> bool {
         std::process::Command::new("qemu-io").args(["-f", "qcow2", "-c", command, image]).output().expect("qemu-io");
     let text = String::from_utf8_lossy(&out.stdout);
     out.status.success() && !text.contains("Pattern verification failed") && !text.contains("failed")
+}
+
+/// A qcow2 file at `path` standing on `backing`, made behind libvirt's back as a user would.
+fn overlay(backing: &str, path: &str) {
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, path])
+        .status()
+        .expect("qemu-img");
+    assert!(made.success(), "qemu-img create {path}");
+}
+
+/// Makes the disks pool list files created outside libvirt.
+fn refresh_disks_pool(bed: &Bed) {
+    let refreshed = std::process::Command::new("virsh")
+        .args(["-c", &bed.uri, "pool-refresh", &bed.disks_pool])
+        .status()
+        .expect("virsh");
+    assert!(refreshed.success());
 }
 
 fn file_digest(path: &str) -> Vec<u8> {
@@ -460,20 +470,12 @@ fn remove_storage_leaves_no_level_marker_or_stray_overlay() {
     assert_ok(&bed.run_module("snapshot_libvirt", level));
     let disk = vda(&hypervisor, &name);
     let stray = format!("{}/{name}-vda.s1-r1796000000.qcow2", bed.disks_dir.display());
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", &disk, &stray])
-        .status()
-        .expect("qemu-img");
-    assert!(made.success());
+    overlay(&disk, &stray);
     std::fs::write(format!("{disk}.bak.saving"), b"").expect("a marker");
     // Not ours: a file that only starts like the VM's name.
     let neighbour = format!("{}/{name}x-vda.s1.qcow2", bed.disks_dir.display());
     std::fs::write(&neighbour, b"").expect("a neighbour");
-    let refreshed = std::process::Command::new("virsh")
-        .args(["-c", &bed.uri, "pool-refresh", &bed.disks_pool])
-        .output()
-        .expect("virsh");
-    assert!(refreshed.status.success());
+    refresh_disks_pool(bed);
 
     let removed = bed.run_module("kvm_provision", with(args, json!({ "state": "absent", "remove_storage": true })));
     assert_ok(&removed);
