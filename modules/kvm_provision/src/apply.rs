@@ -246,7 +246,7 @@ fn apply_one(
 fn lock(hypervisor: &Hypervisor, vm: &VmDefinition, state: State) -> Result<Vec<DomainLock>> {
     let files = match hypervisor.find_vm(&vm.name)? {
         Some(existing) => existing.facts()?.disks.into_iter().filter_map(|d| d.file).collect(),
-        None if vm.root_disk.is_some() => vec![format!("{}/{}.qcow2", hypervisor.pool_path(&vm.pool)?, vm.name)],
+        None if vm.root_disk.is_some() => vec![format!("{}/{}", hypervisor.pool_path(&vm.pool)?, root_volume(vm))],
         None => vm.disk_files()?,
     };
     let Some(pool) = hypervisor.pool_of_first_disk(&files)? else { return Ok(Vec::new()) };
@@ -261,6 +261,11 @@ fn lock(hypervisor: &Hypervisor, vm: &VmDefinition, state: State) -> Result<Vec<
         }
     }
     Ok(locks)
+}
+
+/// The volume a VM's root disk is cloned into, in its pool.
+fn root_volume(vm: &VmDefinition) -> String {
+    format!("{}.qcow2", vm.name)
 }
 
 /// The XML to define, its fingerprint, the seed to upload, and the volumes we own.
@@ -311,11 +316,11 @@ fn definition_xml(
             let mut grow_root = None;
             if let Some(root) = &vm.root_disk {
                 let base = hypervisor.base_image(&root.image, root.image_pool.as_deref()).context("image")?;
-                let owned_path = format!("{}/{}.qcow2", hypervisor.pool_path(&vm.pool)?, vm.name);
+                let owned_path = format!("{}/{}", hypervisor.pool_path(&vm.pool)?, root_volume(vm));
                 let clone = hypervisor
                     .ensure_clone(
                         &vm.pool,
-                        &format!("{}.qcow2", vm.name),
+                        &root_volume(vm),
                         &base,
                         root.size,
                         root.mode,
