@@ -25,6 +25,9 @@ pub struct DomainFacts {
     pub disks: Vec<Disk>,
     /// UEFI firmware from pflash (a loader, or `firmware=efi`): internal snapshots are refused there.
     pub has_pflash: bool,
+    /// The NVRAM file of pflash firmware, when the XML names it (libvirt 9.0 names the one it
+    /// makes for `firmware=efi` only in a running domain's XML).
+    pub nvram: Option<String>,
     /// The inner XML of `<metadata>`, as libvirt stores it; empty when there is none.
     pub metadata_xml: String,
 }
@@ -86,6 +89,14 @@ struct RawOs {
     firmware: Option<String>,
     #[serde(default)]
     loader: Option<RawLoader>,
+    #[serde(default)]
+    nvram: Option<RawNvram>,
+}
+
+#[derive(Deserialize)]
+struct RawNvram {
+    #[serde(rename = "$text", default)]
+    path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -168,9 +179,11 @@ impl DomainFacts {
             vcpus: raw.vcpu.map(|v| v.value as u32).unwrap_or(0),
             memory_mib,
             // libvirt 9.0 chooses `firmware='efi'`'s loader (pflash on x86) only when the domain starts.
-            has_pflash: raw.os.is_some_and(|os| {
-                os.firmware.as_deref() == Some("efi") || os.loader.is_some_and(|l| l.kind.as_deref() == Some("pflash"))
+            has_pflash: raw.os.as_ref().is_some_and(|os| {
+                os.firmware.as_deref() == Some("efi")
+                    || os.loader.as_ref().is_some_and(|l| l.kind.as_deref() == Some("pflash"))
             }),
+            nvram: raw.os.and_then(|os| os.nvram).and_then(|n| n.path).filter(|p| !p.is_empty()),
             nics: raw
                 .devices
                 .interfaces
@@ -266,8 +279,17 @@ mod tests {
         assert_eq!(facts.disks[1].device, "cdrom");
         assert!(facts.metadata_xml.contains("<vf:platform>debian</vf:platform>"));
         assert!(!facts.has_pflash);
+        assert_eq!(facts.nvram, None);
         let efi = LIVE_XML.replace("<os>", "<os firmware='efi'>");
         assert!(DomainFacts::parse(&efi).expect("valid XML").has_pflash);
+        let started = LIVE_XML.replace(
+            "<os>",
+            "<os><loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\
+             <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/var/lib/libvirt/qemu/nvram/vm_VARS.fd</nvram>",
+        );
+        let facts = DomainFacts::parse(&started).expect("valid XML");
+        assert!(facts.has_pflash);
+        assert_eq!(facts.nvram.as_deref(), Some("/var/lib/libvirt/qemu/nvram/vm_VARS.fd"));
     }
 
     #[test]

@@ -586,14 +586,17 @@ pub fn reconcile_identity(xml: &str, name: &str, uuid: Option<&str>, metadata: &
 }
 
 impl Hypervisor {
-    /// Removes the definition of `vm`, with its snapshot metadata, managed save and NVRAM;
-    /// its disks stay. A running domain becomes transient and goes when it stops.
+    /// Removes the definition of `vm`, with its snapshot metadata, managed save and NVRAM (and
+    /// the snapshots' copies of it); its disks stay. A running domain becomes transient and goes
+    /// when it stops.
     pub fn undefine_vm(&self, vm: &Vm) -> Result<()> {
+        let nvram = crate::snapshot::Nvram::of(self, vm)?;
         let flags = virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
             | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             | virt::sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
             | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM;
-        vm.raw().undefine_flags(flags).doing(|| format!("undefining domain {}", vm.name()))
+        vm.raw().undefine_flags(flags).doing(|| format!("undefining domain {}", vm.name()))?;
+        nvram.map_or(Ok(()), |nvram| nvram.forget_all())
     }
 }
 

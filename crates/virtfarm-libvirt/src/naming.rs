@@ -1,5 +1,5 @@
 //! Names and identities derived from names: pool-style node names (`vnode03`), stable MACs,
-//! snapshot overlays' file names, and the fingerprint that tells an unchanged definition from
+//! snapshot overlays' and NVRAM copies' file names, and the fingerprint that tells an unchanged definition from
 //! a changed one.
 
 /// A node name from a pool spec: `3`, `vnode4` or `18:bookworm` with stem `vnode` give
@@ -23,6 +23,12 @@ pub fn pool_node(stem: &str, spec: &str) -> Option<(String, Option<String>)> {
 /// `domain`'s disk `target` begin: `<domain>-<target>.`.
 pub fn snapshot_overlay_prefix(domain: &str, target: &str) -> String {
     format!("{domain}-{target}.")
+}
+
+/// The file name of the copy of NVRAM file `nvram_file` that external snapshot `snapshot`
+/// keeps beside it. The `.snapshot` ending keeps copies apart from libvirt's `<name>_VARS.fd`.
+pub fn nvram_copy_name(nvram_file: &str, snapshot: &str) -> String {
+    format!("{nvram_file}.{snapshot}.snapshot")
 }
 
 /// FNV-1a, 64 bits: a stable fingerprint (not a security boundary).
@@ -65,6 +71,13 @@ mod tests {
         assert_ne!(derived_mac("web1", 0), derived_mac("web1", 1));
         assert_ne!(derived_mac("web1", 0), derived_mac("web2", 0));
         assert!(crate::leases::check_mac(&derived_mac("web1", 0)).is_ok());
+    }
+
+    #[test]
+    fn nvram_copies_never_take_the_name_of_an_nvram_file() {
+        let copy = nvram_copy_name("web1_VARS.fd", "before_VARS.fd");
+        assert_eq!(copy, "web1_VARS.fd.before_VARS.fd.snapshot");
+        assert!(!copy.ends_with("_VARS.fd"));
     }
 
     #[test]

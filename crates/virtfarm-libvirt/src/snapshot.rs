@@ -25,6 +25,7 @@ mod chain;
 pub(crate) mod domain_disks;
 mod group;
 mod marker;
+mod nvram;
 mod qcow2;
 mod xml;
 
@@ -41,6 +42,7 @@ use crate::domain_facts::DomainFacts;
 use crate::error::{Doing, Error, Result};
 use crate::naming::snapshot_overlay_prefix;
 use crate::vm::{PowerState, Vm};
+pub(crate) use nvram::Nvram;
 
 /// The longest snapshot name accepted: it becomes part of overlay file names.
 pub const MAX_NAME_LEN: usize = 64;
@@ -178,8 +180,9 @@ impl Vm {
     }
 }
 
-/// Takes one snapshot of `vm` with libvirt; quiescing and pausing are the caller's.
-fn take(vm: &Vm, facts: &DomainFacts, name: &str, kind: SnapshotType, memory: bool) -> Result<()> {
+/// Takes one snapshot of `vm` with libvirt, an external one with a copy of its NVRAM;
+/// quiescing and pausing are the caller's.
+fn take(hv: &Hypervisor, vm: &Vm, facts: &DomainFacts, name: &str, kind: SnapshotType, memory: bool) -> Result<()> {
     let (request, flags) = match kind {
         SnapshotType::Internal => (xml::internal_request(name, memory)?, 0),
         SnapshotType::External => {
@@ -198,10 +201,22 @@ fn take(vm: &Vm, facts: &DomainFacts, name: &str, kind: SnapshotType, memory: bo
             (xml::external_request(name, &disks)?, flags)
         }
     };
-    vm.raw()
+    // The copy comes first: a snapshot without it would revert the disks but not the firmware.
+    let nvram = match kind {
+        SnapshotType::External => Nvram::of(hv, vm)?,
+        SnapshotType::Internal => None,
+    };
+    if let Some(nvram) = &nvram {
+        nvram.save(name)?;
+    }
+    let taken = vm
+        .raw()
         .create_snapshot_xml(&request, flags)
-        .doing(|| format!("taking the {} snapshot {name} of {}", kind.as_str(), vm.name()))
-        .map(drop)
+        .doing(|| format!("taking the {} snapshot {name} of {}", kind.as_str(), vm.name()));
+    if let (Err(_), Some(nvram)) = (&taken, &nvram) {
+        let _ = nvram.forget(name);
+    }
+    taken.map(drop)
 }
 
 /// The file name of the overlay that takes a disk's writes after snapshot `label`.
@@ -420,12 +435,17 @@ fn revert_external(hv: &Hypervisor, vm: &Vm, handle: &DomainSnapshot, info: &Sna
             }
         };
     }
+    // Found while the domain runs: libvirt 9.0 names the file in the running domain's XML only.
+    let nvram = Nvram::of(hv, vm)?;
     let before = vm.power_state()?;
     if before != PowerState::ShutOff {
         // The snapshot is disk-only: the running state is being thrown away, not saved.
         vm.destroy()?;
     }
     hv.define_vm(&domain_disks::repoint_disks(&definition, &new_tops)?)?;
+    if let Some(nvram) = &nvram {
+        nvram.restore(hv, &info.name)?;
+    }
     let snapshot_xml = handle.xml_desc(0).doing(|| format!("reading snapshot {}", info.name))?;
     let flags = virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE | virt::sys::VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT;
     vm.raw().create_snapshot_xml(&snapshot_xml, flags).doing(|| format!("marking snapshot {} current", info.name))?;
@@ -525,12 +545,21 @@ pub fn delete(hv: &Hypervisor, vm: &Vm, name: &str) -> Result<Deleted> {
     if let Err(e) = handle.delete(0).doing(doing) {
         return Err(explain_refused_delete(vm, &info, e));
     }
+    forget_nvram(hv, vm, &info)?;
     Ok(Deleted {
         kind: info.kind,
         seconds: started.elapsed().as_secs_f64(),
         method: "libvirt",
         removed_files: Vec::new(),
     })
+}
+
+/// Deletes the NVRAM copy of a deleted external snapshot.
+fn forget_nvram(hv: &Hypervisor, vm: &Vm, info: &SnapshotInfo) -> Result<()> {
+    if info.kind == SnapshotType::Internal {
+        return Ok(());
+    }
+    Nvram::of(hv, vm)?.map_or(Ok(()), |nvram| nvram.forget(&info.name))
 }
 
 /// libvirt deletes an internal snapshot of a running domain through QEMU, which knows only the
@@ -628,6 +657,7 @@ fn delete_off_branch(
     for overlay in info.external_disks().filter_map(|(_, _, overlay)| overlay) {
         removed.extend(chain::prune_dangling(hv.raw(), overlay, &keep)?);
     }
+    forget_nvram(hv, vm, info)?;
     Ok(Deleted {
         kind: info.kind,
         seconds: started.elapsed().as_secs_f64(),

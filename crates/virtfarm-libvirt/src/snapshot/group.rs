@@ -108,7 +108,7 @@ pub fn create_group(members: &[Member<'_>], name: &str, options: &CreateOptions)
             let _ = marker::clear(plan.vm, Mark::Paused);
         }
         let started = Instant::now();
-        match take(plan.vm, &plan.facts, name, plan.kind, plan.memory) {
+        match take(plan.hypervisor, plan.vm, &plan.facts, name, plan.kind, plan.memory) {
             Ok(()) => created.push(Created {
                 domain: plan.vm.name().to_string(),
                 kind: plan.kind,

@@ -73,7 +73,7 @@ fn parse_names(table: &[u8], count: u64) -> Option<Vec<String>> {
 }
 
 /// Up to `length` bytes of the image file at `offset`.
-fn read_bytes(conn: &Connect, volume: &StorageVol, path: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_bytes(conn: &Connect, volume: &StorageVol, path: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
     let doing = || format!("reading the qcow2 metadata of {path}");
     let stream = Stream::new(conn, 0).doing(doing)?;
     // libvirtd goes on creating a volume for a client killed meanwhile (a killed run of ours):
