@@ -1359,11 +1359,8 @@ impl World {
             }
             // A disk the domain did not make (a leftover it took over) stays with its levels.
             let stays = kept || !before_owned[*vm];
-            let present: Vec<Level> = before_levels[*vm]
-                .iter()
-                .filter(|l| stays && self.level_saved(*vm, &l.id))
-                .cloned()
-                .collect();
+            let present: Vec<Level> =
+                before_levels[*vm].iter().filter(|l| stays && self.level_saved(*vm, &l.id)).cloned().collect();
             self.vms[*vm].levels = present;
         }
         if let Some(results) = reply["vms"].as_array() {
@@ -1625,11 +1622,8 @@ impl World {
             // Levels.
             let ids = |m: &VmModel| m.levels.iter().map(|l| l.id.clone()).collect::<BTreeSet<_>>();
             let (bl, al) = (ids(b), ids(a));
-            let real: BTreeSet<Option<String>> = LEVELS
-                .iter()
-                .map(|l| l.map(str::to_string))
-                .filter(|l| self.level_saved(vm, l))
-                .collect();
+            let real: BTreeSet<Option<String>> =
+                LEVELS.iter().map(|l| l.map(str::to_string)).filter(|l| self.level_saved(vm, l)).collect();
             let must: BTreeSet<_> = bl.intersection(&al).cloned().collect();
             let may: BTreeSet<_> = bl.union(&al).cloned().collect();
             if !must.is_subset(&real) || !real.is_subset(&may) {
@@ -1742,11 +1736,8 @@ impl World {
             }
         }
         // Levels: exactly the model's, each on what the model says, with its data.
-        let real: BTreeSet<Option<String>> = LEVELS
-            .iter()
-            .map(|l| l.map(str::to_string))
-            .filter(|l| self.level_saved(vm, l))
-            .collect();
+        let real: BTreeSet<Option<String>> =
+            LEVELS.iter().map(|l| l.map(str::to_string)).filter(|l| self.level_saved(vm, l)).collect();
         let modelled: BTreeSet<Option<String>> = m.levels.iter().map(|l| l.id.clone()).collect();
         if real != modelled {
             return Err(format!("{name}: levels {real:?}, the model says {modelled:?}"));
