@@ -106,7 +106,8 @@ mod tests {
             ),
         ];
         for (args, says) in cases {
-            let reply = ansible_module::execute(&crate::definition::spec(), args, crate::provision);
+            let reply =
+                ansible_module::execute_parsed(&crate::definition::spec(), args, crate::parse, crate::provision);
             assert_eq!(reply["failed"], true, "{reply}");
             assert!(reply["msg"].as_str().unwrap_or_default().contains(says), "{says}: {reply}");
         }
