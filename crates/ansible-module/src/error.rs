@@ -240,8 +240,9 @@ impl ArgumentErrors {
     }
 
     /// Runs `read`, which adds an error for every bad value it meets and
-    /// gives up with `None` only after adding one: its value if no error
-    /// was found, else every error.
+    /// gives up with `None` only after adding one (or on a value the spec
+    /// refused, which the spec's errors name): its value if no error was
+    /// found, else every error.
     pub fn collect<T>(read: impl FnOnce(&mut ArgumentErrors) -> Option<T>) -> Result<T, ArgumentErrors> {
         let mut errors = ArgumentErrors::new();
         match read(&mut errors) {
