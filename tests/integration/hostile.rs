@@ -429,6 +429,11 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
         &["value of clone must be one of", "networks[0].mac"],
     );
     special.mistakes(
+        "a spec mistake and two placement rules broken",
+        with(&with(&base, "hypervisors", json!([])), "vcpus", json!("many")),
+        &["argument 'vcpus'", "hypervisors: give at least one", "uri: cannot be combined with hypervisors"],
+    );
+    special.mistakes(
         "a bad state, a bad memory",
         with(&with(&base, "state", json!("bogus")), "memory", json!("lots")),
         &["value of state must be one of", "memory: "],

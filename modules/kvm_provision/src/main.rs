@@ -20,7 +20,14 @@ fn main() {
 }
 
 fn parse(module: &Module) -> Result<Request, ArgumentErrors> {
-    Request::from_params(module.params(), &module.context().module_name)
+    let params = module.params();
+    let mut errors = ArgumentErrors::new();
+    let request = Request::from_params(params, &module.context().module_name).map_err(|e| errors.extend(e)).ok();
+    placing::check(params, request.as_ref(), &mut errors);
+    match request {
+        Some(request) => errors.finish(request),
+        None => Err(errors),
+    }
 }
 
 fn provision(module: &Module, mut request: Request) -> anyhow::Result<Response> {
