@@ -1,6 +1,7 @@
-//! kvm_provision's two parsing stages (its argument spec through `ansible_module::execute`,
-//! then `Request::from_params`, compiled from the module's own source files) on any JSON,
-//! then the XML of every VM it accepts.
+//! kvm_provision's two parsing stages (its argument spec, then `Request::from_params`,
+//! compiled from the module's own source files, through `ansible_module::execute_parsed`, so
+//! also on what the spec let through of arguments it refused) on any JSON, then the XML of
+//! every VM it accepts.
 //!
 //! Invariants: no panic; the reply is one JSON object and a refusal says why; every
 //! generated definition is written and reads back with the same name, NICs and disks.
@@ -29,11 +30,15 @@ use virtfarm_libvirt::domain_facts::DomainFacts;
 use definition::{DomainSource, Request};
 
 fuzz_target!(|args: Json| {
-    let reply = ansible_module::execute(&definition::spec(), args.value(), |module| {
-        let request = Request::from_params(module.params(), "kvm_provision")?;
-        check_definitions(&request);
-        anyhow::Ok(Response::new())
-    });
+    let reply = ansible_module::execute_parsed(
+        &definition::spec(),
+        args.value(),
+        |module| Request::from_params(module.params(), "kvm_provision"),
+        |_, request| {
+            check_definitions(&request);
+            anyhow::Ok(Response::new())
+        },
+    );
     let Value::Object(reply) = reply else { panic!("the reply is not a JSON object: {reply}") };
     if reply.get("failed") == Some(&Value::Bool(true)) {
         assert!(reply.get("msg").and_then(Value::as_str).is_some_and(|m| !m.is_empty()), "a refusal without a message: {reply:?}");

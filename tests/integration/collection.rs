@@ -12,6 +12,8 @@ fn valid_args(module: &str) -> Value {
     match module {
         "snapshot_libvirt" => json!({ "name": "x", "state": "list" }),
         "guest_provision" => json!({ "state": "phases", "lookup_dir": "/nonexistent" }),
+        // Its own rules run beside the spec's errors too: without a VM they would add theirs.
+        "kvm_provision" => json!({ "name": "x", "image": "base" }),
         _ => json!({}),
     }
 }

@@ -423,6 +423,64 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
         ),
         &["cloud_init.usr", "disks[0].path", "filesystems[0].target"],
     );
+    special.mistakes(
+        "a spec mistake and a rule mistake",
+        with(&with(&base, "clone", json!("deep")), "networks", json!([{ "network": "hx-no-such-net", "mac": "zz" }])),
+        &["value of clone must be one of", "networks[0].mac"],
+    );
+    special.mistakes(
+        "a spec mistake and two placement rules broken",
+        with(&with(&base, "hypervisors", json!([])), "vcpus", json!("many")),
+        &["argument 'vcpus'", "hypervisors: give at least one", "uri: cannot be combined with hypervisors"],
+    );
+    special.mistakes(
+        "a bad state, a bad memory",
+        with(&with(&base, "state", json!("bogus")), "memory", json!("lots")),
+        &["value of state must be one of", "memory: "],
+    );
+    special.mistakes(
+        "a spec mistake and a rule mistake in one VM of vms",
+        with(
+            &no_name,
+            "vms",
+            json!([{ "name": "hx-a", "image": "b", "vcpus": "x", "networks": [{ "network": "n", "ip": "10.1" }] }]),
+        ),
+        &["argument 'vms[0].vcpus'", "vms[0].networks[0].ip"],
+    );
+    special.mistakes(
+        "mistakes all over one vm",
+        json!({ "uri": bed.uri, "state": "present", "vm": {
+            "colour": 1, "metadata": { "owner": "x", "auth": { "token": 1 } },
+            "disks": [{ "size": 1 }], "net": { "type": "vde" } } }),
+        &[
+            "vm.colour",
+            "vm.metadata.owner",
+            "vm.metadata.name",
+            "vm.metadata.auth.token",
+            "vm.disks[0].size",
+            "vm.disks[0].src",
+            "vm.net.type",
+        ],
+    );
+    special.mistakes(
+        "three mistakes in two disks",
+        with(
+            &base,
+            "disks",
+            json!([{ "path": "hx.qcow2", "target": "../x" }, { "path": "/hx/ok.qcow2", "target": "a/b" }]),
+        ),
+        &["disks[0].path", "disks[0].target", "disks[1].target"],
+    );
+    special.mistakes(
+        "three mistakes in two shares",
+        with(&base, "filesystems", json!([{ "source": "rel", "target": "a/b" }, { "source": "/srv" }])),
+        &["filesystems[0].source", "filesystems[0].target", "filesystems[1].target"],
+    );
+    special.mistakes(
+        "three bad metadata keys",
+        with(&base, "metadata", json!({ "a b": 1, "ansible_password": "hx-secret", "project": ["p"] })),
+        &["\"a b\" is not a usable key", "metadata.ansible_password", "metadata.project"],
+    );
     special.add("vcpus beyond u32", with(&base, "vcpus", json!(1u64 << 40)), "vcpus");
     special.add("memory zero MiB", with(&base, "memory", json!("512K")), "memory");
     ModuleCorpus {
@@ -509,6 +567,16 @@ fn snapshot_libvirt(bed: &Bed) -> ModuleCorpus {
         with(&with(&base, "state", json!("gone")), "after_revert", json!({ "wait": "forever", "colour": 1 })),
         &["after_revert.colour", "value of after_revert.wait must be one of", "value of state must be one of"],
     );
+    special.mistakes(
+        "a spec mistake and a rule mistake",
+        with(&with(&with(&base, "type", json!("both")), "shutdown_first", json!(true)), "shutdown_timeout", json!(-1)),
+        &["value of type must be one of", "shutdown_timeout: "],
+    );
+    special.mistakes(
+        "a bad state and names twice",
+        json!({ "uri": bed.uri, "names": ["hx-a", "hx-a"], "snapshot": "hx-snap", "state": "gone" }),
+        &["value of state must be one of", "names: "],
+    );
     ModuleCorpus {
         module: "snapshot_libvirt",
         base,
@@ -579,6 +647,17 @@ fn guest_provision(bed: &Bed) -> ModuleCorpus {
         json!({ "state": "reachable", "host": "hx-nowhere.invalid", "port": 70000, "timeout": -1 }),
         &["port must be", "timeout must be"],
     );
+    special.mistakes(
+        "a spec mistake and a rule mistake",
+        json!({ "state": "reachable", "host": "hx-nowhere.invalid", "port": 70000, "wait": "forever" }),
+        &["value of wait must be one of", "port must be"],
+    );
+    special.mistakes(
+        "a bad quiesce, a revision of auto, a bad project",
+        json!({ "state": "cache_saved", "name": "hx-none", "uri": bed.uri, "project_id": "hx/a", "revision": "auto",
+                "quiesce": "maybe" }),
+        &["argument 'quiesce'", "revision: ", "project_id: "],
+    );
     special.add(
         "domain not found on stop",
         json!({ "state": "stopped", "name": "hx-none", "uri": bed.uri, "retry_count": 0 }),
@@ -600,7 +679,8 @@ fn guest_provision(bed: &Bed) -> ModuleCorpus {
 }
 
 fn libvirt_ping(bed: &Bed) -> ModuleCorpus {
-    // Its options take any text: the mistakes it can be given are unknown names.
+    // Its options take any text and it has no rules of its own: the mistakes it can be given
+    // are unknown names.
     let mut special = Specials::default();
     special.mistakes("two unknown keys", json!({ "uri": bed.uri, "colour": 1, "size": 2 }), &["colour", "size"]);
     special.mistakes(

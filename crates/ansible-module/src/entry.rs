@@ -10,10 +10,10 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
-use crate::error::Error;
+use crate::error::{ArgumentErrors, Error};
 use crate::no_log::NoLogValues;
 use crate::response::Response;
-use crate::runtime::{execute, failure, Module};
+use crate::runtime::{execute_parsed, failure, Module};
 use crate::spec::ArgSpec;
 
 /// Runs a module: reads the arguments from the file named by the first
@@ -25,14 +25,29 @@ use crate::spec::ArgSpec;
 /// `panic = "abort"`; one on another thread is left to whoever joins it.
 /// Nothing else may write to standard output.
 pub fn run<E: Display>(spec: ArgSpec, body: impl FnOnce(&Module) -> Result<Response, E>) -> ! {
+    run_parsed(spec, |_| Ok(()), |module, ()| body(module))
+}
+
+/// [`run`] for a module with rules of its own, which `parse` applies: see
+/// [`execute_parsed`](crate::execute_parsed).
+pub fn run_parsed<T, E: Display>(
+    spec: ArgSpec,
+    parse: impl FnOnce(&Module) -> Result<T, ArgumentErrors>,
+    body: impl FnOnce(&Module, T) -> Result<Response, E>,
+) -> ! {
     std::panic::set_hook(Box::new(report_panic));
     let reply = match read_args(std::env::args_os().nth(1).map(PathBuf::from)) {
-        Ok(args) => execute(&spec, args, |module| {
-            // The hook cannot reach the module; one run per process, so
-            // the first `set` is the only one.
-            let _ = PANIC_NO_LOG.set(module.no_log.clone());
-            body(module)
-        }),
+        Ok(args) => execute_parsed(
+            &spec,
+            args,
+            |module| {
+                // The hook cannot reach the module; one run per process, so
+                // the first `set` is the only one.
+                let _ = PANIC_NO_LOG.set(module.no_log.clone());
+                parse(module)
+            },
+            body,
+        ),
         Err(error) => failure(&error),
     };
     emit(&reply);

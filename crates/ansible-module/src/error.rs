@@ -150,6 +150,18 @@ pub enum Error {
         missing: Vec<String>,
     },
 
+    /// What the argument spec said about an option it refused (a value it could not convert,
+    /// one not among the choices, a requirement not given), from a getter of that option. The
+    /// message is the spec's own, so that a module's rule that reads the option adds nothing
+    /// to [`ArgumentErrors`], which keeps one of each message.
+    #[error("{message}")]
+    Refused {
+        /// The option.
+        name: String,
+        /// The spec's message about it.
+        message: String,
+    },
+
     /// `parameter 'NAME' has no value` (a module bug: a getter for a
     /// required value on an option that is neither required nor defaulted)
     #[error("parameter '{0}' has no value")]
@@ -174,6 +186,23 @@ pub enum Error {
         /// What serde reported.
         source: serde_json::Error,
     },
+}
+
+impl Error {
+    /// The options this error leaves without a usable value, by full path: the one that could
+    /// not be converted or is not a choice, the requirements not given, a group that must be
+    /// given whole and is not.
+    pub(crate) fn refused_options(&self) -> &[String] {
+        match self {
+            Error::Conversion { name, .. }
+            | Error::ElementConversion { name, .. }
+            | Error::NotAChoice { name, .. }
+            | Error::NotChoices { name, .. } => std::slice::from_ref(name),
+            Error::MissingRequired(names) | Error::RequiredOneOf(names) | Error::RequiredTogether(names) => names,
+            Error::RequiredIf { missing, .. } | Error::RequiredBy { missing, .. } => missing,
+            _ => &[],
+        }
+    }
 }
 
 fn supported_with_aliases(supported: &[String], aliases: &[String]) -> String {
@@ -211,8 +240,9 @@ impl ArgumentErrors {
     }
 
     /// Runs `read`, which adds an error for every bad value it meets and
-    /// gives up with `None` only after adding one: its value if no error
-    /// was found, else every error.
+    /// gives up with `None` only after adding one (or on a value the spec
+    /// refused, which the spec's errors name): its value if no error was
+    /// found, else every error.
     pub fn collect<T>(read: impl FnOnce(&mut ArgumentErrors) -> Option<T>) -> Result<T, ArgumentErrors> {
         let mut errors = ArgumentErrors::new();
         match read(&mut errors) {

@@ -11,7 +11,10 @@
 //!   `mutually_exclusive`/`required_*` rules, failing with the messages
 //!   `AnsibleModule` gives, all of them at once ([`ArgumentErrors`]);
 //! - hands the body the validated [`Params`] and the task's [`Context`]
-//!   (check mode, diff, verbosity...) through a [`Module`];
+//!   (check mode, diff, verbosity...) through a [`Module`]; a module with
+//!   rules of its own has them read the parameters first, even those of a
+//!   call the spec refused, so that one failed result names the spec's
+//!   errors and the rules' ([`run_parsed`]);
 //! - skips the task in check mode unless the spec
 //!   [supports it](ArgSpec::supports_check_mode);
 //! - replies with the body's [`Response`], adding `invocation`, warnings and
@@ -84,9 +87,9 @@ mod runtime;
 mod spec;
 mod validate;
 
-pub use entry::{panic_text, run};
+pub use entry::{panic_text, run, run_parsed};
 pub use error::{ArgumentErrors, Error};
 pub use params::Params;
 pub use response::{Diff, Response};
-pub use runtime::{execute, Context, Module};
+pub use runtime::{execute, execute_parsed, Context, Module};
 pub use spec::{ArgSpec, Opt, Removal, Type};

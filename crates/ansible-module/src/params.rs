@@ -1,5 +1,8 @@
 //! Validated parameters, read with typed getters or into a serde type.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -13,27 +16,37 @@ use crate::validate::qualified;
 /// spec (a module bug), so the user still gets a failed result that says so.
 /// An option that was neither given nor defaulted is unset: `opt_*` getters
 /// return `None` for it and the others an error.
+///
+/// When the spec refused some values, a module's own rules still read the
+/// others (see [`execute_parsed`](crate::execute_parsed)): a refused option
+/// has no value for [`get`](Params::get), counts as set for
+/// [`is_set`](Params::is_set) (so no rule says it is missing), and every typed
+/// getter of it gives [`Error::Refused`], the spec's own message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Params {
     /// Always a JSON object.
     values: Value,
     /// Where these parameters are: empty at the top, `cloud_init` inside it.
     path: String,
+    /// The options the spec refused, by full path, with its message about
+    /// each; shared with the nested parameters.
+    refused: Arc<BTreeMap<String, String>>,
 }
 
 impl Params {
-    pub(crate) fn new(values: Map<String, Value>, path: String) -> Params {
-        Params { values: Value::Object(values), path }
+    pub(crate) fn new(values: Map<String, Value>, path: String, refused: Arc<BTreeMap<String, String>>) -> Params {
+        Params { values: Value::Object(values), path, refused }
     }
 
-    /// The value of an option, `None` if unset.
+    /// The value of an option, `None` if unset or refused.
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.values.get(name).filter(|value| !value.is_null())
     }
 
-    /// Whether an option was given or defaulted.
+    /// Whether an option was given or defaulted (or refused: given, and
+    /// already reported).
     pub fn is_set(&self, name: &str) -> bool {
-        self.get(name).is_some()
+        self.get(name).is_some() || self.refused.contains_key(&self.name_of(name))
     }
 
     /// A `str` or `path` option.
@@ -76,6 +89,11 @@ impl Params {
         self.typed(name, "bool", Value::as_bool)
     }
 
+    /// A `list` option, its elements as they are; see also [`Params::dicts`].
+    pub fn opt_list(&self, name: &str) -> Result<Option<&[Value]>, Error> {
+        self.typed(name, "list", |value| value.as_array().map(Vec::as_slice))
+    }
+
     /// A `list` option with `str` elements; empty if unset.
     pub fn list_of_str(&self, name: &str) -> Result<Vec<&str>, Error> {
         Ok(self.typed(name, "list of str", str_items)?.unwrap_or_default())
@@ -90,7 +108,7 @@ impl Params {
     pub fn opt_dict(&self, name: &str) -> Result<Option<Params>, Error> {
         let section = |value: &Value| {
             let map = value.as_object()?.clone();
-            Some(Params::new(map, qualified(&self.path, name)))
+            Some(Params::new(map, qualified(&self.path, name), self.refused.clone()))
         };
         self.typed(name, "dict", section)
     }
@@ -104,7 +122,7 @@ impl Params {
             items
                 .map(|(index, item)| {
                     let map = item.as_object()?.clone();
-                    Some(Params::new(map, format!("{path}[{index}]")))
+                    Some(Params::new(map, format!("{path}[{index}]"), self.refused.clone()))
                 })
                 .collect()
         };
@@ -135,6 +153,9 @@ impl Params {
         expected: &'static str,
         read: impl FnOnce(&'a Value) -> Option<T>,
     ) -> Result<Option<T>, Error> {
+        if let Some(message) = self.refused.get(&self.name_of(name)) {
+            return Err(Error::Refused { name: self.name_of(name), message: message.clone() });
+        }
         match self.get(name) {
             None => Ok(None),
             Some(value) => {
@@ -158,7 +179,7 @@ mod tests {
     use serde_json::json;
 
     fn params(values: Value) -> Params {
-        Params::new(values.as_object().unwrap().clone(), String::new())
+        Params::new(values.as_object().unwrap().clone(), String::new(), Arc::default())
     }
 
     fn sample() -> Params {

@@ -4,11 +4,12 @@
 use std::cell::RefCell;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
 use crate::coerce::{coerce, python_type};
-use crate::error::Error;
+use crate::error::{ArgumentErrors, Error};
 use crate::no_log::NoLogValues;
 use crate::params::Params;
 use crate::response::{Deprecation, Response};
@@ -138,39 +139,87 @@ pub(crate) fn failure(error: &Error) -> Value {
 /// Runs one module invocation on `args` (the JSON Ansible sends, flat or
 /// wrapped in `ANSIBLE_MODULE_ARGS`) and returns the reply to print.
 ///
-/// Validation failures (every one found, as [`ArgumentErrors`](crate::ArgumentErrors) reports
+/// Validation failures (every one found, as [`ArgumentErrors`] reports
 /// them), check mode on a module that does not support it,
 /// and errors from `body` (shown with `{:#}`, so an `anyhow` chain is kept)
 /// all become replies; `no_log` values never appear in the reply.
 pub fn execute<E: Display>(spec: &ArgSpec, args: Value, body: impl FnOnce(&Module) -> Result<Response, E>) -> Value {
+    execute_parsed(spec, args, |_| Ok(()), |module, ()| body(module))
+}
+
+/// [`execute`] for a module with rules of its own: `parse`, the module's
+/// second stage, turns the parameters into what `body` acts on, or names
+/// every problem its rules find.
+///
+/// `parse` runs even when the spec refused some values, on the others: a
+/// refused option has no value, counts as set, and its getters give the
+/// spec's message again, which the reply does not repeat. So one failed
+/// result names the spec's errors and then the rules' (a rule cannot say
+/// that a refused value is missing), and `body` runs only when there are none.
+///
+/// ```
+/// use ansible_module::{ArgSpec, ArgumentErrors, Opt, Response};
+/// use serde_json::json;
+///
+/// let spec = ArgSpec::new([Opt::str("state").choices(&["running", "shutoff"]), Opt::int("vcpus")]);
+/// let reply = ansible_module::execute_parsed(
+///     &spec,
+///     json!({"state": "on", "vcpus": 0}),
+///     |module| {
+///         ArgumentErrors::collect(|errors| {
+///             let state = errors.check(module.params().opt_str("state"));
+///             let vcpus = errors.check(module.params().int("vcpus"))?;
+///             if vcpus < 1 {
+///                 errors.push("vcpus: at least 1");
+///             }
+///             Some((state?.map(str::to_string), vcpus))
+///         })
+///     },
+///     |_, (_state, vcpus)| Ok::<_, String>(Response::new().with("vcpus", vcpus)),
+/// );
+/// let spec_error = "value of state must be one of: running, shutoff, got: on";
+/// assert_eq!(reply["argument_errors"], json!([spec_error, "vcpus: at least 1"]));
+/// ```
+///
+/// What `parse` returns may not borrow from the module: it owns its values.
+pub fn execute_parsed<T, E: Display>(
+    spec: &ArgSpec,
+    args: Value,
+    parse: impl FnOnce(&Module) -> Result<T, ArgumentErrors>,
+    body: impl FnOnce(&Module, T) -> Result<Response, E>,
+) -> Value {
     let (args, context) = match split_internal(args) {
         Ok(split) => split,
         Err(error) => return failure(&error),
     };
     let mut no_log = NoLogValues::default();
     no_log.add_from(spec, &args);
-    let validated = match validate(spec, &args, &context.module_name) {
-        Ok(validated) => validated,
-        Err(errors) => {
-            let mut reply = errors.to_response().into_fields();
-            reply.insert("invocation".to_string(), invocation(Value::Object(args)));
-            return sealed(reply, &no_log);
-        }
-    };
+    let (validated, mut errors) = validate(spec, &args, &context.module_name);
     // Conversion can make new text from a secret (an expanded path).
     no_log.add_from(spec, &validated.params);
     let module = Module {
-        params: Params::new(validated.params, String::new()),
+        params: Params::new(validated.params, String::new(), Arc::new(validated.refused)),
         context,
         warnings: RefCell::new(validated.warnings),
         deprecations: RefCell::new(validated.deprecations),
         no_log,
     };
+    let spec_refused = !errors.is_empty();
+    let parsed = parse(&module).map_err(|own| errors.extend(own)).ok();
+    if spec_refused {
+        // What the user gave, since the parameters lack what was refused.
+        let mut reply = errors.to_response().into_fields();
+        reply.insert("invocation".to_string(), invocation(Value::Object(args)));
+        return sealed(reply, &module.no_log);
+    }
+    let Some(parsed) = parsed.filter(|_| errors.is_empty()) else {
+        return module.reply(errors.to_response());
+    };
     let response = if module.context.check_mode && !spec.supports_check_mode {
         let msg = format!("remote module ({}) does not support check mode", module.context.module_name);
         Response::new().with("skipped", true).msg(msg)
     } else {
-        body(&module).unwrap_or_else(|error| Response::fail(format!("{error:#}")))
+        body(&module, parsed).unwrap_or_else(|error| Response::fail(format!("{error:#}")))
     };
     module.reply(response)
 }
@@ -412,6 +461,125 @@ mod tests {
 
         let unknown = execute(&spec, with_unknown(args), echo);
         assert!(!unknown.to_string().contains("$6$rounds$abcdef"), "{unknown}");
+    }
+
+    /// A module's own rules over [`own_spec`]: what they would find, were the values valid.
+    fn own_rules(module: &Module) -> Result<Vec<String>, ArgumentErrors> {
+        ArgumentErrors::collect(|errors| {
+            let params = module.params();
+            let name = errors.check(params.str("name"));
+            if name.is_some_and(|name| name.contains(' ')) {
+                errors.push("name: no spaces");
+            }
+            let state = errors.check(params.opt_str("state"));
+            if !params.is_set("image") && !params.is_set("disks") {
+                errors.push("image: required unless disks are given");
+            }
+            let mut paths = Vec::new();
+            for disk in errors.check(params.dicts("disks")).unwrap_or_default() {
+                if errors.check(disk.str("path")).is_some_and(|path| !path.starts_with('/')) {
+                    errors.push(format!("{}: not absolute", disk.name_of("path")));
+                }
+                if errors.check(disk.int("size")).is_some_and(|size| size < 1) {
+                    errors.push(format!("{}: at least 1", disk.name_of("size")));
+                }
+                paths.extend(disk.opt_str("path").ok().flatten().map(str::to_string));
+            }
+            name?;
+            state?;
+            Some(paths)
+        })
+    }
+
+    fn own_spec() -> ArgSpec {
+        ArgSpec::new([
+            Opt::str("name").required(),
+            Opt::str("state").choices(&["running", "shutoff"]),
+            Opt::str("image"),
+            Opt::list("disks").suboptions(ArgSpec::new([Opt::str("path").required(), Opt::int("size").default(1)])),
+        ])
+    }
+
+    fn own_reply(args: Value) -> Value {
+        execute_parsed(&own_spec(), args, own_rules, |_, paths| Ok::<_, Error>(Response::new().with("paths", paths)))
+    }
+
+    #[test]
+    fn spec_errors_and_own_rule_errors_come_in_one_reply() {
+        let args = json!({"name": "a b", "state": "on", "disks": [{"path": "disk.qcow2", "size": "big"}]});
+        let reply = own_reply(args.clone());
+        assert_eq!(
+            reply["argument_errors"],
+            json!([
+                "value of state must be one of: running, shutoff, got: on",
+                "argument 'disks[0].size' is of type <class 'str'> and we were unable to convert to int: \
+                 \"'big'\" cannot be converted to an int",
+                "name: no spaces",
+                "disks[0].path: not absolute",
+            ]),
+            "{reply}"
+        );
+        assert_eq!(reply["failed"], true);
+        assert_eq!(reply["invocation"]["module_args"], args, "what was given, refused values included");
+    }
+
+    #[test]
+    fn own_rules_say_nothing_more_of_what_the_spec_refused() {
+        // Neither that name or disks[0].path have no value, nor that image is missing: the
+        // refused disks count as given.
+        let reply = own_reply(json!({"disks": "x", "state": "on"}));
+        assert_eq!(
+            reply["argument_errors"],
+            json!([
+                "missing required arguments: name",
+                "Elements value for option 'disks' is of type <class 'str'> and we were unable to convert to dict: \
+                 dictionary requested, could not parse JSON or key=value",
+                "value of state must be one of: running, shutoff, got: on",
+            ]),
+            "{reply}"
+        );
+        let reply = own_reply(json!({"name": "a", "disks": [{"size": 0}, {"path": "/b", "size": 0}]}));
+        assert_eq!(
+            reply["argument_errors"],
+            json!([
+                "missing required arguments: disks[0].path",
+                "disks[0].size: at least 1",
+                "disks[1].size: at least 1"
+            ]),
+            "{reply}"
+        );
+    }
+
+    #[test]
+    fn own_rule_errors_alone_fail_with_the_validated_parameters_and_valid_ones_reach_the_body() {
+        let reply = own_reply(json!({"name": "a b", "image": "base"}));
+        assert_eq!(reply["argument_errors"], json!(["name: no spaces"]));
+        assert_eq!(reply["invocation"]["module_args"]["state"], Value::Null);
+        let reply = own_reply(json!({"name": "a", "disks": [{"path": "/a"}, {"path": "/b", "size": "2"}]}));
+        assert_eq!(reply["paths"], json!(["/a", "/b"]), "{reply}");
+        assert!(reply.get("failed").is_none(), "{reply}");
+    }
+
+    #[test]
+    fn refused_options_count_as_set_and_their_getters_repeat_the_spec() {
+        let mut errors = ArgumentErrors::new();
+        let params = own_spec().validate_at(
+            json!({"state": "on", "disks": [{"size": "big"}]}).as_object().unwrap(),
+            "vms[1]",
+            "test",
+            &mut errors,
+        );
+        assert_eq!(errors.messages().len(), 4, "{errors}");
+        assert!(params.is_set("state") && params.get("state").is_none());
+        assert!(params.is_set("name") && !params.is_set("image"));
+        assert_eq!(params.opt_str("state").unwrap_err().to_string(), errors.messages()[1]);
+        let disk = &params.dicts("disks").unwrap()[0];
+        assert_eq!(disk.str("path").unwrap_err().to_string(), "missing required arguments: vms[1].disks[0].path");
+        assert!(disk.get("size").is_none() && disk.is_set("size"));
+        for refused in [params.str("name").unwrap_err(), disk.int("size").unwrap_err()] {
+            errors.push(refused);
+        }
+        assert_eq!(errors.messages().len(), 4, "nothing repeated: {errors}");
     }
 
     fn with_unknown(mut args: Value) -> Value {

@@ -4,8 +4,13 @@
 //! first, then the others as they are found, level by level.
 //!
 //! A `null` value counts as not given: defaults apply and `required` fails.
-//! A value that cannot be converted is dropped after its error is noted, so
-//! that the checks after it see the option as unset rather than wrong.
+//! A value that cannot be converted, or is not one of the choices, is dropped
+//! after its error is noted. Every option an error leaves without a usable
+//! value is *refused*: the later checks take it as given, so that none of them
+//! says it is missing, and [`Params`] remembers the spec's message about it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -15,18 +20,21 @@ use crate::params::Params;
 use crate::response::Deprecation;
 use crate::spec::{ArgSpec, Opt, Type};
 
-/// Arguments that passed validation, with what validation had to say.
+/// The arguments as far as they are valid, with what validation had to say.
 #[derive(Debug)]
 pub(crate) struct Validated {
     /// Every option by its canonical name, converted, defaults filled in,
-    /// `null` for those neither given nor defaulted.
+    /// `null` for those neither given nor defaulted, and for those refused.
     pub(crate) params: Map<String, Value>,
+    /// The refused options by full path, each with the spec's message about it.
+    pub(crate) refused: BTreeMap<String, String>,
     pub(crate) warnings: Vec<String>,
     pub(crate) deprecations: Vec<Deprecation>,
 }
 
-/// Validates `args`, the user's arguments without the `_ansible_*` keys.
-pub(crate) fn validate(spec: &ArgSpec, args: &Map<String, Value>, module: &str) -> Result<Validated, ArgumentErrors> {
+/// Validates `args`, the user's arguments without the `_ansible_*` keys:
+/// what is valid of them, and every error.
+pub(crate) fn validate(spec: &ArgSpec, args: &Map<String, Value>, module: &str) -> (Validated, ArgumentErrors) {
     validate_at(spec, args, "", module)
 }
 
@@ -35,37 +43,61 @@ impl ArgSpec {
     /// the module's own arguments are: for free-form values (a `raw` list
     /// item, a `dict` merged with defaults) whose shape is known only once
     /// the module has looked at them. Errors name options by their full
-    /// path (`vms[2].memory`); `module` names the module in the message on
-    /// unknown options. Warnings and deprecations are not reported.
+    /// path (`vms[2].memory`), and are added to `errors`; `module` names the
+    /// module in the message on unknown options. Warnings and deprecations are
+    /// not reported.
+    ///
+    /// The parameters are returned all the same, as far as they are valid, for
+    /// the module's own rules to read: a refused option has no value, counts
+    /// as set, and its getters give the spec's message again (which `errors`
+    /// does not repeat), as with [`execute_parsed`](crate::execute_parsed).
     ///
     /// ```
-    /// use ansible_module::{ArgSpec, Opt};
+    /// use ansible_module::{ArgSpec, ArgumentErrors, Opt};
     /// use serde_json::json;
     ///
-    /// let spec = ArgSpec::new([Opt::int("memory"), Opt::str("name").required()]);
-    /// let item = json!({"memory": "lots"});
-    /// let errors = spec.validate_at(item.as_object().unwrap(), "vms[2]", "kvm_provision").unwrap_err();
-    /// assert_eq!(errors.messages()[0], "missing required arguments: vms[2].name");
-    /// assert!(errors.messages()[1].starts_with("argument 'vms[2].memory' is of type <class 'str'>"));
+    /// let spec = ArgSpec::new([Opt::int("memory"), Opt::int("vcpus"), Opt::str("name").required()]);
+    /// let item = json!({"memory": "lots", "vcpus": 0});
+    /// let mut errors = ArgumentErrors::new();
+    /// let vm = spec.validate_at(item.as_object().unwrap(), "vms[2]", "kvm_provision", &mut errors);
+    /// // The module's own rule, on what the spec let through.
+    /// if vm.int("vcpus").unwrap() < 1 {
+    ///     errors.push(format!("{}: at least 1", vm.name_of("vcpus")));
+    /// }
+    /// errors.check(vm.str("name"));
+    /// let messages = errors.messages();
+    /// assert_eq!(messages.len(), 3);
+    /// assert_eq!(messages[0], "missing required arguments: vms[2].name");
+    /// assert!(messages[1].starts_with("argument 'vms[2].memory' is of type <class 'str'>"));
+    /// assert_eq!(messages[2], "vms[2].vcpus: at least 1");
     /// ```
-    pub fn validate_at(&self, args: &Map<String, Value>, path: &str, module: &str) -> Result<Params, ArgumentErrors> {
-        validate_at(self, args, path, module).map(|validated| Params::new(validated.params, path.to_string()))
+    pub fn validate_at(
+        &self,
+        args: &Map<String, Value>,
+        path: &str,
+        module: &str,
+        errors: &mut ArgumentErrors,
+    ) -> Params {
+        let (validated, found) = validate_at(self, args, path, module);
+        errors.extend(found);
+        Params::new(validated.params, path.to_string(), Arc::new(validated.refused))
     }
 }
 
-fn validate_at(
-    spec: &ArgSpec,
-    args: &Map<String, Value>,
-    path: &str,
-    module: &str,
-) -> Result<Validated, ArgumentErrors> {
+fn validate_at(spec: &ArgSpec, args: &Map<String, Value>, path: &str, module: &str) -> (Validated, ArgumentErrors) {
     let mut validator = Validator { module, ..Validator::default() };
     let params = validator.section(spec, args, path);
     let mut errors = ArgumentErrors::new();
     for error in validator.unsupported.iter().chain(&validator.errors) {
         errors.push(error);
     }
-    errors.finish(Validated { params, warnings: validator.warnings, deprecations: validator.deprecations })
+    let validated = Validated {
+        params,
+        refused: validator.refused,
+        warnings: validator.warnings,
+        deprecations: validator.deprecations,
+    };
+    (validated, errors)
 }
 
 #[derive(Default)]
@@ -77,39 +109,69 @@ struct Validator<'a> {
     unsupported: Vec<Error>,
     /// Every other error, in the order found.
     errors: Vec<Error>,
+    /// The options the errors refused, by full path, with the first message about each.
+    refused: BTreeMap<String, String>,
 }
 
 impl Validator<'_> {
+    /// Notes `error` and the options it refuses.
+    fn note(&mut self, error: Error) {
+        for name in error.refused_options() {
+            self.refused.entry(name.clone()).or_insert_with(|| error.to_string());
+        }
+        self.errors.push(error);
+    }
+
     /// Validates one level: the module's options, or the suboptions of the
     /// dict found at `path` (`cloud_init`, `disks[0]`; empty at the top).
     fn section(&mut self, spec: &ArgSpec, given: &Map<String, Value>, path: &str) -> Map<String, Value> {
         let mut params = self.canonicalize(spec, given, path);
-        self.errors.extend(check_mutually_exclusive(spec, &params, path).err());
+        if let Err(error) = check_mutually_exclusive(spec, &params, path) {
+            self.note(error);
+        }
         for option in &spec.options {
             if let (false, Some(default)) = (is_set(&params, &option.name), &option.default) {
                 params.insert(option.name.clone(), default.clone());
             }
         }
-        self.errors.extend(check_required(spec, &params, path).err());
+        if let Err(error) = check_required(spec, &params, path) {
+            self.note(error);
+        }
+        let mut found = Vec::new();
         for option in &spec.options {
             if let Some(value) = params.remove(&option.name).filter(|value| !value.is_null()) {
-                if let Some(value) = convert(option, value, path, &mut self.errors) {
+                if let Some(value) = convert(option, value, path, &mut found) {
                     params.insert(option.name.clone(), value);
                 }
             }
         }
+        found.into_iter().for_each(|error| self.note(error));
         for option in &spec.options {
-            if let Some(value) = params.get_mut(&option.name) {
-                self.errors.extend(check_choices(option, value, path).err());
+            let Some(value) = params.get_mut(&option.name) else { continue };
+            if let Err(error) = check_choices(option, value, path) {
+                params.remove(&option.name);
+                self.note(error);
             }
         }
-        self.errors.extend(check_requirements(spec, &params, path));
+        for error in check_requirements(spec, &params, path, &self.refused) {
+            self.note(error);
+        }
         for option in &spec.options {
             params.entry(option.name.clone()).or_insert(Value::Null);
         }
         for option in &spec.options {
-            if let (Some(subspec), Some(value)) = (&option.suboptions, params.get_mut(&option.name)) {
-                self.nested(option, subspec, value, &qualified(path, &option.name));
+            let name = qualified(path, &option.name);
+            let Some(value) = params.get_mut(&option.name) else { continue };
+            // A refused dict is not filled with the defaults of its suboptions.
+            let refused_whole = value.is_null() && self.refused.contains_key(&name);
+            if let (Some(subspec), false) = (&option.suboptions, refused_whole) {
+                self.nested(option, subspec, value, &name);
+            }
+        }
+        // A list refused for one bad element is dropped once the others are checked.
+        for option in &spec.options {
+            if self.refused.contains_key(&qualified(path, &option.name)) {
+                params.insert(option.name.clone(), Value::Null);
             }
         }
         params
@@ -309,10 +371,17 @@ fn check_required(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -> Re
 }
 
 /// `required_together`, `required_one_of`, `required_if`, `required_by`, in
-/// Ansible's order, every rule broken.
-fn check_requirements(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -> Vec<Error> {
+/// Ansible's order, every rule broken. A `refused` option counts as given: an
+/// error has said what is wrong with it already.
+fn check_requirements(
+    spec: &ArgSpec,
+    params: &Map<String, Value>,
+    path: &str,
+    refused: &BTreeMap<String, String>,
+) -> Vec<Error> {
+    let is_set = |name: &String| is_set(params, name) || refused.contains_key(&qualified(path, name));
     let unset = |names: &[String]| -> Vec<String> {
-        let unset = names.iter().filter(|name| !is_set(params, name)).cloned().collect::<Vec<_>>();
+        let unset = names.iter().filter(|name| !is_set(name)).cloned().collect::<Vec<_>>();
         qualified_all(path, &unset)
     };
     let mut errors = Vec::new();
@@ -343,7 +412,7 @@ fn check_requirements(spec: &ArgSpec, params: &Map<String, Value>, path: &str) -
     }
     for (name, requirements) in &spec.required_by {
         let missing = unset(requirements);
-        if is_set(params, name) && !missing.is_empty() {
+        if is_set(name) && !missing.is_empty() {
             errors.push(Error::RequiredBy { name: qualified(path, name), missing });
         }
     }
@@ -358,7 +427,8 @@ mod tests {
 
     fn run(spec: &ArgSpec, args: Value) -> Result<Validated, ArgumentErrors> {
         let Value::Object(args) = args else { panic!("test args must be an object") };
-        validate(spec, &args, "virtfarm.kvm.test")
+        let (validated, errors) = validate(spec, &args, "virtfarm.kvm.test");
+        errors.finish(validated)
     }
 
     fn params(spec: &ArgSpec, args: Value) -> Value {
@@ -501,8 +571,8 @@ mod tests {
                 "Elements value for option 'tags' is of type <class 'str'> and we were unable to convert to int: \
                  \"'y'\" cannot be converted to an int",
                 "parameters are required together: user, password",
-                // count could not be converted, so it counts as missing.
-                "state is absent but all of the following are missing: count",
+                // count was given: its conversion error says what is wrong, not that
+                // state=absent misses it.
             ]
         );
     }

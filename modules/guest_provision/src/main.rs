@@ -57,28 +57,27 @@ fn spec() -> ArgSpec {
 }
 
 fn main() {
-    ansible_module::run(spec(), |module: &Module| run(module).map_err(|e| format!("{e:#}")))
+    ansible_module::run_parsed(spec(), parse, |module, step| run(module, step).map_err(|e| format!("{e:#}")))
+}
+
+fn parse(module: &Module) -> Result<Step, ArgumentErrors> {
+    ArgumentErrors::collect(|errors| Step::read(module.params(), errors))
 }
 
 /// One step, its parameters checked before anything is touched.
-enum Step<'a> {
+enum Step {
     Phases(PhaseQuery),
-    Reachable { host: &'a str, port: u16, banner: &'a str, timeout: Duration },
+    Reachable { host: String, port: u16, banner: String, timeout: Duration },
     Started { wait: Option<Signal>, timeout: Duration },
-    CachePrepared { names: CacheNames, allowed: Vec<&'a str>, prune: bool },
+    CachePrepared { names: CacheNames, allowed: Vec<String>, prune: bool },
     CacheSaved { names: CacheNames, quiesce: bool },
     Stopped { retry_count: u32, retry_delay: Duration },
 }
 
-impl<'a> Step<'a> {
-    /// The step, or every parameter it refuses.
-    fn parse(params: &'a Params) -> Result<Self, ArgumentErrors> {
-        ArgumentErrors::collect(|errors| Step::read(params, errors))
-    }
-
+impl Step {
     /// The step; `None` once `errors` names what is wrong. Every value is read before
     /// any is given up on, so that each bad one is named.
-    fn read(params: &'a Params, errors: &mut ArgumentErrors) -> Option<Self> {
+    fn read(params: &Params, errors: &mut ArgumentErrors) -> Option<Self> {
         Some(match errors.check(params.str("state"))? {
             "phases" => Step::Phases(errors.check(phase_query(params))?),
             "reachable" => {
@@ -87,8 +86,8 @@ impl<'a> Step<'a> {
                 let banner = errors.check(params.opt_str("banner"));
                 let timeout = errors.check(seconds(params, "timeout"));
                 let port = port?;
-                let banner = banner?.unwrap_or(if port == 22 { "SSH-" } else { "" });
-                Step::Reachable { host: host?, port, banner, timeout: timeout? }
+                let banner = banner?.unwrap_or(if port == 22 { "SSH-" } else { "" }).to_string();
+                Step::Reachable { host: host?.to_string(), port, banner, timeout: timeout? }
             }
             "started" => {
                 let wait = errors.check(params.str("wait")).map(Signal::parse);
@@ -96,13 +95,14 @@ impl<'a> Step<'a> {
                 Step::Started { wait: wait?, timeout: timeout? }
             }
             "cache_prepared" => {
-                let names = errors.check(cache_names(params));
+                let names = cache_names(params, errors);
                 let allowed = errors.check(allowed_phases(params));
                 let prune = errors.check(params.bool("prune"));
-                Step::CachePrepared { names: names?, allowed: allowed?, prune: prune? }
+                let allowed = allowed?.into_iter().map(str::to_string).collect();
+                Step::CachePrepared { names: names?, allowed, prune: prune? }
             }
             "cache_saved" => {
-                let names = errors.check(cache_names(params));
+                let names = cache_names(params, errors);
                 let quiesce = errors.check(params.bool("quiesce"));
                 Step::CacheSaved { names: names?, quiesce: quiesce? }
             }
@@ -119,13 +119,9 @@ impl<'a> Step<'a> {
     }
 }
 
-fn run(module: &Module) -> Result<Response> {
+fn run(module: &Module, step: Step) -> Result<Response> {
     let params = module.params();
     let check_mode = module.context().check_mode;
-    let step = match Step::parse(params) {
-        Ok(step) => step,
-        Err(errors) => return Ok(errors.to_response()),
-    };
     // The domain, locked against other runs (kvm_provision, snapshot_libvirt, a second
     // lifecycle of the same VM) for as long as this step changes it; check mode takes no lock.
     let on_domain = || -> Result<(Hypervisor, Vm, Option<DomainLock>)> {
@@ -136,13 +132,14 @@ fn run(module: &Module) -> Result<Response> {
     };
     match step {
         Step::Phases(query) => phases(&query),
-        Step::Reachable { host, port, banner, timeout } => steps::reachable(host, port, banner, timeout),
+        Step::Reachable { host, port, banner, timeout } => steps::reachable(&host, port, &banner, timeout),
         Step::Started { wait, timeout } => {
             let (hv, vm, _lock) = on_domain()?;
             steps::started(&hv, &vm, wait, timeout, check_mode)
         }
         Step::CachePrepared { names, allowed, prune } => {
             let (hv, vm, _lock) = on_domain()?;
+            let allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
             steps::cache_prepared(&hv, &vm, &names, &allowed, prune, check_mode)
         }
         Step::CacheSaved { names, quiesce } => {
@@ -200,17 +197,23 @@ fn allowed_phases(params: &Params) -> Result<Vec<&str>> {
     Ok(allowed)
 }
 
-/// The project's snapshot names, each a valid snapshot name, or an error naming the parameter.
-fn cache_names(params: &Params) -> Result<CacheNames> {
-    let project = params.str("project_id")?;
-    let revision = params.str("revision")?;
-    if revision == "auto" {
-        bail!("revision: give the revision returned by state=phases, not 'auto'");
-    }
-    let names = CacheNames::new(project, revision);
-    snapshot::check_name(&names.clean).map_err(|e| anyhow!("project_id: {e}"))?;
-    snapshot::check_name(&names.init).map_err(|e| anyhow!("project_id or revision: {e}"))?;
-    Ok(names)
+/// The project's snapshot names, each a valid snapshot name; `None` once `errors` names
+/// every parameter at fault.
+fn cache_names(params: &Params, errors: &mut ArgumentErrors) -> Option<CacheNames> {
+    let project = errors.check(params.str("project_id"));
+    let revision = errors.check(params.str("revision")).filter(|revision| {
+        let auto = *revision == "auto";
+        if auto {
+            errors.push("revision: give the revision returned by state=phases, not 'auto'");
+        }
+        !auto
+    });
+    let names = CacheNames::new(project?, revision.unwrap_or_default());
+    errors.check(snapshot::check_name(&names.clean).map_err(|e| anyhow!("project_id: {e}")))?;
+    revision?;
+    // The init snapshot's name adds the revision to a project that is fine on its own.
+    errors.check(snapshot::check_name(&names.init).map_err(|e| anyhow!("project_id or revision: {e}")))?;
+    Some(names)
 }
 
 fn seconds(params: &Params, name: &str) -> Result<Duration> {
@@ -229,7 +232,9 @@ mod tests {
     use serde_json::Value;
 
     fn reply(args: Value) -> Value {
-        ansible_module::execute(&spec(), args, |module: &Module| run(module).map_err(|e| format!("{e:#}")))
+        ansible_module::execute_parsed(&spec(), args, parse, |module, step| {
+            run(module, step).map_err(|e| format!("{e:#}"))
+        })
     }
 
     fn failure(args: Value) -> String {
@@ -281,6 +286,26 @@ mod tests {
         let msg = failure(json!({"state": "cache_prepared", "name": "vm", "project_id": "p", "revision": "auto",
                                  "allowed_phases": ["main", "restore everything"]}));
         assert!(msg.contains("revision: ") && msg.contains("allowed_phases: "), "{msg}");
+    }
+
+    #[test]
+    fn the_specs_errors_and_the_steps_own_come_in_one_result() {
+        let reply = reply(json!({"state": "reachable", "host": "localhost", "port": 70000, "wait": "forever"}));
+        assert_eq!(
+            reply["argument_errors"],
+            json!([
+                "value of wait must be one of: none, lease, agent, ssh, address, got: forever",
+                "port must be between 0 and 65535, got 70000",
+            ]),
+            "{reply}"
+        );
+        let reply =
+            super::tests::reply(json!({"state": "cache_saved", "name": "vm", "project_id": "a/b", "revision": "auto",
+                                 "quiesce": "maybe"}));
+        let errors = reply["argument_errors"].as_array().cloned().unwrap_or_default();
+        let named: Vec<&str> = errors.iter().filter_map(|e| e.as_str()?.split([':', ' ']).next()).collect();
+        assert_eq!(named, ["argument", "revision", "project_id"], "{reply}");
+        assert!(errors[0].as_str().unwrap_or_default().starts_with("argument 'quiesce'"), "{reply}");
     }
 
     #[test]

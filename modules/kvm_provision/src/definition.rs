@@ -234,12 +234,12 @@ impl Request {
     /// The request; `None` once `errors` names what is wrong. Every VM is read, each as far
     /// as its own problems allow, so that one run names them all.
     fn read(params: &Params, module: &str, errors: &mut ArgumentErrors) -> Option<Request> {
-        let state = match errors.check(params.str("state"))? {
+        let state = errors.check(params.str("state")).map(|state| match state {
             "present" => State::Present,
             "stopped" => State::Stopped,
             "absent" => State::Absent,
             _ => State::Running,
-        };
+        });
         let wait = errors.check(params.str("wait")).map(Signal::parse);
         let wait_timeout = errors.check(seconds(params, "wait_timeout"));
         let stop_timeout = errors.check(seconds(params, "stop_timeout"));
@@ -248,19 +248,27 @@ impl Request {
         let no_images = Map::new();
         let images = params.get("images").and_then(Value::as_object).unwrap_or(&no_images);
         let mut defaults = Map::new();
+        // Defaults the spec refused: given, and reported, so no VM is told it lacks them.
+        let mut refused = Vec::new();
         for option in vm_spec().option_names().chain(["vm"]) {
-            if let Some(value) = params.get(option) {
-                defaults.insert(option.to_string(), value.clone());
+            match params.get(option) {
+                Some(value) => {
+                    defaults.insert(option.to_string(), value.clone());
+                }
+                None if params.is_set(option) => refused.push(option.to_string()),
+                None => {}
             }
         }
-        let items: Vec<(String, Value)> = match params.get("vms").and_then(Value::as_array) {
-            Some(items) if items.is_empty() => {
+        let items: Vec<(String, Value)> = match errors.check(params.opt_list("vms"))? {
+            Some([]) => {
                 errors.push("vms: the list is empty");
                 return None;
             }
             Some(items) => items.iter().enumerate().map(|(i, item)| (format!("vms[{i}]"), item.clone())).collect(),
             None if defaults.is_empty() => {
-                errors.push("name: required (or vm, xml, or a list in vms)");
+                if refused.is_empty() {
+                    errors.push("name: required (or vm, xml, or a list in vms)");
+                }
                 return None;
             }
             None => vec![(String::new(), Value::Object(Map::new()))],
@@ -270,8 +278,15 @@ impl Request {
         let mut deprecations = Vec::new();
         for (path, item) in items {
             let Some(item) = errors.check(pool_item(&path, item, stem, images)) else { continue };
+            let inherited: Vec<&str> = refused.iter().map(String::as_str).filter(|o| !item.contains_key(*o)).collect();
+            // ansible_farm's `vm` holds the name and the rest: without it there is no VM to read.
+            if inherited.contains(&"vm") {
+                continue;
+            }
             let mut merged = defaults.clone();
             merged.extend(item);
+            // What a VM lacks is not reported when it inherits a refused value.
+            let state = state.filter(|_| inherited.is_empty());
             vms.extend(parse_vm(&path, merged, state, module, (&mut warnings, &mut deprecations), errors));
         }
         let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
@@ -291,7 +306,7 @@ impl Request {
             }
         }
         Some(Request {
-            state,
+            state: state?,
             wait: wait?,
             wait_timeout: wait_timeout?,
             stop_timeout: stop_timeout?,
@@ -397,11 +412,12 @@ fn check_texts(path: &str, value: &Value) -> Result<()> {
 }
 
 /// One VM, read as far as its problems allow: each is added to `errors`, naming its
-/// parameter; `None` if there was any.
+/// parameter; `None` if there was any. Without a `state` (the spec refused it or a value the
+/// VM inherits), what the VM lacks is not reported.
 fn parse_vm(
     path: &str,
     mut merged: Map<String, Value>,
-    state: State,
+    state: Option<State>,
     module: &str,
     (warnings, deprecations): (&mut Vec<String>, &mut Vec<String>),
     errors: &mut ArgumentErrors,
@@ -409,7 +425,10 @@ fn parse_vm(
     if let Some(legacy) = merged.remove("vm") {
         // ansible_farm's form underneath, native keys on top.
         let vm_path = if path.is_empty() { "vm".to_string() } else { format!("{path}.vm") };
-        let mut native = errors.check(Loose::new(vm_path, &legacy).and_then(|vm| legacy_to_native(vm, warnings)))?;
+        let vm = errors.check(Loose::new(vm_path, &legacy))?;
+        let mut native = ArgumentErrors::collect(|found| Some(legacy_to_native(vm, warnings, found)))
+            .map_err(|found| errors.extend(found))
+            .ok()?;
         native.extend(merged);
         merged = native;
     }
@@ -418,7 +437,7 @@ fn parse_vm(
             *network = json!({ "network": network.take() });
         }
     }
-    let fields = vm_spec().validate_at(&merged, path, module).map_err(|spec_errors| errors.extend(spec_errors)).ok()?;
+    let fields = vm_spec().validate_at(&merged, path, module, errors);
     errors.check(check_texts(path, fields.as_value()));
     let text = |errors: &mut ArgumentErrors, option: &str, default: &str| {
         errors.check(fields.opt_str(option)).map(|value| value.unwrap_or(default).to_string())
@@ -429,8 +448,8 @@ fn parse_vm(
     errors.check(check_uri(&fields.name_of("uri"), &uri));
     let pool = text(errors, "pool", "default")?;
     errors.check(check_object_name(&fields.name_of("pool"), &pool));
-    let domain_type = errors.check(fields.opt_str("domain_type"))?.map(str::to_string);
-    let metadata = errors.check(parse_metadata(&fields));
+    let domain_type = errors.check(fields.opt_str("domain_type")).map(|kind| kind.map(str::to_string));
+    let metadata = parse_metadata(&fields, errors);
     if let Some(xml) = errors.check(fields.opt_str("xml"))? {
         for conflicting in ["image", "cloud_init", "networks", "disks", "kernel", "memory", "vcpus"] {
             if fields.is_set(conflicting) {
@@ -446,7 +465,7 @@ fn parse_vm(
             name,
             uri,
             domain,
-            domain_type,
+            domain_type: domain_type?,
             root_disk: None,
             pool,
             cloud_init: None,
@@ -456,13 +475,13 @@ fn parse_vm(
     let memory_mib = errors.check(parse_memory(&fields));
     let vcpus = errors.check(parse_vcpus(&fields));
     let root_disk = errors.check(parse_root_disk(&fields));
-    if matches!(root_disk, Some(None)) && !fields.is_set("disks") && state != State::Absent {
+    if matches!(root_disk, Some(None)) && !fields.is_set("disks") && state.is_some_and(|s| s != State::Absent) {
         errors.push(format!(
             "{}: required (a base volume name or path), unless disks or xml are given",
             fields.name_of("image")
         ));
     }
-    let disks = errors.check(parse_disks(&fields));
+    let disks = parse_disks(&fields, errors);
     let nics = parse_networks(&fields, &name, errors);
     let cloud_init = errors.check(
         fields
@@ -470,17 +489,11 @@ fn parse_vm(
             .map_err(anyhow::Error::from)
             .and_then(|c| c.map(|c| parse_cloud_init(&c, &name)).transpose()),
     );
-    let filesystems = errors.check(parse_filesystems(&fields));
+    let filesystems = parse_filesystems(&fields, errors);
     let kernel = errors.check(
         fields.opt_dict("kernel").map_err(anyhow::Error::from).and_then(|k| k.map(|k| parse_kernel(&k)).transpose()),
     );
-    let optional_path =
-        |errors: &mut ArgumentErrors, option: &str| {
-            errors.check(fields.opt_str(option).map_err(anyhow::Error::from).and_then(|path| {
-                path.map(|p| check_path(&fields.name_of(option), p).map(|()| p.to_string())).transpose()
-            }))
-        };
-    let emulator = optional_path(errors, "emulator");
+    let emulator = errors.check(checked(&fields, "emulator", check_path));
     let firmware = errors.check(parse_firmware(&fields, deprecations));
     let arch = text(errors, "arch", "x86_64");
     let machine = text(errors, "machine", "q35");
@@ -509,7 +522,7 @@ fn parse_vm(
         name,
         uri,
         domain,
-        domain_type,
+        domain_type: domain_type?,
         root_disk: root_disk?,
         pool,
         cloud_init: cloud_init?,
@@ -580,10 +593,20 @@ fn check_uri(field: &str, uri: &str) -> Result<()> {
     Ok(())
 }
 
-fn parse_metadata(fields: &Params) -> Result<InstanceMetadata> {
+/// `metadata`; every bad key is added to `errors`.
+fn parse_metadata(fields: &Params, errors: &mut ArgumentErrors) -> Option<InstanceMetadata> {
     let mut metadata = InstanceMetadata::default();
-    let Some(given) = fields.get("metadata").and_then(Value::as_object) else { return Ok(metadata) };
+    let Some(given) = fields.get("metadata").and_then(Value::as_object) else { return Some(metadata) };
     let name = fields.name_of("metadata");
+    let mut complete = true;
+    for (key, value) in given.iter().filter(|(_, value)| !value.is_null()) {
+        complete &= errors.check(metadata_entry(&mut metadata, &name, key, value)).is_some();
+    }
+    complete.then_some(metadata)
+}
+
+/// One key of `metadata` (found at `name`) into `metadata`.
+fn metadata_entry(metadata: &mut InstanceMetadata, name: &str, key: &str, value: &Value) -> Result<()> {
     let text = |key: &str, value: &Value| -> Result<String> {
         match value {
             Value::String(s) => Ok(s.clone()),
@@ -591,29 +614,27 @@ fn parse_metadata(fields: &Params) -> Result<InstanceMetadata> {
             _ => bail!("{name}.{key}: expected a string"),
         }
     };
-    for (key, value) in given.iter().filter(|(_, value)| !value.is_null()) {
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            bail!("{name}: {key:?} is not a usable key (letters, digits, '_')");
-        }
-        if is_secret_key(key) {
-            bail!(
-                "{name}.{key}: looks like a secret, and metadata is stored in the domain definition, which \
-                 every read-only libvirt client can read; keep it in Ansible Vault or inventory variables"
-            );
-        }
-        match key.as_str() {
-            "platform" => metadata.platform = Some(text(key, value)?),
-            "target" => metadata.target = Some(text(key, value)?),
-            "project" => metadata.project = Some(text(key, value)?),
-            "ansible_user" => metadata.user = Some(text(key, value)?),
-            "groups" => {
-                let groups = value.as_array().map(|items| items.iter().map(|group| text("groups", group)).collect());
-                metadata.groups = groups.unwrap_or_else(|| Ok(vec![text(key, value)?]))?;
-            }
-            _ => metadata.vars.push((key.clone(), text(key, value)?)),
-        }
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        bail!("{name}: {key:?} is not a usable key (letters, digits, '_')");
     }
-    Ok(metadata)
+    if is_secret_key(key) {
+        bail!(
+            "{name}.{key}: looks like a secret, and metadata is stored in the domain definition, which \
+             every read-only libvirt client can read; keep it in Ansible Vault or inventory variables"
+        );
+    }
+    match key {
+        "platform" => metadata.platform = Some(text(key, value)?),
+        "target" => metadata.target = Some(text(key, value)?),
+        "project" => metadata.project = Some(text(key, value)?),
+        "ansible_user" => metadata.user = Some(text(key, value)?),
+        "groups" => {
+            let groups = value.as_array().map(|items| items.iter().map(|group| text("groups", group)).collect());
+            metadata.groups = groups.unwrap_or_else(|| Ok(vec![text(key, value)?]))?;
+        }
+        _ => metadata.vars.push((key.to_string(), text(key, value)?)),
+    }
+    Ok(())
 }
 
 fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
@@ -642,17 +663,32 @@ fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
     Ok(Some(RootDisk { image: image.to_string(), image_pool, size, mode }))
 }
 
-/// Disks attached as they are (ansible_farm's `vm.disks`, or `disks` in the native form).
-fn parse_disks(fields: &Params) -> Result<Vec<DiskDevice>> {
-    let mut disks = Vec::new();
-    for disk in fields.dicts("disks")? {
-        let path = disk.str("path")?.to_string();
-        check_path(&disk.name_of("path"), &path)?;
-        let target = disk.str("target")?.to_string();
-        check_object_name(&disk.name_of("target"), &target)?;
-        disks.push(DiskDevice { path, format: disk.str("format")?.to_string(), target, cdrom: false });
+/// Option `option` of `params` if set, checked by `check`, which is given its full name.
+fn checked(params: &Params, option: &str, check: fn(&str, &str) -> Result<()>) -> Result<Option<String>> {
+    let value = params.opt_str(option)?;
+    value.map(|v| check(&params.name_of(option), v).map(|()| v.to_string())).transpose()
+}
+
+/// Disks attached as they are (ansible_farm's `vm.disks`, or `disks` in the native form);
+/// every bad value of every disk is added to `errors`.
+fn parse_disks(fields: &Params, errors: &mut ArgumentErrors) -> Option<Vec<DiskDevice>> {
+    let mut disks = Some(Vec::new());
+    for disk in errors.check(fields.dicts("disks"))? {
+        let path = errors.check(checked(&disk, "path", check_path));
+        let target = errors.check(checked(&disk, "target", check_object_name));
+        let format = errors.check(disk.str("format"));
+        let device = match (path, target, format) {
+            (Some(Some(path)), Some(Some(target)), Some(format)) => {
+                Some(DiskDevice { path, format: format.to_string(), target, cdrom: false })
+            }
+            _ => None,
+        };
+        disks = disks.zip(device).map(|(mut disks, device)| {
+            disks.push(device);
+            disks
+        });
     }
-    Ok(disks)
+    disks
 }
 
 /// The NICs and the networks they need; every bad value of every NIC is added to `errors`.
@@ -684,17 +720,9 @@ fn parse_nic(
     vm_name: &str,
     errors: &mut ArgumentErrors,
 ) -> Option<(NicDevice, Option<NetworkWant>)> {
-    // A value of the NIC, checked by `check` when given.
-    let checked = |errors: &mut ArgumentErrors, option: &str, check: &dyn Fn(&str, &str) -> Result<()>| {
-        errors.check(
-            nic.opt_str(option)
-                .map_err(anyhow::Error::from)
-                .and_then(|value| value.map(|v| check(&nic.name_of(option), v).map(|()| v.to_string())).transpose()),
-        )
-    };
     let mac = errors.check(nic_mac(nic, index, vm_name));
-    let network = checked(errors, "network", &check_object_name);
-    let bridge = checked(errors, "bridge", &check_object_name);
+    let network = errors.check(checked(nic, "network", check_object_name));
+    let bridge = errors.check(checked(nic, "bridge", check_object_name));
     let kind = errors.check(nic.opt_str("type"));
     let source = match (kind, network, bridge) {
         (Some(kind), Some(network), Some(bridge)) => match (kind, network, bridge) {
@@ -712,7 +740,7 @@ fn parse_nic(
         ip.map(|ip| ip.parse::<Ipv4Addr>().map_err(|_| anyhow!("{}: {ip:?} is not an IPv4 address", nic.name_of("ip"))))
             .transpose()
     }));
-    let hostname = checked(errors, "hostname", &check_object_name);
+    let hostname = errors.check(checked(nic, "hostname", check_object_name));
     let subnet = errors.check(nic.opt_str("subnet").map_err(anyhow::Error::from).and_then(|subnet| {
         subnet
             .map(|s| {
@@ -721,7 +749,7 @@ fn parse_nic(
             })
             .transpose()
     }));
-    let bridge_name = checked(errors, "bridge_name", &check_object_name);
+    let bridge_name = errors.check(checked(nic, "bridge_name", check_object_name));
     let (source, mac, ip, hostname, subnet, bridge_name) = (source?, mac?, ip?, hostname?, subnet?, bridge_name?);
     let want = match &source {
         NicSource::Network(network) => {
@@ -769,16 +797,22 @@ fn parse_cloud_init(given: &Params, vm_name: &str) -> Result<CloudInit> {
     })
 }
 
-fn parse_filesystems(fields: &Params) -> Result<Vec<Share>> {
-    let mut shares = Vec::new();
-    for share in fields.dicts("filesystems")? {
-        let source = share.str("source")?.to_string();
-        check_path(&share.name_of("source"), &source)?;
-        let tag = share.str("target")?.to_string();
-        check_object_name(&share.name_of("target"), &tag)?;
-        shares.push(Share { source, tag });
+/// `filesystems`; every bad value of every share is added to `errors`.
+fn parse_filesystems(fields: &Params, errors: &mut ArgumentErrors) -> Option<Vec<Share>> {
+    let mut shares = Some(Vec::new());
+    for share in errors.check(fields.dicts("filesystems"))? {
+        let source = errors.check(checked(&share, "source", check_path));
+        let tag = errors.check(checked(&share, "target", check_object_name));
+        let share = match (source, tag) {
+            (Some(Some(source)), Some(Some(tag))) => Some(Share { source, tag }),
+            _ => None,
+        };
+        shares = shares.zip(share).map(|(mut shares, share)| {
+            shares.push(share);
+            shares
+        });
     }
-    Ok(shares)
+    shares
 }
 
 fn parse_kernel(kernel: &Params) -> Result<DirectKernel> {
@@ -818,109 +852,156 @@ const DOMAIN_KEYS: [(&str, &str); 8] = [
 
 /// ansible_farm's `vm` (a target merged with a platform) as native keys: the keys its
 /// kvm_provision template reads, plus `kernel.initrd`. The keys of its role that this module
-/// does not act on add a warning; any other key is refused, naming it.
-fn legacy_to_native(vm: Loose, warnings: &mut Vec<String>) -> Result<Map<String, Value>> {
+/// does not act on add a warning; any other key is refused, naming it. Every problem is added
+/// to `errors`; what could be read is returned.
+fn legacy_to_native(vm: Loose, warnings: &mut Vec<String>, errors: &mut ArgumentErrors) -> Map<String, Value> {
     let mut top: Vec<&str> = DOMAIN_KEYS.iter().map(|(key, _)| *key).collect();
     top.extend(["metadata", "kernel", "disks", "net"]);
     // Some definitions have cleanup_tmp beside metadata rather than in it.
     let top_not_run: Vec<_> = NOT_RUN.into_iter().filter(|(key, _)| *key == "cleanup_tmp").collect();
-    vm.check_keys(&top, &top_not_run, warnings)?;
+    vm.check_keys(&top, &top_not_run, warnings, errors);
     let mut native = Map::new();
-    let Some(meta) = vm.dict("metadata")? else { bail!("{}: required", vm.name("metadata")) };
-    let meta_keys = ["name", "hostname", "platform_name", "target_name", "arch_name", "libvirt_pool_dir", "connection"];
-    meta.check_keys(&[&meta_keys[..], &["auth"]].concat(), &NOT_RUN, warnings)?;
-    native.insert("name".into(), json!(meta.required_text("name")?));
-    // The libvirt URI of the VM, as ansible_farm's roles pass it to libvirt.
-    if let Some(uri) = meta.text("connection")? {
-        native.insert("uri".into(), json!(uri));
-    }
-    let pool_dir = meta.text("libvirt_pool_dir")?.unwrap_or_default();
-    let mut metadata = Map::new();
-    // arch_name is a target definition's name for itself.
-    let target = meta.text("target_name")?.or(meta.text("arch_name")?);
-    for (key, value) in
-        [("platform", meta.text("platform_name")?), ("target", target), ("hostname", meta.text("hostname")?)]
-    {
-        if let Some(value) = value {
-            metadata.insert(key.into(), json!(value));
+    let pool_dir = match errors.check(vm.dict("metadata")) {
+        Some(Some(meta)) => legacy_metadata(&meta, &mut native, warnings, errors),
+        Some(None) => {
+            errors.push(format!("{}: required", vm.name("metadata")));
+            String::new()
         }
-    }
-    if let Some(auth) = meta.dict("auth")? {
-        auth.check_keys(&["user", "password", "become_user", "become_password", "become_method"], &[], warnings)?;
-        // The secrets stay with Ansible (the role passes them to add_host), never in the domain.
-        if let Some(user) = auth.text("user")? {
-            metadata.insert("ansible_user".into(), json!(user));
-        }
-    }
-    native.insert("metadata".into(), Value::Object(metadata));
+        None => String::new(),
+    };
     for (from, to) in DOMAIN_KEYS {
         if let Some(value) = vm.get(from) {
             native.insert(to.into(), value.clone());
         }
     }
-    if let Some(kernel) = vm.dict("kernel")? {
-        kernel.check_keys(&["src", "params", "initrd"], &[], warnings)?;
-        let mut direct = json!({ "path": format!("{pool_dir}{}", kernel.required_text("src")?) });
-        if let Some(initrd) = kernel.text("initrd")? {
-            direct["initrd"] = json!(format!("{pool_dir}{initrd}"));
+    if let Some(Some(kernel)) = errors.check(vm.dict("kernel")) {
+        kernel.check_keys(&["src", "params", "initrd"], &[], warnings, errors);
+        let src = errors.check(kernel.required_text("src"));
+        let initrd = errors.check(kernel.text("initrd"));
+        let params = errors.check(kernel.text("params"));
+        if let (Some(src), Some(initrd), Some(params)) = (src, initrd, params) {
+            let mut direct = json!({ "path": format!("{pool_dir}{src}") });
+            if let Some(initrd) = initrd {
+                direct["initrd"] = json!(format!("{pool_dir}{initrd}"));
+            }
+            if let Some(params) = params {
+                direct["cmdline"] = json!(params);
+            }
+            native.insert("kernel".into(), direct);
         }
-        if let Some(params) = kernel.text("params")? {
-            direct["cmdline"] = json!(params);
-        }
-        native.insert("kernel".into(), direct);
     }
     let mut disks = Vec::new();
-    for (i, disk) in vm.dicts("disks")?.into_iter().enumerate() {
-        disk.check_keys(&["type", "devname", "src"], &[], warnings)?;
+    for (i, disk) in vm.dicts("disks", errors).into_iter().enumerate() {
+        disk.check_keys(&["type", "devname", "src"], &[], warnings, errors);
         let default_target = || format!("vd{}", char::from(b'a' + (i % 26) as u8));
-        disks.push(json!({
-            "path": format!("{pool_dir}{}", disk.required_text("src")?),
-            "format": disk.text("type")?.unwrap_or_else(|| "qcow2".into()),
-            "target": disk.text("devname")?.unwrap_or_else(default_target),
-        }));
+        let src = errors.check(disk.required_text("src"));
+        let format = errors.check(disk.text("type"));
+        let target = errors.check(disk.text("devname"));
+        if let (Some(src), Some(format), Some(target)) = (src, format, target) {
+            disks.push(json!({
+                "path": format!("{pool_dir}{src}"),
+                "format": format.unwrap_or_else(|| "qcow2".into()),
+                "target": target.unwrap_or_else(default_target),
+            }));
+        }
     }
     if !disks.is_empty() {
         native.insert("disks".into(), json!(disks));
     }
-    if let Some(net) = vm.dict("net")? {
-        native.insert("networks".into(), json!([legacy_nic(&net, warnings)?]));
+    if let Some(Some(net)) = errors.check(vm.dict("net")) {
+        if let Some(nic) = legacy_nic(&net, warnings, errors) {
+            native.insert("networks".into(), json!([nic]));
+        }
     }
-    Ok(native)
+    native
 }
 
-/// ansible_farm's `vm.net` as one item of `networks`.
-fn legacy_nic(net: &Loose, warnings: &mut Vec<String>) -> Result<Value> {
-    let kind = net.text("type")?.unwrap_or_else(|| "network".into());
-    let user = kind == "user";
+/// ansible_farm's `vm.metadata` into `native` (name, URI, our metadata); its pool directory.
+fn legacy_metadata(
+    meta: &Loose,
+    native: &mut Map<String, Value>,
+    warnings: &mut Vec<String>,
+    errors: &mut ArgumentErrors,
+) -> String {
+    let meta_keys = ["name", "hostname", "platform_name", "target_name", "arch_name", "libvirt_pool_dir", "connection"];
+    meta.check_keys(&[&meta_keys[..], &["auth"]].concat(), &NOT_RUN, warnings, errors);
+    if let Some(name) = errors.check(meta.required_text("name")) {
+        native.insert("name".into(), json!(name));
+    }
+    let mut text = |key: &str| errors.check(meta.text(key)).flatten();
+    // The libvirt URI of the VM, as ansible_farm's roles pass it to libvirt.
+    if let Some(uri) = text("connection") {
+        native.insert("uri".into(), json!(uri));
+    }
+    let pool_dir = text("libvirt_pool_dir").unwrap_or_default();
+    // arch_name is a target definition's name for itself.
+    let (target, arch_name) = (text("target_name"), text("arch_name"));
+    let mut metadata = Map::new();
+    for (key, value) in
+        [("platform", text("platform_name")), ("target", target.or(arch_name)), ("hostname", text("hostname"))]
+    {
+        if let Some(value) = value {
+            metadata.insert(key.into(), json!(value));
+        }
+    }
+    if let Some(Some(auth)) = errors.check(meta.dict("auth")) {
+        auth.check_keys(
+            &["user", "password", "become_user", "become_password", "become_method"],
+            &[],
+            warnings,
+            errors,
+        );
+        // The secrets stay with Ansible (the role passes them to add_host), never in the domain.
+        if let Some(Some(user)) = errors.check(auth.text("user")) {
+            metadata.insert("ansible_user".into(), json!(user));
+        }
+    }
+    native.insert("metadata".into(), Value::Object(metadata));
+    pool_dir
+}
+
+/// ansible_farm's `vm.net` as one item of `networks`; every problem is added to `errors`.
+fn legacy_nic(net: &Loose, warnings: &mut Vec<String>, errors: &mut ArgumentErrors) -> Option<Value> {
+    let kind = errors.check(net.text("type")).map(|kind| kind.unwrap_or_else(|| "network".into()));
+    let user = kind.as_deref() == Some("user");
     // With `user`, source (hostfwd=...) and ip (127.0.0.1) describe a port forward.
     let forwards = "libvirt's user network has no port forwarding; reach the guest through its agent";
     let warned: &[(&str, &str)] = if user { &[("source", forwards), ("ip", forwards)] } else { &[] };
     // mask is accepted: a reservation takes the network's own netmask.
-    net.check_keys(&["type", "source", "mac", "ip", "mask"], warned, warnings)?;
-    let mut nic = match kind.as_str() {
-        "user" => json!({ "type": "user" }),
-        "bridge" => json!({ "bridge": net.required_text("source")? }),
-        "network" => json!({ "network": net.required_text("source")? }),
-        other => bail!("{}: {other:?} is not supported (network, bridge or user)", net.name("type")),
+    net.check_keys(&["type", "source", "mac", "ip", "mask"], warned, warnings, errors);
+    let mac = errors.check(net.text("mac"));
+    let ip = errors.check(net.text("ip"));
+    let nic = match kind.as_deref() {
+        None => None,
+        Some("user") => Some(json!({ "type": "user" })),
+        Some("bridge") => errors.check(net.required_text("source")).map(|source| json!({ "bridge": source })),
+        Some("network") => errors.check(net.required_text("source")).map(|source| json!({ "network": source })),
+        Some(other) => {
+            errors.push(format!("{}: {other:?} is not supported (network, bridge or user)", net.name("type")));
+            None
+        }
     };
-    if let Some(mac) = net.text("mac")? {
+    let (mut nic, mac, ip) = (nic?, mac?, ip?);
+    if let Some(mac) = mac {
         nic["mac"] = json!(mac);
     }
     // `dhcp` asks for no fixed address.
-    if let Some(ip) = net.text("ip")?.filter(|ip| !user && ip != "dhcp") {
+    if let Some(ip) = ip.filter(|ip| !user && ip != "dhcp") {
         nic["ip"] = json!(ip);
     }
-    Ok(nic)
+    Some(nic)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The module's two stages, as `ansible_module::run` drives them.
+    /// The module's two stages, as `ansible_module::run_parsed` drives them.
     fn parse(args: Value) -> Result<Request> {
-        let params = spec().validate_at(args.as_object().expect("an object"), "", "kvm_provision")?;
-        Ok(Request::from_params(&params, "kvm_provision")?)
+        let mut errors = ArgumentErrors::new();
+        let params = spec().validate_at(args.as_object().expect("an object"), "", "kvm_provision", &mut errors);
+        let request = Request::from_params(&params, "kvm_provision").map_err(|own| errors.extend(own)).ok();
+        Ok(errors.finish(request)?.expect("a request when nothing is wrong"))
     }
 
     fn generated(vm: &VmDefinition) -> &DomainSpec {
@@ -1011,6 +1092,92 @@ mod tests {
             "{err}"
         );
         assert!(errors.messages()[5].contains("vms[2].colour") && errors.messages()[6].ends_with("vms[2].name"));
+    }
+
+    /// The parameter each error names: what comes before its first `: `, or for the spec's
+    /// messages the whole message.
+    fn named(args: Value) -> Vec<String> {
+        let err = parse(args).err().expect("refused");
+        let errors = err.downcast_ref::<ArgumentErrors>().expect("argument errors");
+        errors.messages().iter().map(|e| e.split(": ").next().unwrap_or_default().to_string()).collect()
+    }
+
+    #[test]
+    fn the_specs_errors_and_the_modules_own_are_named_together() {
+        let top = named(json!({"name": "a b", "image": "b", "vcpus": "many", "clone": "deep", "state": "on",
+                               "networks": [{"network": "n", "mac": "zz"}]}));
+        let expected = [
+            "argument 'vcpus' is of type",
+            "value of state must be one of",
+            "value of clone must be",
+            "name",
+            "networks[0].mac",
+        ];
+        assert!(top.len() == expected.len() && top.iter().zip(expected).all(|(e, x)| e.starts_with(x)), "{top:?}");
+        let items = named(json!({"vms": [
+            {"name": "a", "image": "b", "vcpus": "x", "memory": "lots"},
+            {"name": "c", "image": "b", "disks": [{"target": "vdb"}], "domain_type": "xen", "vcpus": 0},
+        ]}));
+        assert_eq!(items.len(), 5, "{items:?}");
+        assert!(items[0].starts_with("argument 'vms[0].vcpus'") && items[1] == "vms[0].memory", "{items:?}");
+        assert!(
+            items[2].starts_with("value of vms[1].domain_type") && items[3] == "missing required arguments",
+            "{items:?}"
+        );
+        assert_eq!(items[4], "vms[1].vcpus", "{items:?}");
+    }
+
+    #[test]
+    fn what_the_spec_refused_is_not_reported_missing() {
+        // Disks given, refused: no VM is told it needs an image or disks.
+        for args in [
+            json!({"name": "a", "disks": "x"}),
+            json!({"vms": [{"name": "a", "disks": ["x"]}]}),
+            json!({"vms": [{"name": "a"}, {"name": "b", "image": "c", "disks": []}], "disks": 5}),
+            json!({"name": "a", "state": "gone"}),
+        ] {
+            let err = parse(args.clone()).err().expect("refused").to_string();
+            assert!(!err.contains("image: required") && !err.contains("has no value"), "{args}: {err}");
+        }
+        assert_eq!(named(json!({"vm": [1], "uri": "qemu:///system"})).len(), 1);
+    }
+
+    #[test]
+    fn every_mistake_inside_one_value_is_named() {
+        let cases = [
+            (
+                json!({"name": "a", "disks": [{"path": "rel.qcow2", "target": "../x"}, {"path": "/ok", "target": "a/b"}]}),
+                vec!["disks[0].path", "disks[0].target", "disks[1].target"],
+            ),
+            (
+                json!({"name": "a", "image": "b", "filesystems": [{"source": "rel", "target": "a/b"}, {"source": "/srv"}]}),
+                vec!["missing required arguments", "filesystems[0].source", "filesystems[0].target"],
+            ),
+            (
+                json!({"name": "a", "image": "b", "metadata": {"a b": 1, "ansible_password": "x", "project": ["p"]}}),
+                vec!["metadata", "metadata.ansible_password", "metadata.project"],
+            ),
+            (
+                json!({"vm": {"colour": 1, "metadata": {"owner": "x", "auth": {"token": 1}},
+                              "disks": [{"size": 1}, 7], "net": {"type": "vde", "mac": [1]}, "kernel": {"initramfs": "i"}}}),
+                vec![
+                    "vm.colour",
+                    "vm.metadata.owner",
+                    "vm.metadata.name",
+                    "vm.metadata.auth.token",
+                    "vm.kernel.initramfs",
+                    "vm.kernel.src",
+                    "vm.disks[1]",
+                    "vm.disks[0].size",
+                    "vm.disks[0].src",
+                    "vm.net.mac",
+                    "vm.net.type",
+                ],
+            ),
+        ];
+        for (args, expected) in cases {
+            assert_eq!(named(args.clone()), expected, "{args}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! ones that format defines. Errors name the parameter by its full path
 //! (`vms[1].vm.metadata.name`).
 
+use ansible_module::ArgumentErrors;
 use anyhow::{bail, Result};
 use serde_json::{Map, Value};
 
@@ -95,27 +96,38 @@ impl<'a> Loose<'a> {
         self.get(key).map(|value| Loose::new(self.name(key), value)).transpose()
     }
 
-    /// Refuses a key that is neither `honoured` nor `warned`, naming it; for each `warned`
-    /// key given, adds a warning that names it and says why nothing is done with it.
-    pub fn check_keys(&self, honoured: &[&str], warned: &[(&str, &str)], warnings: &mut Vec<String>) -> Result<()> {
+    /// Refuses every key that is neither `honoured` nor `warned`, each named in `errors`; for
+    /// each `warned` key given, adds a warning that names it and says why nothing is done with it.
+    pub fn check_keys(
+        &self,
+        honoured: &[&str],
+        warned: &[(&str, &str)],
+        warnings: &mut Vec<String>,
+        errors: &mut ArgumentErrors,
+    ) {
         for key in self.map.keys() {
             if let Some((_, why)) = warned.iter().find(|(name, _)| name == key) {
                 warnings.push(format!("{}: accepted but not run: {why}", self.name(key)));
             } else if !honoured.contains(&key.as_str()) {
-                bail!("{}: unknown key (known here: {})", self.name(key), honoured.join(", "));
+                errors.push(format!("{}: unknown key (known here: {})", self.name(key), honoured.join(", ")));
             }
         }
-        Ok(())
     }
 
-    /// A list of dictionaries, each named `KEY[INDEX]`.
-    pub fn dicts(&self, key: &str) -> Result<Vec<Loose<'a>>> {
+    /// A list of dictionaries, each named `KEY[INDEX]`; every item that is not one is named
+    /// in `errors` and left out.
+    pub fn dicts(&self, key: &str, errors: &mut ArgumentErrors) -> Vec<Loose<'a>> {
         match self.get(key) {
-            None => Ok(Vec::new()),
-            Some(Value::Array(items)) => {
-                items.iter().enumerate().map(|(i, item)| Loose::new(format!("{}[{i}]", self.name(key)), item)).collect()
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| errors.check(Loose::new(format!("{}[{i}]", self.name(key)), item)))
+                .collect(),
+            Some(_) => {
+                errors.push(format!("{}: expected a list", self.name(key)));
+                Vec::new()
             }
-            Some(_) => bail!("{}: expected a list", self.name(key)),
         }
     }
 }
@@ -145,17 +157,18 @@ mod tests {
     #[test]
     fn loose_keys_are_honoured_warned_or_refused() {
         let check = |value: Value, warnings: &mut Vec<String>| {
-            Loose::new("vm.disks[0]".into(), &value).unwrap().check_keys(
-                &["src"],
-                &[("sources", "no download")],
-                warnings,
-            )
+            let mut errors = ArgumentErrors::new();
+            let loose = Loose::new("vm.disks[0]".into(), &value).unwrap();
+            loose.check_keys(&["src"], &[("sources", "no download")], warnings, &mut errors);
+            errors.messages().to_vec()
         };
         let mut warnings = Vec::new();
-        check(json!({"src": "a", "sources": []}), &mut warnings).unwrap();
+        assert!(check(json!({"src": "a", "sources": []}), &mut warnings).is_empty());
         assert_eq!(warnings, ["vm.disks[0].sources: accepted but not run: no download"]);
-        let err = check(json!({"src": "a", "colour": "red"}), &mut warnings).unwrap_err().to_string();
-        assert_eq!(err, "vm.disks[0].colour: unknown key (known here: src)");
+        assert_eq!(
+            check(json!({"src": "a", "colour": "red", "size": 1}), &mut warnings),
+            ["vm.disks[0].colour: unknown key (known here: src)", "vm.disks[0].size: unknown key (known here: src)"]
+        );
     }
 
     #[test]
@@ -165,7 +178,10 @@ mod tests {
         let meta = vm.dict("metadata").unwrap().unwrap();
         assert_eq!(meta.required_text("name").unwrap(), "3");
         assert_eq!(meta.dict("auth").err().unwrap().to_string(), "vm.metadata.auth: expected a dictionary");
-        assert_eq!(vm.dicts("disks").err().unwrap().to_string(), "vm.disks[1]: expected a dictionary");
+        let mut errors = ArgumentErrors::new();
+        let disks = vm.dicts("disks", &mut errors);
+        assert_eq!(disks.len(), 1);
+        assert_eq!(errors.messages(), ["vm.disks[1]: expected a dictionary"]);
         assert_eq!(meta.required_text("hostname").unwrap_err().to_string(), "vm.metadata.hostname: required");
     }
 }

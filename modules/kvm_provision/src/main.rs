@@ -10,21 +10,28 @@ mod definition;
 mod fields;
 mod placing;
 
-use ansible_module::{Module, Removal, Response};
+use ansible_module::{ArgumentErrors, Module, Removal, Response};
 use serde_json::json;
 
 use crate::definition::Request;
 
 fn main() {
-    ansible_module::run(definition::spec(), provision)
+    ansible_module::run_parsed(definition::spec(), parse, provision)
 }
 
-fn provision(module: &Module) -> anyhow::Result<Response> {
+fn parse(module: &Module) -> Result<Request, ArgumentErrors> {
+    let params = module.params();
+    let mut errors = ArgumentErrors::new();
+    let request = Request::from_params(params, &module.context().module_name).map_err(|e| errors.extend(e)).ok();
+    placing::check(params, request.as_ref(), &mut errors);
+    match request {
+        Some(request) => errors.finish(request),
+        None => Err(errors),
+    }
+}
+
+fn provision(module: &Module, mut request: Request) -> anyhow::Result<Response> {
     let context = module.context();
-    let mut request = match Request::from_params(module.params(), &context.module_name) {
-        Ok(request) => request,
-        Err(errors) => return Ok(errors.to_response()),
-    };
     for warning in &request.warnings {
         module.warn(warning.clone());
     }
@@ -85,7 +92,7 @@ mod tests {
             "vms": [{"name": "bad name", "image": "base", "cloud_init": {"password_hash": secrets[0], "user_data": secrets[1]}}],
             "_ansible_verbosity": 4, "_ansible_diff": true,
         });
-        let reply = ansible_module::execute(&definition::spec(), args, provision);
+        let reply = ansible_module::execute_parsed(&definition::spec(), args, parse, provision);
         assert_eq!(reply["failed"], true, "{reply}");
         assert!(reply["msg"].as_str().unwrap_or_default().contains("vms[0].name"), "{reply}");
         let text = reply.to_string();

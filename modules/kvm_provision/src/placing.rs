@@ -2,8 +2,8 @@
 //! before anything is applied (see `virtfarm_libvirt::placement`). A VM that cannot be placed
 //! fails on its own; the others go ahead.
 
-use ansible_module::Params;
-use anyhow::{bail, Result};
+use ansible_module::{ArgumentErrors, Params};
+use anyhow::Result;
 use serde_json::{Map, Value};
 use virtfarm_libvirt::placement::{place, survey, Demand, Strategy};
 use virtfarm_libvirt::Connections;
@@ -20,26 +20,37 @@ pub fn options() -> [ansible_module::Opt; 2] {
     ]
 }
 
+/// The placement rules, checked with the other arguments: each broken one is added to
+/// `errors`. The VMs of `request`, if they could be read, must each have a `uri` when pinned.
+pub fn check(params: &Params, request: Option<&Request>, errors: &mut ArgumentErrors) {
+    if !params.is_set("hypervisors") {
+        return;
+    }
+    if errors.check(params.list_of_str("hypervisors")).is_some_and(|uris| uris.is_empty()) {
+        errors.push("hypervisors: give at least one libvirt URI");
+    }
+    if params.is_set("uri") {
+        errors.push("uri: cannot be combined with hypervisors (give uri in a vms item to pin that VM)");
+    }
+    let pinned = errors.check(params.str("placement")).and_then(Strategy::parse) == Some(Strategy::Pinned);
+    if let (true, Some(request)) = (pinned, request) {
+        if let Some(index) = pinned_uris(params, request.vms.len()).iter().position(Option::is_none) {
+            errors.push(format!("vms[{index}].uri: required with placement: pinned"));
+        }
+    }
+}
+
 /// Sets `uri` on every VM of `request` that did not give one and removes the VMs that cannot
 /// be placed, returned as failed outcomes with their position in `vms`, in ascending order.
 /// Nothing happens without `hypervisors`; they are opened in `connections`, where the VMs are
-/// then applied.
+/// then applied. The arguments have passed [`check`].
 pub fn assign(params: &Params, request: &mut Request, connections: &mut Connections) -> Result<Vec<(usize, Outcome)>> {
-    let Some(hypervisors) = params.get("hypervisors").and_then(Value::as_array) else { return Ok(Vec::new()) };
-    let uris: Vec<String> = hypervisors.iter().filter_map(Value::as_str).map(str::to_string).collect();
+    let uris: Vec<String> = params.list_of_str("hypervisors")?.into_iter().map(str::to_string).collect();
     if uris.is_empty() {
-        bail!("hypervisors: give at least one libvirt URI");
-    }
-    if params.get("uri").is_some() {
-        bail!("uri: cannot be combined with hypervisors (give uri in a vms item to pin that VM)");
+        return Ok(Vec::new());
     }
     let strategy = Strategy::parse(params.str("placement")?).unwrap_or(Strategy::RoundRobin);
     let pinned = pinned_uris(params, request.vms.len());
-    if strategy == Strategy::Pinned {
-        if let Some(index) = pinned.iter().position(Option::is_none) {
-            bail!("vms[{index}].uri: required with placement: pinned");
-        }
-    }
     let demands: Vec<Demand> =
         request.vms.iter().zip(pinned).map(|(vm, pinned)| demand(vm, request.state, pinned)).collect();
     connections.open(uris.iter().map(String::as_str));
@@ -101,12 +112,18 @@ mod tests {
             ),
             (json!({"hypervisors": [], "name": "a", "image": "b"}), "hypervisors: give at least one"),
             (
+                json!({"hypervisors": [], "name": "a", "image": "b", "vcpus": "many"}),
+                "argument 'vcpus' is of type <class 'str'> and we were unable to convert to int: \"'many'\" \
+                 cannot be converted to an int; hypervisors: give at least one",
+            ),
+            (
                 json!({"hypervisors": ["test:///default"], "placement": "anywhere", "name": "a", "image": "b"}),
                 "placement",
             ),
         ];
         for (args, says) in cases {
-            let reply = ansible_module::execute(&crate::definition::spec(), args, crate::provision);
+            let reply =
+                ansible_module::execute_parsed(&crate::definition::spec(), args, crate::parse, crate::provision);
             assert_eq!(reply["failed"], true, "{reply}");
             assert!(reply["msg"].as_str().unwrap_or_default().contains(says), "{says}: {reply}");
         }

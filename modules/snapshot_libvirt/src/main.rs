@@ -6,7 +6,7 @@ mod request;
 mod run;
 
 use ansible_module::{ArgSpec, ArgumentErrors, Diff, Error, Module, Opt, Params, Response, Type};
-use serde_json::{json, Value};
+use serde_json::json;
 use virtfarm_libvirt::snapshot::CreateOptions;
 
 use request::{AfterRevert, Domain, Request, State};
@@ -40,67 +40,73 @@ fn spec() -> ArgSpec {
     .supports_check_mode()
 }
 
-/// Second stage of parsing: typed, checked, in domain terms; every bad option is reported.
-fn to_request(params: &Params) -> Result<Result<Request, ArgumentErrors>, Error> {
-    let uri = params.str("uri")?;
-    let on_uri = |name: &str| Domain { name: name.to_string(), uri: uri.to_string() };
-    let (domains, domains_option) = if let Some(name) = params.opt_str("name")? {
-        (Ok(vec![on_uri(name)]), "name")
-    } else if let Some(placement) = params.get("placement").and_then(Value::as_object) {
-        (request::placed_domains(placement), "placement")
-    } else {
-        (Ok(params.list_of_str("names")?.into_iter().map(on_uri).collect()), "names")
+/// Second stage of parsing: typed, checked, in domain terms; every bad option is reported,
+/// those the spec refused by the spec alone.
+fn to_request(params: &Params) -> Result<Request, ArgumentErrors> {
+    ArgumentErrors::collect(|errors| read_request(params, errors))
+}
+
+/// The request; `None` once `errors` names what is wrong.
+fn read_request(params: &Params, errors: &mut ArgumentErrors) -> Option<Request> {
+    let uri = errors.check(params.str("uri"));
+    let on_uri = |name: &str| uri.map(|uri| Domain { name: name.to_string(), uri: uri.to_string() });
+    let after = errors.check(params.dict("after_revert"));
+    let state = errors.check(params.str("state")).and_then(|state| errors.check(State::parse(state)));
+    let name = errors.check(params.opt_str("name"));
+    let placement = errors.check(params.opt_dict("placement"));
+    let names = errors.check(params.list_of_str("names"));
+    let (domains, domains_option) = match (name, placement, names) {
+        (Some(Some(name)), _, _) => (on_uri(name).map(|domain| vec![domain]), "name"),
+        (_, Some(Some(placement)), _) => {
+            let placement = placement.as_value().as_object().cloned().unwrap_or_default();
+            (errors.check(request::placed_domains(&placement)), "placement")
+        }
+        (Some(None), Some(None), Some(names)) => (names.into_iter().map(on_uri).collect(), "names"),
+        // The spec named what is wrong with them.
+        _ => (None, "name"),
     };
-    let after = params.dict("after_revert")?;
-    let mut errors = ArgumentErrors::new();
-    let state = errors.check(State::parse(params.str("state")?));
-    let domains = errors.check(domains.and_then(|domains| {
-        request::check_domains(domains_option, &domains)?;
-        Ok(domains)
-    }));
-    let mode = errors.check(request::parse_mode(params.str("mode")?, params.opt_str("volume_path")?));
-    let snapshot = params.opt_str("snapshot")?.map(str::to_string);
+    let domains =
+        domains.and_then(|domains| errors.check(request::check_domains(domains_option, &domains)).map(|()| domains));
+    let mode = match (errors.check(params.str("mode")), errors.check(params.opt_str("volume_path"))) {
+        (Some(mode), Some(volume_path)) => errors.check(request::parse_mode(mode, volume_path)),
+        _ => None,
+    };
+    let snapshot = errors.check(params.opt_str("snapshot")).map(|snapshot| snapshot.map(str::to_string));
     if let (Some(mode), Some(domains)) = (&mode, &domains) {
         errors.check(request::check_one_host(mode, domains));
     }
-    if let (Some(state), Some(mode)) = (state, &mode) {
+    if let (Some(state), Some(mode), Some(snapshot)) = (state, &mode, &snapshot) {
         errors.check(request::check_snapshot(state, mode, snapshot.as_deref()));
     }
-    let requested = errors.check(request::parse_type(params.str("type")?));
-    let shutdown_first = match params.bool("shutdown_first")? {
-        true => errors.check(request::seconds("shutdown_timeout", params.int("shutdown_timeout")?)).map(Some),
-        false => Some(None),
+    let requested = errors.check(params.str("type")).and_then(|kind| errors.check(request::parse_type(kind)));
+    let shutdown_first = match errors.check(params.bool("shutdown_first")) {
+        Some(true) => errors
+            .check(params.int("shutdown_timeout"))
+            .and_then(|timeout| errors.check(request::seconds("shutdown_timeout", timeout)))
+            .map(Some),
+        Some(false) => Some(None),
+        None => None,
     };
-    let wait = errors.check(request::parse_wait(after.str("wait")?));
-    let wait_timeout = errors.check(request::seconds("after_revert.timeout", after.int("timeout")?));
-    let request = match (state, domains, mode, requested, shutdown_first, wait, wait_timeout) {
-        (Some(state), Some(domains), Some(mode), Some(requested), Some(shutdown_first), Some(wait), Some(timeout)) => {
-            Request {
-                domains,
-                domains_option,
-                mode,
-                snapshot,
-                state,
-                create: CreateOptions {
-                    requested,
-                    memory: params.opt_bool("memory")?,
-                    quiesce: params.bool("quiesce")?,
-                },
-                shutdown_first,
-                after_revert: AfterRevert { sync_clock: after.bool("sync_clock")?, wait, timeout },
-            }
-        }
-        // Each missing value added its error.
-        _ => return Ok(Err(errors)),
-    };
-    Ok(errors.finish(request))
+    let wait = after.as_ref().and_then(|after| errors.check(after.str("wait")));
+    let wait = wait.and_then(|wait| errors.check(request::parse_wait(wait)));
+    let timeout = after.as_ref().and_then(|after| errors.check(after.int("timeout")));
+    let timeout = timeout.and_then(|timeout| errors.check(request::seconds("after_revert.timeout", timeout)));
+    let sync_clock = after.as_ref().and_then(|after| errors.check(after.bool("sync_clock")));
+    let memory = errors.check(params.opt_bool("memory"));
+    let quiesce = errors.check(params.bool("quiesce"));
+    Some(Request {
+        domains: domains?,
+        domains_option,
+        mode: mode?,
+        snapshot: snapshot?,
+        state: state?,
+        create: CreateOptions { requested: requested?, memory: memory?, quiesce: quiesce? },
+        shutdown_first: shutdown_first?,
+        after_revert: AfterRevert { sync_clock: sync_clock?, wait: wait?, timeout: timeout? },
+    })
 }
 
-fn snapshot_libvirt(module: &Module) -> Result<Response, Error> {
-    let request = match to_request(module.params())? {
-        Ok(request) => request,
-        Err(errors) => return Ok(errors.to_response()),
-    };
+fn snapshot_libvirt(module: &Module, request: Request) -> Result<Response, Error> {
     let check_mode = module.context().check_mode;
     match run::run(&request, check_mode) {
         Ok(report) => {
@@ -124,7 +130,7 @@ fn snapshot_libvirt(module: &Module) -> Result<Response, Error> {
 }
 
 fn main() {
-    ansible_module::run(spec(), snapshot_libvirt)
+    ansible_module::run_parsed(spec(), |module| to_request(module.params()), snapshot_libvirt)
 }
 
 #[cfg(test)]
@@ -132,7 +138,7 @@ mod tests {
     use super::*;
 
     fn reply(args: serde_json::Value) -> serde_json::Value {
-        ansible_module::execute(&spec(), args, snapshot_libvirt)
+        ansible_module::execute_parsed(&spec(), args, |module| to_request(module.params()), snapshot_libvirt)
     }
 
     #[test]
@@ -167,6 +173,23 @@ mod tests {
         let named: Vec<&str> = errors.iter().map(|e| e.split(':').next().unwrap_or_default()).collect();
         assert_eq!(named, ["names", "volume_path", "shutdown_timeout", "after_revert.timeout"], "{reply}");
         assert_eq!(reply["msg"], errors.join("; "));
+    }
+
+    #[test]
+    fn the_specs_errors_and_the_modules_own_come_in_one_result() {
+        let reply = reply(json!({
+            "names": ["a", "a"], "snapshot": "s", "type": "both", "colour": 1, "shutdown_first": true,
+            "shutdown_timeout": -1,
+            "after_revert": {"wait": "forever", "timeout": 0},
+        }));
+        let errors: Vec<&str> =
+            reply["argument_errors"].as_array().into_iter().flatten().filter_map(|e| e.as_str()).collect();
+        assert_eq!(errors.len(), 6, "{reply}");
+        assert!(errors[0].contains("module: colour."), "{reply}");
+        assert!(errors[1].starts_with("value of type must be one of"), "{reply}");
+        assert!(errors[2].starts_with("value of after_revert.wait must be one of"), "{reply}");
+        let named: Vec<&str> = errors[3..].iter().map(|e| e.split(':').next().unwrap_or_default()).collect();
+        assert_eq!(named, ["names", "shutdown_timeout", "after_revert.timeout"], "{reply}");
     }
 
     #[test]
