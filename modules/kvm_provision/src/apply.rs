@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use virtfarm_libvirt::disk_use::DiskUse;
 use virtfarm_libvirt::domain_facts::DomainFacts;
-use virtfarm_libvirt::domain_xml::{reconcile_identity, DiskDevice, DomainSpec, Firmware, InstanceMetadata};
+use virtfarm_libvirt::domain_xml::{reconcile_identity, DiskDevice, DomainSpec, Firmware, InstanceMetadata, Tpm};
 use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
 use virtfarm_libvirt::naming::fingerprint;
 use virtfarm_libvirt::power::{stop, StopOutcome, StopPolicy};
@@ -310,8 +310,14 @@ fn definition_xml(
                 Some(kind) => kind.clone(),
                 None => hypervisor.preferred_domain_type()?.as_str().to_string(),
             };
-            let firmware_option = if matches!(spec.firmware, Firmware::Loader(_)) { "loader" } else { "firmware" };
-            hypervisor.check_firmware(&spec).context(firmware_option)?;
+            if spec.firmware != Firmware::Bios || spec.tpm.is_some() {
+                let offered = hypervisor.offered(&spec)?;
+                let firmware_option = if matches!(spec.firmware, Firmware::Loader(_)) { "loader" } else { "firmware" };
+                offered.check_firmware(&spec).context(firmware_option)?;
+                if spec.tpm.is_some() {
+                    spec.tpm = Some(Tpm { model: offered.tpm_model(&spec).context("tpm")? });
+                }
+            }
             // A disk made now has its size; one that existed may have to grow.
             let mut grow_root = None;
             if let Some(root) = &vm.root_disk {

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use virtfarm_libvirt::cloud_init::CloudInit;
 use virtfarm_libvirt::domain_facts::DomainFacts;
 use virtfarm_libvirt::domain_xml::{
-    is_secret_key, DirectKernel, DiskDevice, DomainSpec, Firmware, InstanceMetadata, NicDevice, NicSource, Share,
+    is_secret_key, DirectKernel, DiskDevice, DomainSpec, Firmware, InstanceMetadata, NicDevice, NicSource, Share, Tpm,
 };
 use virtfarm_libvirt::leases::check_mac;
 use virtfarm_libvirt::naming::{derived_mac, pool_node};
@@ -214,6 +214,7 @@ fn vm_options(name: Opt) -> Vec<Opt> {
         Opt::str("firmware"),
         Opt::str("loader"),
         Opt::bool("secure_boot"),
+        Opt::bool("tpm"),
         Opt::dict("kernel").suboptions(ArgSpec::new([
             Opt::str("path").required(),
             Opt::str("initrd"),
@@ -432,7 +433,7 @@ fn parse_vm(
     let domain_type = errors.check(fields.opt_str("domain_type"))?.map(str::to_string);
     let metadata = errors.check(parse_metadata(&fields));
     if let Some(xml) = errors.check(fields.opt_str("xml"))? {
-        for conflicting in ["image", "cloud_init", "networks", "disks", "kernel", "memory", "vcpus"] {
+        for conflicting in ["image", "cloud_init", "networks", "disks", "kernel", "memory", "vcpus", "tpm"] {
             if fields.is_set(conflicting) {
                 errors.push(format!(
                     "{}: cannot be combined with {}",
@@ -482,6 +483,8 @@ fn parse_vm(
         };
     let emulator = optional_path(errors, "emulator");
     let firmware = errors.check(parse_firmware(&fields, deprecations));
+    // The model is the hypervisor's to offer: chosen when the domain capabilities are read.
+    let tpm = errors.check(fields.opt_bool("tpm")).map(|tpm| (tpm == Some(true)).then(Tpm::default));
     let arch = text(errors, "arch", "x86_64");
     let machine = text(errors, "machine", "q35");
     let cpu_model = errors.check(fields.opt_str("cpu")).map(|cpu| cpu.filter(|c| !c.is_empty()).map(str::to_string));
@@ -497,6 +500,7 @@ fn parse_vm(
         vcpus: vcpus?,
         cpu_model: cpu_model?,
         firmware: firmware?,
+        tpm: tpm?,
         kernel: kernel?,
         disks: disks?,
         nics,
@@ -1030,6 +1034,9 @@ mod tests {
         let (old_form, deprecations) = firmware(json!({"firmware": code})).unwrap();
         assert_eq!(old_form, Firmware::Loader(code.into()));
         assert!(deprecations[0].starts_with("firmware:"), "{deprecations:?}");
+        let tpm = parse(json!({"name": "a", "image": "b", "firmware": "efi", "tpm": true})).unwrap();
+        assert_eq!(generated(&tpm.vms[0]).tpm, Some(Tpm::default()), "its model is the hypervisor's to offer");
+        assert_eq!(generated(&parse(json!({"name": "a", "image": "b", "tpm": false})).unwrap().vms[0]).tpm, None);
         let farm = parse(json!({"vm": {"metadata": {"name": "a"}, "firmware": code}, "image": "b"})).unwrap();
         assert_eq!(generated(&farm.vms[0]).firmware, Firmware::Loader(code.into()));
         assert!(farm.deprecations.is_empty(), "ansible_farm's vm.firmware is its loader");
@@ -1062,6 +1069,8 @@ mod tests {
             (json!({"stem": "vnode", "vms": ["x"], "image": "b"}), "vms[0]"),
             (json!({"vms": [{"name": "a", "image": "b"}, {"name": "a", "image": "b"}]}), "vms"),
             (json!({"name": "a", "xml": "<domain/>", "memory": 3}), "xml"),
+            (json!({"name": "a", "xml": "<domain/>", "tpm": true}), "tpm"),
+            (json!({"name": "a", "image": "b", "tpm": "maybe"}), "tpm"),
             (json!({"vm": {"ram": 3}}), "vm.metadata"),
             (json!({"vm": {"metadata": {"name": "a"}, "colour": "red"}}), "vm.colour"),
             (json!({"vm": {"metadata": {"name": "a", "auth": {"token": "x"}}}}), "vm.metadata.auth.token"),
