@@ -25,7 +25,7 @@ mod chain;
 pub(crate) mod domain_disks;
 mod group;
 mod marker;
-mod qcow2;
+pub(crate) mod qcow2;
 mod xml;
 
 use std::collections::{HashMap, HashSet};
