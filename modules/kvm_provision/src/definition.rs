@@ -114,7 +114,10 @@ pub enum DomainSource {
 pub struct RootDisk {
     /// Base volume name or path.
     pub image: String,
-    /// The pool to look the base volume up in; every pool when `None`.
+    /// A file where the module runs, imported as the volume `image` first.
+    pub upload: Option<String>,
+    /// The pool to look the base volume up in (every pool when `None`), or to import it into
+    /// (the VM's pool when `None`).
     pub image_pool: Option<String>,
     /// Requested size in bytes (grown, never shrunk).
     pub size: Option<u64>,
@@ -172,6 +175,7 @@ fn vm_options(name: Opt) -> Vec<Opt> {
         Opt::raw("memory"),
         Opt::int("vcpus"),
         Opt::str("image"),
+        Opt::str("image_upload"),
         Opt::str("image_pool"),
         Opt::str("pool"),
         Opt::raw("disk_size"),
@@ -433,7 +437,9 @@ fn parse_vm(
     let domain_type = errors.check(fields.opt_str("domain_type"))?.map(str::to_string);
     let metadata = errors.check(parse_metadata(&fields));
     if let Some(xml) = errors.check(fields.opt_str("xml"))? {
-        for conflicting in ["image", "cloud_init", "networks", "disks", "kernel", "memory", "vcpus", "tpm"] {
+        for conflicting in
+            ["image", "image_upload", "cloud_init", "networks", "disks", "kernel", "memory", "vcpus", "tpm"]
+        {
             if fields.is_set(conflicting) {
                 errors.push(format!(
                     "{}: cannot be combined with {}",
@@ -621,7 +627,13 @@ fn parse_metadata(fields: &Params) -> Result<InstanceMetadata> {
 }
 
 fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
-    let Some(image) = fields.opt_str("image")? else {
+    let upload = fields.opt_str("image_upload")?;
+    if let Some(file) = upload {
+        check_path(&fields.name_of("image_upload"), file)?;
+    }
+    // An imported volume is named after its file unless image names it.
+    let file_name = upload.and_then(|file| file.rsplit('/').next()).filter(|name| !name.is_empty());
+    let Some(image) = fields.opt_str("image")?.or(file_name) else {
         for orphan in ["disk_size", "clone", "image_pool"] {
             if fields.is_set(orphan) {
                 bail!("{}: needs image", fields.name_of(orphan));
@@ -629,6 +641,9 @@ fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
         }
         return Ok(None);
     };
+    if upload.is_some() && image.starts_with('/') {
+        bail!("{}: with image_upload, image names the volume to import into, not a path", fields.name_of("image"));
+    }
     if image.starts_with('/') {
         check_path(&fields.name_of("image"), image)?;
     } else {
@@ -643,7 +658,7 @@ fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
         _ => CloneMode::Linked,
     };
     let size = fields.get("disk_size").map(|s| size(&fields.name_of("disk_size"), s, 1 << 30)).transpose()?;
-    Ok(Some(RootDisk { image: image.to_string(), image_pool, size, mode }))
+    Ok(Some(RootDisk { image: image.to_string(), upload: upload.map(str::to_string), image_pool, size, mode }))
 }
 
 /// Disks attached as they are (ansible_farm's `vm.disks`, or `disks` in the native form).
@@ -1053,6 +1068,19 @@ mod tests {
     }
 
     #[test]
+    fn an_uploaded_image_is_named_by_image_or_by_its_file() {
+        let root = |args: Value| {
+            let request = parse(args).unwrap();
+            let root = request.vms[0].root_disk.as_ref().expect("a root disk");
+            (root.image.clone(), root.upload.clone())
+        };
+        let file = "/srv/images/debian-12.qcow2";
+        assert_eq!(root(json!({"name": "a", "image_upload": file})), ("debian-12.qcow2".into(), Some(file.into())));
+        assert_eq!(root(json!({"name": "a", "image_upload": file, "image": "d12"})), ("d12".into(), Some(file.into())));
+        assert_eq!(root(json!({"name": "a", "image": "d12"})), ("d12".into(), None));
+    }
+
+    #[test]
     fn bad_arguments_name_their_parameter() {
         let cases = [
             (json!({"name": "a", "image": "b", "memory": "lots"}), "memory"),
@@ -1070,6 +1098,9 @@ mod tests {
             (json!({"vms": [{"name": "a", "image": "b"}, {"name": "a", "image": "b"}]}), "vms"),
             (json!({"name": "a", "xml": "<domain/>", "memory": 3}), "xml"),
             (json!({"name": "a", "xml": "<domain/>", "tpm": true}), "tpm"),
+            (json!({"name": "a", "image_upload": "images/d.qcow2"}), "image_upload"),
+            (json!({"name": "a", "image_upload": "/images/d.qcow2", "image": "/var/lib/d.qcow2"}), "image"),
+            (json!({"name": "a", "image_upload": "/images/"}), "image"),
             (json!({"name": "a", "image": "b", "tpm": "maybe"}), "tpm"),
             (json!({"vm": {"ram": 3}}), "vm.metadata"),
             (json!({"vm": {"metadata": {"name": "a"}, "colour": "red"}}), "vm.colour"),
