@@ -12,7 +12,9 @@
 //! leaves its temporary volume: the next run takes the volume beside it for unfinished and
 //! imports again; a volume is never taken for an image before it is complete.
 //!
-//! The runs that import one image take turns under a lock ([`Hypervisor::lock_import`]).
+//! The runs that import one image take turns under a lock ([`Hypervisor::lock_import`]); one
+//! that finds its lock taken over (it ran so long that another judged it stale) does not copy
+//! its upload, which the other run has replaced.
 
 use std::fs::File;
 use std::io::Read;
@@ -172,9 +174,9 @@ impl Hypervisor {
         let pool = self.pool(pool_name)?;
         let path = format!("{}/{name}", self.pool_path(pool_name)?);
         let base = BaseImage { path: path.clone(), format: "qcow2".into(), capacity: file.capacity };
-        // The second of two runs waits for the first's upload, then finds it.
-        let policy = LockPolicy { wait: Duration::from_secs(6 * 3600), stale_after: Duration::from_secs(6 * 3600) };
-        let _lock = if dry_run { None } else { Some(self.lock_import(pool_name, name, &policy)?) };
+        // The second of two runs (or VMs of one run) waits for the first's upload, then finds it.
+        let policy = LockPolicy { wait: Duration::from_secs(3600), ..LockPolicy::default() };
+        let lock = if dry_run { None } else { Some(self.lock_import(pool_name, name, &policy)?) };
         let temp_name = format!("{name}{UPLOAD_SUFFIX}");
         let record_name = format!("{name}{RECORD_SUFFIX}");
         let temp = self.volume_in(&pool, pool_name, &temp_name)?;
@@ -229,7 +231,15 @@ impl Hypervisor {
             leftover.delete(0).doing(|| format!("deleting what an earlier import of {name} left"))?;
         }
         let temp = self.upload_file(&pool, pool_name, &temp_name, file)?;
-        let imported = self.copy_into(&pool, name, &temp, file).and_then(|volume| {
+        // A run that took the lock over from this one (too slow, judged stale) replaced the upload
+        // of that name with its own, unfinished: it must not be copied.
+        let still_held = lock.as_ref().is_none_or(|lock| lock.is_held());
+        let copied = if still_held {
+            self.copy_into(&pool, name, &temp, file)
+        } else {
+            Err(Error::Refused(format!("another run took over the import of {name}: this one gives up")))
+        };
+        let imported = copied.and_then(|volume| {
             let xml = volume.xml_desc(0).doing(|| format!("reading volume {path}"))?;
             let modified = VolumeXml::parse(&xml, name)?.modified;
             let text = serde_json::to_string(&file.record(modified))
@@ -239,7 +249,8 @@ impl Hypervisor {
                 let _ = volume.delete(0);
             })
         });
-        let tidied = temp.delete(0).doing(|| format!("deleting the upload {temp_name}"));
+        let tidied =
+            if still_held { temp.delete(0).doing(|| format!("deleting the upload {temp_name}")) } else { Ok(()) };
         imported?;
         tidied?;
         Ok(ImportOutcome { base, uploaded: true })

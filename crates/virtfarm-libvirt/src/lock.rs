@@ -122,6 +122,12 @@ impl DomainLock {
         &self.path
     }
 
+    /// True while the lock volume holds this run's record: false once another run took the
+    /// lock over, having judged this one stale, or when it cannot be read.
+    pub fn is_held(&self) -> bool {
+        download(&self.hypervisor, &self.volume, &self.path, MAX_OWNER_BYTES).is_ok_and(|text| text == self.owner)
+    }
+
     /// Releases the lock now, reporting a failure (dropping releases it silently).
     pub fn release(mut self) -> Result<()> {
         self.released = true;
