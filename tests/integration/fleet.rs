@@ -274,13 +274,15 @@ fn an_image_file_on_the_controller_is_imported_once_then_cloned() {
         let written = Command::new("qemu-io").args(["-f", format, "-c", command, file]).output().expect("qemu-io");
         assert!(written.status.success(), "{command} {file}");
     }
-    let (volume, raw_volume) = (format!("{stem}.qcow2"), format!("{stem}-raw.qcow2"));
-    let images_dir = remote.pool_path("vfimages").expect("the images pool");
+    let (volume, raw_volume) = (format!("{stem}-base.qcow2"), format!("{stem}-raw-base.qcow2"));
+    // The second hypervisor's images pool is the bed's directory: its own disks pool keeps
+    // what this test makes from the bed's tests.
+    let images_dir = remote.pool_path("vfdisks").expect("the disks pool");
     let paths = [format!("{images_dir}/{volume}"), format!("{images_dir}/{raw_volume}")];
     let _volumes =
         ImportedVolumes(virtfarm_libvirt::Hypervisor::open(&fleet.local_uri).expect("connect"), paths.to_vec());
     let args = json!({
-        "uri": fleet.uri, "state": "present", "image_pool": "vfimages", "pool": "vfdisks", "memory": 256,
+        "uri": fleet.uri, "state": "present", "image_pool": "vfdisks", "pool": "vfdisks", "memory": 256,
         "vms": [{ "name": stem, "image_upload": qcow2, "image": volume },
                 { "name": format!("{stem}-raw"), "image_upload": raw, "image": raw_volume }],
     });
@@ -343,7 +345,7 @@ fn an_image_file_on_the_controller_is_imported_once_then_cloned() {
     // A volume of that name that no import recorded is not taken, though its content begins
     // as the file's; with the upload a killed run left beside it, it is that run's unfinished
     // copy, imported again.
-    let killed = format!("{stem}-killed.qcow2");
+    let killed = format!("{stem}-killed-base.qcow2");
     let killed_path = format!("{images_dir}/{killed}");
     let _killed_volumes = ImportedVolumes(
         virtfarm_libvirt::Hypervisor::open(&fleet.local_uri).expect("connect"),
@@ -351,7 +353,7 @@ fn an_image_file_on_the_controller_is_imported_once_then_cloned() {
     );
     let truncated = std::fs::read(&qcow2).expect("the file")[..256 << 10].to_vec();
     std::fs::write(&killed_path, truncated).unwrap();
-    let refresh = || assert!(virsh(&fleet.local_uri, &["pool-refresh", "vfimages"]).is_some());
+    let refresh = || assert!(virsh(&fleet.local_uri, &["pool-refresh", "vfdisks"]).is_some());
     refresh();
     let killed_args = with(args.clone(), json!({ "vms": [{ "name": other, "image_upload": qcow2, "image": killed }] }));
     let _killed_cleanup = Cleanup(killed_args.clone());
