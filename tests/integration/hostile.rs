@@ -392,6 +392,17 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
     special.add("firmware not one of the choices", with(&base, "firmware", json!("uefi")), "firmware");
     special.add("a loader that does not exist", with(&base, "loader", json!("/nonexistent/OVMF_CODE.fd")), "loader");
     special.add("secure_boot without UEFI", with(&base, "secure_boot", json!(true)), "secure_boot");
+    special.add(
+        "an image file that does not exist",
+        with(&base, "image_upload", json!("/nonexistent/hx.qcow2")),
+        "image_upload",
+    );
+    special.add(
+        "an image file that is no disk image",
+        with(&base, "image_upload", json!("/etc/hostname")),
+        "image_upload",
+    );
+    special.add("tpm with a given definition", with(&with(&base, "xml", json!(xml)), "tpm", json!(true)), "tpm");
     let mut no_image = base.clone();
     no_image.as_object_mut().map(|args| args.remove("image"));
     special.mistakes(
@@ -506,6 +517,8 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
             ("firmware", Kind::AbsolutePath),
             ("loader", Kind::AbsolutePath),
             ("secure_boot", Kind::Bool),
+            ("tpm", Kind::Bool),
+            ("image_upload", Kind::AbsolutePath),
             ("cloud_init", Kind::Dict),
             ("kernel", Kind::Dict),
         ],

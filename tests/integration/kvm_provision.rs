@@ -489,3 +489,54 @@ fn remove_storage_leaves_no_level_marker_or_stray_overlay() {
     assert_eq!(left, [format!("{name}x-vda.s1.qcow2")], "{removed}");
     hypervisor.delete_volume(&neighbour).expect("delete the neighbour");
 }
+
+/// `tpm: true`: an emulated TPM 2.0, CRB for a UEFI q35 guest and libvirt's default (TIS) for a
+/// BIOS one; its state, made when the domain first starts (started and destroyed at once: no
+/// guest boot is waited for), is kept by a redefinition and removed with the VM.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn a_tpm_is_crb_for_uefi_and_its_state_lives_as_long_as_the_vm() {
+    let bed = Bed::get();
+    let hypervisor = Hypervisor::open(&bed.uri).expect("connect");
+    let stem = bed.unique_name("kpt");
+    let (efi, bios) = (format!("{stem}-efi"), format!("{stem}-bios"));
+    let args = with(
+        base_args(bed),
+        json!({ "state": "present", "tpm": true, "vms": [{ "name": efi, "firmware": "efi" }, { "name": bios }] }),
+    );
+    let _cleanup = Cleanup(args.clone());
+    assert_ok(&bed.run_module("kvm_provision", args.clone()));
+    let tpm_of = |name: &str| {
+        let xml = hypervisor.vm(name).expect("defined").xml(true).expect("xml");
+        let start = xml.find("<tpm ").unwrap_or_else(|| panic!("{name} has no TPM: {xml}"));
+        let end = xml[start..].find("</tpm>").expect("a closed tpm element") + start;
+        xml[start..end].to_string()
+    };
+    let efi_tpm = tpm_of(&efi);
+    assert!(efi_tpm.contains("model='tpm-crb'") && efi_tpm.contains("<backend type='emulator' version='2.0'"));
+    let bios_tpm = tpm_of(&bios);
+    assert!(bios_tpm.contains("model='tpm-tis'") && bios_tpm.contains("version='2.0'"), "{bios_tpm}");
+    assert_eq!(bed.run_module("kvm_provision", args.clone())["changed"], false);
+
+    let vm = hypervisor.vm(&efi).expect("defined");
+    let state = Path::new("/var/lib/libvirt/swtpm").join(vm.uuid().expect("uuid")).join("tpm2");
+    {
+        let _slot = bed.boot_slot();
+        vm.start().expect("swtpm and the guest start");
+        vm.destroy().expect("destroyed at once");
+    }
+    let permall = state.join("tpm2-00.permall");
+    let before = std::fs::read(&permall).unwrap_or_else(|e| panic!("{}: {e}", permall.display()));
+    let efi_only = with(args.clone(), json!({ "vms": [{ "name": efi, "firmware": "efi" }] }));
+    let redefined = bed.run_module("kvm_provision", with(efi_only.clone(), json!({ "memory": 400 })));
+    assert_ok(&redefined);
+    assert_eq!(redefined["changed"], true);
+    assert!(std::fs::read(&permall).expect("the redefinition keeps the TPM state") == before, "and what it holds");
+    assert_ok(&bed.run_module("kvm_provision", with(efi_only, json!({ "state": "absent", "remove_storage": true }))));
+    assert!(!state.exists(), "{} is removed with the VM", state.display());
+
+    // Refused naming the option: a given definition says its own devices.
+    let given = json!({ "uri": bed.uri, "name": format!("{stem}-xml"), "state": "present", "tpm": true,
+        "xml": "<domain type='qemu'><name>x</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>" });
+    refused_naming(&bed.run_module("kvm_provision", given), "tpm", "xml");
+}

@@ -15,7 +15,7 @@ mod collection;
 mod demo;
 /// Faults on the bed: daemon restarts, silent guests, killed operations, full pools, concurrent runs.
 mod faults;
-/// Fleets: placement, provisioning, snapshots and inventory across two hypervisors.
+/// Fleets: placement, provisioning, snapshots and inventory across two hypervisors; image imports over ssh.
 mod fleet;
 /// guest_provision and the roles: the cached lifecycle through ansible-playbook.
 mod guest_provision;

@@ -28,6 +28,10 @@ const PACKAGES: &[&str] = &[
     "mtools",
     "ovmf",
     "xorriso",
+    // swtpm, which libvirt must find to offer an emulated TPM (`tpm: true`), and swtpm_setup,
+    // which makes a TPM's state when its domain first starts.
+    "swtpm",
+    "swtpm-tools",
 ];
 
 /// Where the venv, the guest image and other caches live: outside the clone, kept between runs.

@@ -43,6 +43,8 @@ pub struct DomainSpec {
     pub cpu_model: Option<String>,
     /// The firmware the guest boots.
     pub firmware: Firmware,
+    /// An emulated TPM 2.0, if any.
+    pub tpm: Option<Tpm>,
     /// Direct kernel boot, when the image has no boot loader.
     pub kernel: Option<DirectKernel>,
     /// Disks and CD-ROMs, in bus order.
@@ -71,6 +73,14 @@ pub enum Firmware {
     },
     /// An explicit read-only pflash loader; libvirt makes the NVRAM as for `Efi`.
     Loader(String),
+}
+
+/// An emulated TPM 2.0 backed by swtpm; libvirt keeps its state per domain UUID, across
+/// redefinitions, until the domain is undefined.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tpm {
+    /// The frontend model (`tpm-crb`); libvirt's default for the machine when `None`.
+    pub model: Option<String>,
 }
 
 /// Kernel, initrd and command line for direct kernel boot.
@@ -325,6 +335,20 @@ impl DomainSpec {
             w.create_element("backend").with_attribute(("model", "random")).write_text_content(text("/dev/urandom"))?;
             Ok(())
         })?;
+        if let Some(tpm) = &self.tpm {
+            let mut element = w.create_element("tpm");
+            if let Some(model) = &tpm.model {
+                element = element.with_attribute(("model", model.as_str()));
+            }
+            element.write_inner_content(|w| {
+                // Said: libvirt 9.0 defaults to TPM 1.2 for tpm-tis.
+                w.create_element("backend")
+                    .with_attribute(("type", "emulator"))
+                    .with_attribute(("version", "2.0"))
+                    .write_empty()?;
+                Ok(())
+            })?;
+        }
         Ok(())
     }
 }
@@ -586,15 +610,18 @@ pub fn reconcile_identity(xml: &str, name: &str, uuid: Option<&str>, metadata: &
 }
 
 impl Hypervisor {
-    /// Removes the definition of `vm`, with its snapshot metadata, managed save and NVRAM (and
-    /// the snapshots' copies of it); its disks stay. A running domain becomes transient and goes
-    /// when it stops.
+    /// Removes the definition of `vm`, with its snapshot metadata, managed save, NVRAM (and the
+    /// snapshots' copies of it) and TPM state; its disks stay. A running domain becomes transient
+    /// and goes when it stops.
     pub fn undefine_vm(&self, vm: &Vm) -> Result<()> {
         let nvram = crate::snapshot::Nvram::of(self, vm)?;
         let flags = virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
             | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
             | virt::sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-            | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM;
+            | virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM
+            // Said, though removal is libvirt's default: a TPM with persistent_state='yes' (a
+            // definition given as xml) is removed too.
+            | virt::sys::VIR_DOMAIN_UNDEFINE_TPM;
         vm.raw().undefine_flags(flags).doing(|| format!("undefining domain {}", vm.name()))?;
         nvram.map_or(Ok(()), |nvram| nvram.forget_all())
     }
@@ -690,6 +717,12 @@ mod tests {
         assert!(
             xml.contains("<feature enabled=\"yes\" name=\"enrolled-keys\"/>") && xml.contains("<smm state=\"on\"/>")
         );
+        efi.tpm = Some(Tpm { model: Some("tpm-crb".into()) });
+        let xml = efi.to_xml().unwrap();
+        assert!(xml.contains("<tpm model=\"tpm-crb\">\n      <backend type=\"emulator\" version=\"2.0\"/>"), "{xml}");
+        efi.tpm = Some(Tpm::default());
+        assert!(efi.to_xml().unwrap().contains("<tpm>"));
+        efi.tpm = None;
         efi.firmware = Firmware::Loader("/fw/<code>.fd".into());
         let xml = efi.to_xml().unwrap();
         assert!(xml.contains("<os>") && xml.contains("type=\"pflash\">/fw/&lt;code&gt;.fd</loader>"), "{xml}");

@@ -26,6 +26,7 @@ pub mod domain_facts;
 pub mod domain_xml;
 pub mod error;
 pub mod firmware;
+pub mod import;
 pub mod leases;
 pub mod lock;
 pub mod naming;

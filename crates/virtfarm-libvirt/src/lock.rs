@@ -122,6 +122,12 @@ impl DomainLock {
         &self.path
     }
 
+    /// True while the lock volume holds this run's record: false once another run took the
+    /// lock over, having judged this one stale, or when it cannot be read.
+    pub fn is_held(&self) -> bool {
+        download(&self.hypervisor, &self.volume, &self.path, MAX_OWNER_BYTES).is_ok_and(|text| text == self.owner)
+    }
+
     /// Releases the lock now, reporting a failure (dropping releases it silently).
     pub fn release(mut self) -> Result<()> {
         self.released = true;
@@ -131,7 +137,7 @@ impl DomainLock {
     /// Deletes the lock volume unless another run took it over meanwhile (it judged this run
     /// stale and wrote its own record): that run's lock is not this one's to release.
     fn delete_if_mine(&self) -> Result<()> {
-        match download(&self.hypervisor, &self.volume, &self.path) {
+        match download(&self.hypervisor, &self.volume, &self.path, MAX_OWNER_BYTES) {
             Ok(text) if text != self.owner => Ok(()),
             _ => delete_lock_volume(&self.volume, &self.path),
         }
@@ -197,6 +203,13 @@ impl Hypervisor {
     /// sees the first's domain when it checks that the MAC is free.
     pub fn lock_mac(&self, pool_name: &str, mac: &str, policy: &LockPolicy) -> Result<DomainLock> {
         self.lock_named(pool_name, &format!("mac-{}", mac.replace(':', "-")), &format!("MAC {mac}"), policy)
+    }
+
+    /// Takes the lock on importing an image file as the volume `volume` of `pool_name`: two
+    /// runs (or two VMs of one run) that import one image take turns, and the second finds
+    /// the first's import.
+    pub fn lock_import(&self, pool_name: &str, volume: &str, policy: &LockPolicy) -> Result<DomainLock> {
+        self.lock_named(pool_name, &format!("import-{volume}"), &format!("the import of {volume}"), policy)
     }
 
     fn lock_named(&self, pool_name: &str, stem: &str, what: &str, policy: &LockPolicy) -> Result<DomainLock> {
@@ -266,7 +279,7 @@ impl Hypervisor {
         match StorageVol::create_xml(pool, &xml, 0) {
             Ok(volume) => {
                 let path = volume.path().doing(|| format!("reading the path of the lock volume {name}"))?;
-                if let Err(e) = self.upload(&volume, name, owner.as_bytes()) {
+                if let Err(e) = self.upload(&volume, name, owner.as_bytes(), owner.len() as u64) {
                     let _ = delete_lock_volume(&volume, &path);
                     return Err(e);
                 }
@@ -288,7 +301,7 @@ impl Hypervisor {
 
     /// Who holds a lock volume: the owner it records, else the file's time.
     fn read_holder(&self, volume: &StorageVol, path: &str) -> Holder {
-        match download(self.raw(), volume, path) {
+        match download(self.raw(), volume, path, MAX_OWNER_BYTES) {
             Ok(text) => match LockOwner::parse(&text) {
                 Some(owner) => Holder::Known(owner),
                 None => Holder::Unwritten { since: modified_time(volume) },
@@ -298,13 +311,13 @@ impl Hypervisor {
     }
 }
 
-/// The text of a lock volume.
-fn download(conn: &virt::connect::Connect, volume: &StorageVol, path: &str) -> Result<String> {
+/// The text of a small volume (a lock, a record), at most `max` bytes of it.
+pub(crate) fn download(conn: &virt::connect::Connect, volume: &StorageVol, path: &str, max: usize) -> Result<String> {
     let stream = Stream::new(conn, 0).doing(|| format!("opening a stream for {path}"))?;
-    volume.download(&stream, 0, MAX_OWNER_BYTES as u64, 0).doing(|| format!("reading {path}"))?;
+    volume.download(&stream, 0, max as u64, 0).doing(|| format!("reading {path}"))?;
     let mut text = Vec::new();
-    let mut buffer = [0u8; MAX_OWNER_BYTES];
-    while text.len() < MAX_OWNER_BYTES {
+    let mut buffer = vec![0u8; max];
+    while text.len() < max {
         match stream.recv(&mut buffer) {
             Ok(n) if n > 0 => text.extend_from_slice(&buffer[..n as usize]),
             Ok(_) => break,

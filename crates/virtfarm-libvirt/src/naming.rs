@@ -33,14 +33,37 @@ pub fn nvram_copy_name(nvram_file: &str, snapshot: &str) -> String {
 
 /// FNV-1a, 64 bits: a stable fingerprint (not a security boundary).
 pub fn fingerprint(parts: &[&[u8]]) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = Fingerprint::default();
     for part in parts {
-        for byte in part.iter().chain(&[0xff]) {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        hash.write(part);
+        hash.write(&[0xff]);
+    }
+    hash.hex()
+}
+
+/// [`fingerprint`] fed in pieces, for what is too large to hold at once (an image file).
+#[derive(Clone, Copy, Debug)]
+pub struct Fingerprint(u64);
+
+impl Default for Fingerprint {
+    fn default() -> Self {
+        Fingerprint(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fingerprint {
+    /// Adds `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
-    format!("{hash:016x}")
+
+    /// The fingerprint so far, as 16 hex digits.
+    pub fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
 }
 
 /// The MAC of NIC number `index` of domain `name`: in QEMU's `52:54:00` range, the same on

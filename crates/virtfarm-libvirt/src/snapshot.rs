@@ -26,7 +26,7 @@ pub(crate) mod domain_disks;
 mod group;
 mod marker;
 mod nvram;
-mod qcow2;
+pub(crate) mod qcow2;
 mod xml;
 
 use std::collections::{HashMap, HashSet};

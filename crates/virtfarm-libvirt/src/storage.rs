@@ -1,7 +1,7 @@
 //! Disks through libvirt's storage API, so the same calls work on a local or a remote URI:
 //! base images, linked clones (qcow2 with a backing store), uploaded files, deletion.
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 
 use quick_xml::Writer;
 use serde::Deserialize;
@@ -271,22 +271,29 @@ impl Hypervisor {
         }
         let xml = volume_xml(name, content.len() as u64, "raw", None)?;
         let volume = StorageVol::create_xml(&pool, &xml, 0).doing(|| format!("creating volume {name}"))?;
-        self.upload(&volume, name, content)?;
+        self.upload(&volume, name, content, content.len() as u64)?;
         volume.path().doing(|| format!("reading the path of volume {name}"))
     }
 
-    /// Writes `content` into the new raw volume `volume` (named `name` in messages).
-    pub(crate) fn upload(&self, volume: &StorageVol, name: &str, content: &[u8]) -> Result<()> {
+    /// Writes the `length` bytes `content` holds into the new raw volume `volume` (named `name`
+    /// in messages); fewer is an error.
+    pub(crate) fn upload(&self, volume: &StorageVol, name: &str, mut content: impl Read, length: u64) -> Result<()> {
         let stream = Stream::new(self.raw(), 0).doing(|| format!("opening a stream for volume {name}"))?;
-        volume.upload(&stream, 0, content.len() as u64, 0).doing(|| format!("starting the upload of {name}"))?;
-        let mut sent = 0;
-        while sent < content.len() {
-            match stream.send(&content[sent..]) {
-                Ok(n) if n > 0 => sent += n as usize,
-                Ok(_) => return Err(Error::Refused(format!("uploading {name}: the stream closed early"))),
-                Err(e) => {
+        volume.upload(&stream, 0, length, 0).doing(|| format!("starting the upload of {name}"))?;
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut left = length;
+        while left > 0 {
+            let want = left.min(buffer.len() as u64) as usize;
+            let sent = match content.read(&mut buffer[..want]) {
+                Ok(0) => Err(format!("its source ended {left} bytes early")),
+                Ok(read) => send_all(&stream, &buffer[..read]).map(|()| read),
+                Err(e) => Err(format!("reading its source: {e}")),
+            };
+            match sent {
+                Ok(read) => left -= read as u64,
+                Err(why) => {
                     let _ = stream.abort();
-                    return Err(e).doing(|| format!("uploading {name}"));
+                    return Err(Error::Refused(format!("uploading {name}: {why}")));
                 }
             }
         }
@@ -313,6 +320,18 @@ impl Hypervisor {
             Err(e) => Err(e).doing(|| format!("looking up volume {path}")),
         }
     }
+}
+
+/// Sends all of `bytes` down `stream`.
+fn send_all(stream: &Stream, mut bytes: &[u8]) -> std::result::Result<(), String> {
+    while !bytes.is_empty() {
+        match stream.send(bytes) {
+            Ok(n) if n > 0 => bytes = &bytes[n as usize..],
+            Ok(_) => return Err("the stream closed early".to_string()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
 }
 
 fn describe_volume(volume: &StorageVol, asked: &str) -> Result<BaseImage> {

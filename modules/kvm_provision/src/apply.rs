@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use virtfarm_libvirt::disk_use::DiskUse;
 use virtfarm_libvirt::domain_facts::DomainFacts;
-use virtfarm_libvirt::domain_xml::{reconcile_identity, DiskDevice, DomainSpec, Firmware, InstanceMetadata};
+use virtfarm_libvirt::domain_xml::{reconcile_identity, DiskDevice, DomainSpec, Firmware, InstanceMetadata, Tpm};
+use virtfarm_libvirt::import::ImageFile;
 use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
 use virtfarm_libvirt::naming::fingerprint;
 use virtfarm_libvirt::power::{stop, StopOutcome, StopPolicy};
@@ -167,7 +168,7 @@ fn apply_one(
         .flat_map(|facts| facts.disks.iter().filter_map(|d| d.file.as_deref()))
         .flat_map(|file| disks.chain(file))
         .collect();
-    let mut definition = definition_xml(hypervisor, vm, uuid, &old_metadata, &chains, check, outcome)?;
+    let mut definition = definition_xml(hypervisor, vm, uuid, &old_metadata, &chains, &disks, check, outcome)?;
     // Until the domain is defined, nothing records the volumes this run made: undo them on failure.
     let undo = |definition: &Definition, error: anyhow::Error| {
         let left: Vec<String> = definition
@@ -280,12 +281,14 @@ struct Definition {
     grow_root: Option<u64>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn definition_xml(
     hypervisor: &Hypervisor,
     vm: &VmDefinition,
     uuid: Option<String>,
     old: &InstanceMetadata,
     chains: &[String],
+    disks: &DiskUse,
     check: bool,
     outcome: &mut Outcome,
 ) -> Result<Definition> {
@@ -310,12 +313,30 @@ fn definition_xml(
                 Some(kind) => kind.clone(),
                 None => hypervisor.preferred_domain_type()?.as_str().to_string(),
             };
-            let firmware_option = if matches!(spec.firmware, Firmware::Loader(_)) { "loader" } else { "firmware" };
-            hypervisor.check_firmware(&spec).context(firmware_option)?;
+            if spec.firmware != Firmware::Bios || spec.tpm.is_some() {
+                let offered = hypervisor.offered(&spec)?;
+                let firmware_option = if matches!(spec.firmware, Firmware::Loader(_)) { "loader" } else { "firmware" };
+                offered.check_firmware(&spec).context(firmware_option)?;
+                if spec.tpm.is_some() {
+                    spec.tpm = Some(Tpm { model: offered.tpm_model(&spec).context("tpm")? });
+                }
+            }
             // A disk made now has its size; one that existed may have to grow.
             let mut grow_root = None;
             if let Some(root) = &vm.root_disk {
-                let base = hypervisor.base_image(&root.image, root.image_pool.as_deref()).context("image")?;
+                let base = match &root.upload {
+                    Some(file) => {
+                        let file = ImageFile::open(file).context("image_upload")?;
+                        let pool = root.image_pool.as_deref().unwrap_or(&vm.pool);
+                        let imported =
+                            hypervisor.import_image(pool, &root.image, &file, disks, check).context("image_upload")?;
+                        if imported.uploaded {
+                            outcome.did(format!("image {} imported from {}", imported.base.path, file.path));
+                        }
+                        imported.base
+                    }
+                    None => hypervisor.base_image(&root.image, root.image_pool.as_deref()).context("image")?,
+                };
                 let owned_path = format!("{}/{}", hypervisor.pool_path(&vm.pool)?, root_volume(vm));
                 let clone = hypervisor
                     .ensure_clone(

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use virtfarm_libvirt::cloud_init::CloudInit;
 use virtfarm_libvirt::domain_facts::DomainFacts;
 use virtfarm_libvirt::domain_xml::{
-    is_secret_key, DirectKernel, DiskDevice, DomainSpec, Firmware, InstanceMetadata, NicDevice, NicSource, Share,
+    is_secret_key, DirectKernel, DiskDevice, DomainSpec, Firmware, InstanceMetadata, NicDevice, NicSource, Share, Tpm,
 };
 use virtfarm_libvirt::leases::check_mac;
 use virtfarm_libvirt::naming::{derived_mac, pool_node};
@@ -114,7 +114,10 @@ pub enum DomainSource {
 pub struct RootDisk {
     /// Base volume name or path.
     pub image: String,
-    /// The pool to look the base volume up in; every pool when `None`.
+    /// A file where the module runs, imported as the volume `image` first.
+    pub upload: Option<String>,
+    /// The pool to look the base volume up in (every pool when `None`), or to import it into
+    /// (the VM's pool when `None`).
     pub image_pool: Option<String>,
     /// Requested size in bytes (grown, never shrunk).
     pub size: Option<u64>,
@@ -172,6 +175,7 @@ fn vm_options(name: Opt) -> Vec<Opt> {
         Opt::raw("memory"),
         Opt::int("vcpus"),
         Opt::str("image"),
+        Opt::str("image_upload"),
         Opt::str("image_pool"),
         Opt::str("pool"),
         Opt::raw("disk_size"),
@@ -214,6 +218,7 @@ fn vm_options(name: Opt) -> Vec<Opt> {
         Opt::str("firmware"),
         Opt::str("loader"),
         Opt::bool("secure_boot"),
+        Opt::bool("tpm"),
         Opt::dict("kernel").suboptions(ArgSpec::new([
             Opt::str("path").required(),
             Opt::str("initrd"),
@@ -451,7 +456,9 @@ fn parse_vm(
     let domain_type = errors.check(fields.opt_str("domain_type")).map(|kind| kind.map(str::to_string));
     let metadata = parse_metadata(&fields, errors);
     if let Some(xml) = errors.check(fields.opt_str("xml"))? {
-        for conflicting in ["image", "cloud_init", "networks", "disks", "kernel", "memory", "vcpus"] {
+        for conflicting in
+            ["image", "image_upload", "cloud_init", "networks", "disks", "kernel", "memory", "vcpus", "tpm"]
+        {
             if fields.is_set(conflicting) {
                 errors.push(format!(
                     "{}: cannot be combined with {}",
@@ -495,6 +502,8 @@ fn parse_vm(
     );
     let emulator = errors.check(checked(&fields, "emulator", check_path));
     let firmware = errors.check(parse_firmware(&fields, deprecations));
+    // The model is the hypervisor's to offer: chosen when the domain capabilities are read.
+    let tpm = errors.check(fields.opt_bool("tpm")).map(|tpm| (tpm == Some(true)).then(Tpm::default));
     let arch = text(errors, "arch", "x86_64");
     let machine = text(errors, "machine", "q35");
     let cpu_model = errors.check(fields.opt_str("cpu")).map(|cpu| cpu.filter(|c| !c.is_empty()).map(str::to_string));
@@ -510,6 +519,7 @@ fn parse_vm(
         vcpus: vcpus?,
         cpu_model: cpu_model?,
         firmware: firmware?,
+        tpm: tpm?,
         kernel: kernel?,
         disks: disks?,
         nics,
@@ -638,7 +648,13 @@ fn metadata_entry(metadata: &mut InstanceMetadata, name: &str, key: &str, value:
 }
 
 fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
-    let Some(image) = fields.opt_str("image")? else {
+    let upload = fields.opt_str("image_upload")?;
+    if let Some(file) = upload {
+        check_path(&fields.name_of("image_upload"), file)?;
+    }
+    // An imported volume is named after its file unless image names it.
+    let file_name = upload.and_then(|file| file.rsplit('/').next()).filter(|name| !name.is_empty());
+    let Some(image) = fields.opt_str("image")?.or(file_name) else {
         for orphan in ["disk_size", "clone", "image_pool"] {
             if fields.is_set(orphan) {
                 bail!("{}: needs image", fields.name_of(orphan));
@@ -646,6 +662,9 @@ fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
         }
         return Ok(None);
     };
+    if upload.is_some() && image.starts_with('/') {
+        bail!("{}: with image_upload, image names the volume to import into, not a path", fields.name_of("image"));
+    }
     if image.starts_with('/') {
         check_path(&fields.name_of("image"), image)?;
     } else {
@@ -660,7 +679,7 @@ fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
         _ => CloneMode::Linked,
     };
     let size = fields.get("disk_size").map(|s| size(&fields.name_of("disk_size"), s, 1 << 30)).transpose()?;
-    Ok(Some(RootDisk { image: image.to_string(), image_pool, size, mode }))
+    Ok(Some(RootDisk { image: image.to_string(), upload: upload.map(str::to_string), image_pool, size, mode }))
 }
 
 /// Option `option` of `params` if set, checked by `check`, which is given its full name.
@@ -1197,6 +1216,9 @@ mod tests {
         let (old_form, deprecations) = firmware(json!({"firmware": code})).unwrap();
         assert_eq!(old_form, Firmware::Loader(code.into()));
         assert!(deprecations[0].starts_with("firmware:"), "{deprecations:?}");
+        let tpm = parse(json!({"name": "a", "image": "b", "firmware": "efi", "tpm": true})).unwrap();
+        assert_eq!(generated(&tpm.vms[0]).tpm, Some(Tpm::default()), "its model is the hypervisor's to offer");
+        assert_eq!(generated(&parse(json!({"name": "a", "image": "b", "tpm": false})).unwrap().vms[0]).tpm, None);
         let farm = parse(json!({"vm": {"metadata": {"name": "a"}, "firmware": code}, "image": "b"})).unwrap();
         assert_eq!(generated(&farm.vms[0]).firmware, Firmware::Loader(code.into()));
         assert!(farm.deprecations.is_empty(), "ansible_farm's vm.firmware is its loader");
@@ -1210,6 +1232,19 @@ mod tests {
             let err = firmware(extra.clone()).expect_err("refused");
             assert!(err.contains(named), "{extra} gave '{err}', expected it to name {named}");
         }
+    }
+
+    #[test]
+    fn an_uploaded_image_is_named_by_image_or_by_its_file() {
+        let root = |args: Value| {
+            let request = parse(args).unwrap();
+            let root = request.vms[0].root_disk.as_ref().expect("a root disk");
+            (root.image.clone(), root.upload.clone())
+        };
+        let file = "/srv/images/debian-12.qcow2";
+        assert_eq!(root(json!({"name": "a", "image_upload": file})), ("debian-12.qcow2".into(), Some(file.into())));
+        assert_eq!(root(json!({"name": "a", "image_upload": file, "image": "d12"})), ("d12".into(), Some(file.into())));
+        assert_eq!(root(json!({"name": "a", "image": "d12"})), ("d12".into(), None));
     }
 
     #[test]
@@ -1229,6 +1264,11 @@ mod tests {
             (json!({"stem": "vnode", "vms": ["x"], "image": "b"}), "vms[0]"),
             (json!({"vms": [{"name": "a", "image": "b"}, {"name": "a", "image": "b"}]}), "vms"),
             (json!({"name": "a", "xml": "<domain/>", "memory": 3}), "xml"),
+            (json!({"name": "a", "xml": "<domain/>", "tpm": true}), "tpm"),
+            (json!({"name": "a", "image_upload": "images/d.qcow2"}), "image_upload"),
+            (json!({"name": "a", "image_upload": "/images/d.qcow2", "image": "/var/lib/d.qcow2"}), "image"),
+            (json!({"name": "a", "image_upload": "/images/"}), "image"),
+            (json!({"name": "a", "image": "b", "tpm": "maybe"}), "tpm"),
             (json!({"vm": {"ram": 3}}), "vm.metadata"),
             (json!({"vm": {"metadata": {"name": "a"}, "colour": "red"}}), "vm.colour"),
             (json!({"vm": {"metadata": {"name": "a", "auth": {"token": "x"}}}}), "vm.metadata.auth.token"),

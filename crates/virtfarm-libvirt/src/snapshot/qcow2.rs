@@ -2,8 +2,10 @@
 //! works on remote URIs and no `qemu-img` runs): the internal snapshots inside it, whether
 //! libvirt lists them or not, and whether it maps any cluster at all.
 //!
-//! Only the fields of the header that versions 2 and 3 share are read (all big-endian):
-//! `l1_size` at 36, `l1_table_offset` at 40, `nb_snapshots` at 60, `snapshots_offset` at 64.
+//! The fields of the header that versions 2 and 3 share are read (all big-endian): `version`
+//! at 4, `backing_file_offset` at 8, `size` at 24, `crypt_method` at 32, `l1_size` at 36,
+//! `l1_table_offset` at 40, `nb_snapshots` at 60, `snapshots_offset` at 64; and version 3's
+//! `incompatible_features` at 72.
 //! A snapshot table entry is 40 fixed bytes (its `id_str_size` at 12, `name_size` at 14 and
 //! `extra_data_size` at 36), then the extra data, the id and the name, padded to 8 bytes.
 
@@ -20,7 +22,7 @@ use crate::error::{Doing, Error, Result};
 use crate::wait;
 
 const MAGIC: u64 = 0x5146_49fb;
-const HEADER_BYTES: u64 = 72;
+const HEADER_BYTES: u64 = 80;
 /// The longest L1 table read to tell whether an image is empty; a larger one is taken for
 /// not empty.
 const MAX_L1_BYTES: u64 = 32 << 20;
@@ -30,9 +32,17 @@ const MAX_TABLE_BYTES: u64 = 8 << 20;
 /// How long a volume that libvirtd is still creating is waited for.
 const BUILD_WAIT: Duration = Duration::from_secs(300);
 
-/// The header fields this module needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Header {
+/// The header fields this module and image imports need.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// Where the backing file's name is; 0 for an image that stands alone.
+    pub(crate) backing_offset: u64,
+    /// Virtual size in bytes.
+    pub(crate) size: u64,
+    /// 0 unless the image is encrypted.
+    pub(crate) crypt_method: u64,
+    /// Version 3's incompatible feature bits (bit 2: the data lives in an external file); 0 for version 2.
+    pub(crate) incompatible: u64,
     l1_entries: u64,
     l1_offset: u64,
     snapshots: u64,
@@ -44,11 +54,16 @@ fn be(bytes: &[u8], at: usize, len: usize) -> Option<u64> {
 }
 
 /// The header, or `None` when the bytes are not a qcow2 header (a raw image, say).
-fn parse_header(bytes: &[u8]) -> Option<Header> {
+pub(crate) fn parse_header(bytes: &[u8]) -> Option<Header> {
     if be(bytes, 0, 4)? != MAGIC {
         return None;
     }
+    let version = be(bytes, 4, 4)?;
     Some(Header {
+        backing_offset: be(bytes, 8, 8)?,
+        size: be(bytes, 24, 8)?,
+        crypt_method: be(bytes, 32, 4)?,
+        incompatible: if version >= 3 { be(bytes, 72, 8).unwrap_or(0) } else { 0 },
         l1_entries: be(bytes, 36, 4)?,
         l1_offset: be(bytes, 40, 8)?,
         snapshots: be(bytes, 60, 4)?,
@@ -186,8 +201,21 @@ mod tests {
         header[40..48].copy_from_slice(&0x3_0000u64.to_be_bytes());
         header[60..64].copy_from_slice(&2u32.to_be_bytes());
         header[64..72].copy_from_slice(&0x5_0000u64.to_be_bytes());
+        header[24..32].copy_from_slice(&(8u64 << 20).to_be_bytes());
         let parsed = parse_header(&header).unwrap();
-        assert_eq!(parsed, Header { l1_entries: 8, l1_offset: 0x3_0000, snapshots: 2, snapshots_offset: 0x5_0000 });
+        let fields = Header {
+            l1_entries: 8,
+            l1_offset: 0x3_0000,
+            snapshots: 2,
+            snapshots_offset: 0x5_0000,
+            ..Header::default()
+        };
+        assert_eq!(parsed, Header { size: 8 << 20, ..fields });
+        header[4..8].copy_from_slice(&3u32.to_be_bytes());
+        header[8..16].copy_from_slice(&0x200u64.to_be_bytes());
+        header.extend_from_slice(&4u64.to_be_bytes());
+        let v3 = parse_header(&header).unwrap();
+        assert_eq!((v3.backing_offset, v3.incompatible), (0x200, 4), "a backing file and an external data file");
         assert_eq!(parse_header(&[0u8; 72]), None, "raw");
         assert_eq!(parse_header(&header[..60]), None, "short");
     }
