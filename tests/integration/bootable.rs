@@ -1,8 +1,9 @@
 //! The bootable image booted as users boot theirs: no kernel given, under BIOS and under UEFI at
 //! once, reached over SSH as the user cloud-init made from the seed (the image has none); then
 //! on the UEFI guest: an external snapshot and, shut off, its revert (the NVRAM restored, checked
-//! byte for byte), the NVRAM kept on redefinition, guest_provision's cache, and removal with its
-//! NVRAM and the snapshots' copies.
+//! byte for byte), the NVRAM and the vTPM's state kept on redefinition, guest_provision's cache,
+//! and removal with its NVRAM, the snapshots' copies and the TPM state. The UEFI guest has a TPM
+//! 2.0 (swtpm), seen by its kernel.
 
 use std::path::Path;
 use std::time::Duration;
@@ -35,7 +36,7 @@ fn bios_and_uefi_guests_boot_the_bootable_image_to_ssh_as_the_cloud_init_user() 
     let (bios, efi) = (format!("{stem}-bios"), format!("{stem}-efi"));
     let key = std::fs::read_to_string(bed.ssh_key.with_extension("pub")).expect("the bed's public key");
     let seed = |hostname: &str| json!({ "user": USER, "ssh_authorized_keys": [key.trim()], "hostname": hostname });
-    let efi_vm = json!({ "name": efi, "firmware": "efi", "cloud_init": seed(&efi) });
+    let efi_vm = json!({ "name": efi, "firmware": "efi", "tpm": true, "cloud_init": seed(&efi) });
     let args = json!({
         "uri": bed.uri, "image": bed.bootable_volume, "image_pool": bed.images_pool, "pool": bed.disks_pool,
         "memory": 512, "networks": [bed.network], "wait": "ssh", "wait_timeout": 900,
@@ -45,12 +46,14 @@ fn bios_and_uefi_guests_boot_the_bootable_image_to_ssh_as_the_cloud_init_user() 
 
     let (created, boot_seconds) = boot_with_two_slots(bed, &args);
     let probe =
-        "id -un; hostname; test -d /sys/firmware/efi && echo uefi || echo bios; getent passwd ansible || echo none";
-    for (vm, (name, firmware)) in vms(&created).iter().zip([(&bios, "bios"), (&efi, "uefi")]) {
+        "id -un; hostname; test -d /sys/firmware/efi && echo uefi || echo bios; getent passwd ansible || echo none; \
+         cat /sys/class/tpm/tpm0/tpm_version_major 2>/dev/null || echo none";
+    let tpms = [(&bios, "bios", "none"), (&efi, "uefi", "2")];
+    for (vm, (name, firmware, tpm)) in vms(&created).iter().zip(tpms) {
         let ip = vm["ansible_host"].as_str().unwrap_or_else(|| panic!("no ansible_host: {vm}"));
         // sshd answers before cloud-init has made the user.
         let seen = bed.ssh_as_until_ok(USER, ip, probe, Duration::from_secs(300));
-        assert_eq!(seen.lines().collect::<Vec<_>>(), [USER, name.as_str(), firmware, "none"], "{name}");
+        assert_eq!(seen.lines().collect::<Vec<_>>(), [USER, name.as_str(), firmware, "none", tpm], "{name}");
     }
     eprintln!("bootable image: BIOS and UEFI guests, booted together, reachable over ssh after {boot_seconds:.1} s");
     assert_eq!(nvram(&hypervisor, &bios), None, "a BIOS guest has none");
@@ -76,6 +79,10 @@ fn bios_and_uefi_guests_boot_the_bootable_image_to_ssh_as_the_cloud_init_user() 
     bed.ssh_as_until_ok(USER, &efi_ip, &change, Duration::from_secs(60));
     let efi_args = with(args.clone(), json!({ "vms": [efi_vm], "wait": "none", "state": "stopped" }));
     assert_ok(&bed.run_module("kvm_provision", efi_args.clone()));
+    // swtpm keeps the TPM's state by the domain's UUID; it changes only while the guest runs.
+    let uuid = hypervisor.vm(&efi).expect("defined").uuid().expect("its UUID");
+    let tpm = Path::new("/var/lib/libvirt/swtpm").join(uuid).join("tpm2/tpm2-00.permall");
+    let tpm_state = std::fs::read(&tpm).unwrap_or_else(|e| panic!("the TPM state {}: {e}", tpm.display()));
     assert_ne!(std::fs::read(&file).expect("read the NVRAM"), at_snapshot, "the new variable is in the NVRAM");
 
     // The revert, the domain off: its disks and its NVRAM are the snapshot's again.
@@ -85,6 +92,7 @@ fn bios_and_uefi_guests_boot_the_bootable_image_to_ssh_as_the_cloud_init_user() 
     assert_ok(&redefined);
     assert_eq!(redefined["changed"], true);
     assert!(std::fs::read(&file).expect("the redefinition keeps the NVRAM file") == at_snapshot, "and what it holds");
+    assert!(std::fs::read(&tpm).expect("the redefinition keeps the TPM state") == tpm_state, "and what it holds");
 
     // guest_provision's cache on the UEFI guest: clean taken off, the guest started from the
     // reverted disks (the file and the variable written after first-boot are gone), the init
@@ -127,4 +135,5 @@ fn bios_and_uefi_guests_boot_the_bootable_image_to_ssh_as_the_cloud_init_user() 
         .filter(|name| name.starts_with(&efi))
         .collect();
     assert!(left.is_empty(), "the NVRAM file and its snapshots' copies go with the VM: {left:?}");
+    assert!(!tpm.parent().is_some_and(Path::exists), "so does the TPM state");
 }
