@@ -1,16 +1,18 @@
 use bed::Bed;
 use serde_json::{json, Value};
 
-/// The demo playbook `virtfarm.libvirt.demo`, as `cargo xtask demo` runs it: two VMs in one
+/// The demo playbook `virtfarm.libvirt.demo`, as `cargo xtask demo` runs it, on the bootable
+/// image with cloud-init making the user: two VMs in one
 /// call, the cached lifecycle twice (the second restores the init cache), a group snapshot
 /// and revert, the inventory graph, clean-up.
 #[test]
 #[ignore = "needs the test bed: cargo xtask test"]
 fn the_demo_playbook_runs_end_to_end() {
     let bed = Bed::get();
+    let key = std::fs::read_to_string(bed.ssh_key.with_extension("pub")).expect("the bed's public key");
     let vars = json!({
-        "uri": bed.uri, "image": bed.base_volume, "image_pool": bed.images_pool, "pool": bed.disks_pool,
-        "network": bed.network, "kernel": bed.kernel, "initrd": bed.initrd, "cmdline": bed::GUEST_CMDLINE,
+        "uri": bed.uri, "image": bed.bootable_volume, "image_pool": bed.images_pool, "pool": bed.disks_pool,
+        "network": bed.network, "ssh_public_key": key.trim(),
     });
     let _slot = bed.boot_slot();
     let run = bed.ansible("ansible-playbook", &["virtfarm.libvirt.demo", "-e", &vars.to_string()]);

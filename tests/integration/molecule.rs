@@ -2,7 +2,8 @@ use std::time::Instant;
 
 use bed::Bed;
 
-/// `molecule test` of the collection's own scenario (extensions/molecule/default), twice with
+/// `molecule test` of the collection's own scenario (extensions/molecule/default) on the
+/// bootable image, the user made by cloud-init, twice with
 /// VIRTFARM_MOLECULE_REUSE: the second run resets the kept instance to its clean snapshot
 /// instead of booting a new one.
 #[test]
@@ -21,15 +22,12 @@ fn molecule_test_passes_and_a_kept_instance_is_reset_not_rebuilt() {
             .current_dir(&tree)
             .env("ANSIBLE_STDOUT_CALLBACK", "default")
             .env("VIRTFARM_URI", &bed.uri)
-            .env("VIRTFARM_IMAGE", &bed.base_volume)
+            .env("VIRTFARM_IMAGE", &bed.bootable_volume)
             .env("VIRTFARM_IMAGE_POOL", &bed.images_pool)
             .env("VIRTFARM_POOL", &bed.disks_pool)
             .env("VIRTFARM_NETWORK", &bed.network)
             .env("VIRTFARM_SSH_USER", &bed.ssh_user)
             .env("VIRTFARM_SSH_KEY", &bed.ssh_key)
-            .env("VIRTFARM_KERNEL", &bed.kernel)
-            .env("VIRTFARM_INITRD", &bed.initrd)
-            .env("VIRTFARM_CMDLINE", bed::GUEST_CMDLINE)
             .env("VIRTFARM_MOLECULE_REUSE", reuse.to_string())
             .output()
             .expect("run molecule");

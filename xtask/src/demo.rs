@@ -32,13 +32,11 @@ pub fn run(root: &Path) -> Result<()> {
     let vars = bed::state_dir().join("demo-hypervisor.json");
     let hypervisor = json!({
         "uri": bed::URI,
-        "image": image::BASE_VOLUME,
+        "image": image.bootable_volume()?,
         "image_pool": bed::IMAGES_POOL,
         "pool": bed::DISKS_POOL,
         "network": bed::NETWORK,
-        "kernel": image.dir.join("vmlinuz"),
-        "initrd": image.dir.join("initrd.img"),
-        "cmdline": image::KERNEL_CMDLINE,
+        "ssh_public_key": std::fs::read_to_string(image.dir.join("id_ed25519.pub"))?.trim(),
     });
     std::fs::write(&vars, serde_json::to_string_pretty(&hypervisor)?)?;
 

@@ -11,8 +11,6 @@ use crate::{setup, sh};
 
 /// The base image's file (and volume) name in the image directory.
 pub const BASE_VOLUME: &str = "base.qcow2";
-/// The kernel command line the image boots with (direct kernel boot, no boot loader).
-pub const KERNEL_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0";
 
 /// The built guest images.
 pub struct GuestImage {
