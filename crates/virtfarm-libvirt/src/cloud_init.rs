@@ -45,6 +45,9 @@ impl CloudInit {
         if let Some(hostname) = &self.hostname {
             config.insert("hostname".into(), json!(hostname));
             config.insert("preserve_hostname".into(), json!(false));
+            // The name resolves in the guest (127.0.1.1 in /etc/hosts, as Debian's installer
+            // writes it): sudo looks it up, and over DNS a name nobody serves costs seconds.
+            config.insert("manage_etc_hosts".into(), json!("localhost"));
         }
         if let Some(user) = &self.user {
             let mut entry = json!({
@@ -270,6 +273,7 @@ mod tests {
         assert_eq!(body["users"][1]["name"], "ansible");
         assert_eq!(body["users"][1]["lock_passwd"], true);
         assert_eq!(body["runcmd"][0], "echo \"a: b\" > /tmp/x");
+        assert_eq!(body["manage_etc_hosts"], "localhost", "the hostname resolves in the guest");
         assert!(init.meta_data().contains("\"local-hostname\":\"web1\""));
         let raw = CloudInit { user_data: Some("#!/bin/sh\ntrue\n".into()), ..init };
         assert_eq!(raw.user_data(), "#!/bin/sh\ntrue\n");
