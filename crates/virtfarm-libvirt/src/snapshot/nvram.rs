@@ -93,7 +93,7 @@ impl Nvram {
             return Err(Error::Refused(format!("{copy_name} could not be read whole; {} is left as it is", self.file)));
         }
         match self.volume(&self.file)? {
-            Some(nvram) => hv.upload(&nvram, &self.file, &content),
+            Some(nvram) => hv.upload(&nvram, &self.file, content.as_slice(), size),
             None => StorageVol::create_xml_from(&self.pool, &volume_xml(&self.file, size, "raw", None)?, &copy, 0)
                 .map(drop)
                 .doing(|| format!("making {} from {copy_name}", self.file)),
