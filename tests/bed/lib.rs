@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -87,6 +87,23 @@ const CONCURRENT_BOOTS: usize = 2;
 pub const GUEST_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0";
 
 static BED: OnceLock<Bed> = OnceLock::new();
+
+thread_local! {
+    /// Started by a test's first [`Bed::get`]; says how long the test took when its thread
+    /// ends, so that every run's log shows what each VM test costs.
+    static TEST_CLOCK: TestClock = TestClock(Instant::now());
+}
+
+struct TestClock(Instant);
+
+impl Drop for TestClock {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let name = std::thread::current().name().unwrap_or("a test").to_string();
+        // Straight to stderr: libtest captures print macros, and a passing test's output is dropped.
+        let _ = writeln!(std::io::stderr(), "bed: {name} took {:.1} s", self.0.elapsed().as_secs_f64());
+    }
+}
 static BOOTING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
 static NAMES: AtomicUsize = AtomicUsize::new(0);
 
@@ -94,6 +111,7 @@ impl Bed {
     /// The running bed. Panics with what to do when it is not up: VM tests are `#[ignore]`d
     /// and run only through `cargo xtask test`, which brings it up.
     pub fn get() -> &'static Bed {
+        TEST_CLOCK.with(|_| {});
         BED.get_or_init(|| {
             let path = std::env::var("VIRTFARM_BED").unwrap_or_else(|_| "/run/virtfarm-bed/bed.json".into());
             let text = std::fs::read_to_string(&path)
