@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::{setup, sh};
+use crate::{apt, setup, sh};
 
 /// The base image's file (and volume) name in the image directory.
 pub const BASE_VOLUME: &str = "base.qcow2";
@@ -75,31 +75,17 @@ fn cached(root: &Path, recipe: &str, prefix: &str, product: &str) -> Result<Path
         eprintln!("guest image: cached at {}", dir.display());
         return Ok(dir);
     }
+    let mirror = apt::mirror()?;
     let building = dir.with_extension("building");
     let _ = std::fs::remove_dir_all(&building);
     std::fs::create_dir_all(&building)?;
     let started = std::time::Instant::now();
     sh::run(
         "bash",
-        &[recipe.to_str().context("non-UTF-8 path")?, building.to_str().context("non-UTF-8 path")?, &mirror()],
+        &[recipe.to_str().context("non-UTF-8 path")?, building.to_str().context("non-UTF-8 path")?, &mirror],
     )?;
     // Only a complete build gets the final name: an interrupted one is never mistaken for a cache hit.
     std::fs::rename(&building, &dir)?;
     eprintln!("guest image: built in {:.0} s at {}", started.elapsed().as_secs_f64(), dir.display());
     Ok(dir)
-}
-
-/// The Debian mirror this host's apt already uses.
-fn mirror() -> String {
-    let from_sources = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("URIs:").map(|u| u.trim().to_string())));
-    let from_list = || {
-        std::fs::read_to_string("/etc/apt/sources.list").ok().and_then(|s| {
-            s.lines()
-                .filter(|l| l.starts_with("deb ") && !l.contains("security"))
-                .find_map(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-    };
-    from_sources.or_else(from_list).unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
 }

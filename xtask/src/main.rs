@@ -10,6 +10,7 @@
 //! - `cargo xtask fuzz [seconds]`: every fuzz target for `seconds` each (see fuzz.rs).
 //! - `cargo xtask bench [--quick] [section…]`: figures against the peers, into bench/results/.
 
+mod apt;
 mod bed;
 mod bench;
 mod collection;
