@@ -311,7 +311,7 @@ fn seconds(params: &Params, name: &str) -> Result<Duration> {
     }
 }
 
-/// An item of `vms`: a dictionary, or a pool spec string (`"3"`, `"18:bookworm"`) with `stem`.
+/// An item of `vms`: a dictionary, a pool spec string (`"3"`, `"18:bookworm"`) with `stem`, or a VM name.
 fn pool_item(path: &str, item: Value, stem: Option<&str>, images: &Map<String, Value>) -> Result<Map<String, Value>> {
     let spec = match item {
         Value::Object(map) => return Ok(map),
@@ -319,7 +319,15 @@ fn pool_item(path: &str, item: Value, stem: Option<&str>, images: &Map<String, V
         Value::Number(n) => n.to_string(),
         _ => bail!("{path}: expected a dictionary or a node spec such as \"3\" or \"18:bookworm\""),
     };
-    let Some(stem) = stem else { bail!("{path}: a node spec such as {spec:?} needs the parameter stem") };
+    let Some(stem) = stem else {
+        // Without a stem, a string is the VM's name, unless it can only be a node spec.
+        if pool_node("", &spec).is_none() {
+            return Ok(Map::from_iter([("name".to_string(), json!(spec))]));
+        }
+        bail!(
+            "{path}: the node spec {spec:?} needs the parameter stem (for a VM of that name, write {{name: {spec:?}}})"
+        )
+    };
     let Some((name, alias)) = pool_node(stem, &spec) else {
         bail!("{path}: {spec:?} is not a node spec for stem {stem:?} (examples: 3, {stem}4, 18:bookworm)")
     };
@@ -948,6 +956,13 @@ mod tests {
         let macs: Vec<_> = request.vms.iter().map(|v| generated(v).nics[0].mac.clone()).collect();
         assert_eq!(macs[0], derived_mac("vnode03", 0));
         assert_ne!(macs[0], macs[1]);
+    }
+
+    #[test]
+    fn names_in_vms_without_a_stem() {
+        let request = parse(json!({"image": "base.qcow2", "vms": ["web1", "db1", {"name": "cache1"}]})).unwrap();
+        let names: Vec<_> = request.vms.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["web1", "db1", "cache1"]);
     }
 
     #[test]
