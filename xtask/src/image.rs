@@ -1,7 +1,9 @@
 //! The guest images: built once from Debian packages, cached outside the clone, each keyed on
 //! its recipe's content so that a changed recipe builds a new image and an unchanged one is reused.
 //! The bootable disk is what users bring; the direct-kernel image boots faster (no firmware, no
-//! boot loader, no first-boot cloud-init), for the tests that boot many guests.
+//! boot loader, no first-boot cloud-init), for the tests that boot many guests. A bullseye root
+//! directory, built and cached the same way, is where the tests run the shipped binaries on an
+//! older glibc.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +22,9 @@ pub struct GuestImage {
     pub dir: PathBuf,
     /// The bootable disk (BIOS and UEFI boot loaders, no user or key of ours), in a directory of its own.
     pub bootable: PathBuf,
+    /// A Debian bullseye root directory (glibc 2.31, libvirt0, python3), not a disk: the tests
+    /// run the shipped binaries in it with chroot.
+    pub bullseye_root: PathBuf,
 }
 
 impl GuestImage {
@@ -58,12 +63,16 @@ pub fn content_key(files: &[&Path]) -> Result<String> {
 
 /// The cached images for the current recipes, built first (side by side) when there are none.
 pub fn ensure(root: &Path) -> Result<GuestImage> {
-    let (dir, bootable) = std::thread::scope(|scope| {
+    let (dir, bootable, bullseye) = std::thread::scope(|scope| {
         let bootable = scope.spawn(|| cached(root, "build-bootable-image.sh", "bookworm-bootable", "bootable.qcow2"));
+        let bullseye = scope.spawn(|| cached(root, "build-bullseye-root.sh", "bullseye-root", "root/usr/bin/python3"));
         let direct = cached(root, "build-image.sh", "bookworm", BASE_VOLUME);
-        (direct, bootable.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the bootable image's build panicked"))))
+        let joined = |build: std::thread::ScopedJoinHandle<'_, Result<PathBuf>>, what: &str| {
+            build.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the {what}'s build panicked")))
+        };
+        (direct, joined(bootable, "bootable image"), joined(bullseye, "bullseye root"))
     });
-    Ok(GuestImage { dir: dir?, bootable: bootable?.join("bootable.qcow2") })
+    Ok(GuestImage { dir: dir?, bootable: bootable?.join("bootable.qcow2"), bullseye_root: bullseye?.join("root") })
 }
 
 /// The directory a recipe in xtask/guest builds `product` into, keyed on the recipe's content.

@@ -18,6 +18,7 @@ mod demo;
 mod fleet;
 mod fuzz;
 mod image;
+mod portable;
 mod setup;
 mod sh;
 

@@ -33,6 +33,9 @@ const PACKAGES: &[&str] = &[
     "mtools",
     "ovmf",
     "xorriso",
+    // The libvirt link stubs (cc) and the check of the shipped binaries' symbol versions (objdump).
+    "gcc",
+    "binutils",
 ];
 
 /// Where the venv, the guest image and other caches live: outside the clone, kept between runs.
