@@ -1074,6 +1074,7 @@ mod tests {
             (json!({"name": "a", "image": "b", "cloud_init": {"usr": "x"}}), "cloud_init.usr"),
             (json!({"name": "a", "image": "b", "colour": "red"}), "colour"),
             (json!({"vms": ["3"]}), "stem"),
+            (json!({"vms": ["a b"], "image": "b"}), "vms[0].name"),
             (json!({"stem": "vnode", "vms": ["x"], "image": "b"}), "vms[0]"),
             (json!({"vms": [{"name": "a", "image": "b"}, {"name": "a", "image": "b"}]}), "vms"),
             (json!({"name": "a", "xml": "<domain/>", "memory": 3}), "xml"),
