@@ -59,6 +59,10 @@ pub struct Bed {
     pub collections_path: PathBuf,
     /// The assembled collection tree the tarball was built from (it has galaxy.yml).
     pub collection_tree: PathBuf,
+    /// A Debian bullseye root directory with libvirt0 and python3, to chroot into; empty in a
+    /// bed described before it.
+    #[serde(default)]
+    pub bullseye_root: PathBuf,
 }
 
 /// What an Ansible command did.

@@ -110,6 +110,26 @@ fn ansible_test_sanity_passes() {
     assert!(output.status.success(), "ansible-test sanity failed:\n{}\n{stderr}", errors.join("\n"));
 }
 
+/// `ansible-lint` with the production profile on the collection as installed from its tarball:
+/// its own .ansible-lint, and .ansible-lint-ignore naming only the variables kept for the roles
+/// these replace and the sanity skips of the binary modules.
+#[test]
+#[ignore = "needs the test bed: cargo xtask test"]
+fn ansible_lint_production_profile_passes() {
+    let bed = Bed::get();
+    let installed = bed.collections_path.join("ansible_collections/virtfarm/libvirt");
+    let output = std::process::Command::new(bed.venv.join("bin/ansible-lint"))
+        .args(["--offline", "--nocolor", "--profile", "production", "-f", "pep8"])
+        .current_dir(&installed)
+        .env("ANSIBLE_COLLECTIONS_PATH", &bed.collections_path)
+        .env("PATH", format!("{}:{}", bed.venv.join("bin").display(), std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .expect("run ansible-lint from the venv (tests/requirements.txt)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "ansible-lint failed:\n{stdout}\n{stderr}");
+}
+
 /// The EXAMPLES of every module are tasks Ansible accepts: each module's examples, as the
 /// task list of a play, pass `ansible-playbook --syntax-check` against the installed collection.
 #[test]

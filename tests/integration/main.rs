@@ -29,6 +29,8 @@ mod inventory;
 mod kvm_provision;
 /// The collection's Molecule scenario.
 mod molecule;
+/// The shipped binaries on older systems: glibc and libvirt symbol versions, a Debian 11 root.
+mod portable;
 /// The thin roles with the variables of the roles they replace.
 mod roles;
 /// A seeded random walk over disks, snapshots, levels and killed runs; invariants checked after every step.

@@ -137,6 +137,7 @@ fn write_description(bed_json: &Path, image: &GuestImage, venv: &Path, collectio
         "initrd": image.dir.join("initrd.img"),
         "ssh_key": image.dir.join("id_ed25519"),
         "ssh_user": "ansible",
+        "bullseye_root": image.bullseye_root,
         "venv": venv,
         "collections_path": collections,
         "collection_tree": crate::collection::tree(&crate::project_root()?),

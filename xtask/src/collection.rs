@@ -1,12 +1,13 @@
-//! Builds the Galaxy collection as users get it: release binaries, sidecar docs, the
-//! inventory executable, roles and metadata assembled into a tree, built into a tarball with
-//! `ansible-galaxy collection build`, and installed from that tarball into a fresh path.
+//! Builds the Galaxy collection as users get it: release binaries built for the glibc floor
+//! (portable.rs), sidecar docs, the inventory executable, roles and metadata assembled into a
+//! tree, built into a tarball with `ansible-galaxy collection build`, and installed from that
+//! tarball into a fresh path.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::sh;
+use crate::{portable, sh};
 
 /// Module binaries, each shipped as `plugins/modules/<name>` beside `<name>.yml` docs.
 pub const MODULES: &[&str] = &["kvm_provision", "snapshot_libvirt", "guest_provision", "libvirt_ping"];
@@ -15,12 +16,8 @@ const INVENTORY: &str = "libvirt_inventory";
 
 /// Builds the tarball and installs it; returns the collections path to give Ansible.
 pub fn build_and_install(root: &Path, venv: &Path) -> Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut build = vec!["build", "--release"];
-    for bin in MODULES.iter().chain([&INVENTORY]) {
-        build.extend(["--bin", bin]);
-    }
-    sh::run(&cargo, &build)?;
+    let bins: Vec<&str> = MODULES.iter().copied().chain([INVENTORY]).collect();
+    let release = portable::build(root, &bins)?;
 
     let target = root.join("target");
     let tree = tree(root);
@@ -31,7 +28,6 @@ pub fn build_and_install(root: &Path, venv: &Path) -> Result<PathBuf> {
     for file in ["galaxy.yml", "README.md", "LICENSE"] {
         std::fs::copy(root.join(file), tree.join(file)).with_context(|| format!("copy {file}"))?;
     }
-    let release = target.join("release");
     for module in MODULES {
         install_executable(&release.join(module), &tree.join("plugins/modules").join(module))?;
     }

@@ -1,13 +1,15 @@
 //! The guest images: built once from Debian packages, cached outside the clone, each keyed on
 //! its recipe's content so that a changed recipe builds a new image and an unchanged one is reused.
 //! The bootable disk is what users bring; the direct-kernel image boots faster (no firmware, no
-//! boot loader, no first-boot cloud-init), for the tests that boot many guests.
+//! boot loader, no first-boot cloud-init), for the tests that boot many guests. A bullseye root
+//! directory, built and cached the same way, is where the tests run the shipped binaries on an
+//! older glibc.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::{setup, sh};
+use crate::{apt, setup, sh};
 
 /// The base image's file (and volume) name in the image directory.
 pub const BASE_VOLUME: &str = "base.qcow2";
@@ -18,6 +20,9 @@ pub struct GuestImage {
     pub dir: PathBuf,
     /// The bootable disk (BIOS and UEFI boot loaders, no user or key of ours), in a directory of its own.
     pub bootable: PathBuf,
+    /// A Debian bullseye root directory (glibc 2.31, libvirt0, python3), not a disk: the tests
+    /// run the shipped binaries in it with chroot.
+    pub bullseye_root: PathBuf,
 }
 
 impl GuestImage {
@@ -56,12 +61,16 @@ pub fn content_key(files: &[&Path]) -> Result<String> {
 
 /// The cached images for the current recipes, built first (side by side) when there are none.
 pub fn ensure(root: &Path) -> Result<GuestImage> {
-    let (dir, bootable) = std::thread::scope(|scope| {
+    let (dir, bootable, bullseye) = std::thread::scope(|scope| {
         let bootable = scope.spawn(|| cached(root, "build-bootable-image.sh", "bookworm-bootable", "bootable.qcow2"));
+        let bullseye = scope.spawn(|| cached(root, "build-bullseye-root.sh", "bullseye-root", "root/usr/bin/python3"));
         let direct = cached(root, "build-image.sh", "bookworm", BASE_VOLUME);
-        (direct, bootable.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the bootable image's build panicked"))))
+        let joined = |build: std::thread::ScopedJoinHandle<'_, Result<PathBuf>>, what: &str| {
+            build.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the {what}'s build panicked")))
+        };
+        (direct, joined(bootable, "bootable image"), joined(bullseye, "bullseye root"))
     });
-    Ok(GuestImage { dir: dir?, bootable: bootable?.join("bootable.qcow2") })
+    Ok(GuestImage { dir: dir?, bootable: bootable?.join("bootable.qcow2"), bullseye_root: bullseye?.join("root") })
 }
 
 /// The directory a recipe in xtask/guest builds `product` into, keyed on the recipe's content.
@@ -73,31 +82,17 @@ fn cached(root: &Path, recipe: &str, prefix: &str, product: &str) -> Result<Path
         eprintln!("guest image: cached at {}", dir.display());
         return Ok(dir);
     }
+    let mirror = apt::mirror()?;
     let building = dir.with_extension("building");
     let _ = std::fs::remove_dir_all(&building);
     std::fs::create_dir_all(&building)?;
     let started = std::time::Instant::now();
     sh::run(
         "bash",
-        &[recipe.to_str().context("non-UTF-8 path")?, building.to_str().context("non-UTF-8 path")?, &mirror()],
+        &[recipe.to_str().context("non-UTF-8 path")?, building.to_str().context("non-UTF-8 path")?, &mirror],
     )?;
     // Only a complete build gets the final name: an interrupted one is never mistaken for a cache hit.
     std::fs::rename(&building, &dir)?;
     eprintln!("guest image: built in {:.0} s at {}", started.elapsed().as_secs_f64(), dir.display());
     Ok(dir)
-}
-
-/// The Debian mirror this host's apt already uses.
-fn mirror() -> String {
-    let from_sources = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("URIs:").map(|u| u.trim().to_string())));
-    let from_list = || {
-        std::fs::read_to_string("/etc/apt/sources.list").ok().and_then(|s| {
-            s.lines()
-                .filter(|l| l.starts_with("deb ") && !l.contains("security"))
-                .find_map(|l| l.split_whitespace().nth(1).map(str::to_string))
-        })
-    };
-    from_sources.or_else(from_list).unwrap_or_else(|| "http://deb.debian.org/debian".to_string())
 }

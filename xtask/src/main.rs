@@ -10,6 +10,7 @@
 //! - `cargo xtask fuzz [seconds]`: every fuzz target for `seconds` each (see fuzz.rs).
 //! - `cargo xtask bench [--quick] [section…]`: figures against the peers, into bench/results/.
 
+mod apt;
 mod bed;
 mod bench;
 mod collection;
@@ -17,6 +18,7 @@ mod demo;
 mod fleet;
 mod fuzz;
 mod image;
+mod portable;
 mod setup;
 mod sh;
 

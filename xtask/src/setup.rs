@@ -7,7 +7,11 @@ use anyhow::Result;
 
 use crate::sh;
 
-/// Debian packages for the hypervisor side and the image build.
+/// Debian packages for the hypervisor side and the image build, installed without their
+/// recommendations (which bring GTK, GStreamer and qemu-system-gui onto a host): what the project
+/// uses of those is listed here, `qemu-utils` and `ovmf` (recommended by qemu-system-x86),
+/// `dnsmasq-base` and `iproute2` (by libvirt-daemon-system), `debian-archive-keyring` (by
+/// debootstrap, which checks the mirror's signatures with it).
 const PACKAGES: &[&str] = &[
     "libvirt-daemon-system",
     "libvirt-clients",
@@ -19,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "iproute2",
     "debootstrap",
+    "debian-archive-keyring",
     "openssh-client",
     "openssh-server",
     "e2fsprogs",
@@ -32,6 +37,9 @@ const PACKAGES: &[&str] = &[
     // which makes a TPM's state when its domain first starts.
     "swtpm",
     "swtpm-tools",
+    // The libvirt link stubs (cc) and the check of the shipped binaries' symbol versions (objdump).
+    "gcc",
+    "binutils",
 ];
 
 /// Where the venv, the guest image and other caches live: outside the clone, kept between runs.
@@ -50,7 +58,7 @@ pub fn packages() -> Result<()> {
     let qemu = sh::output("apt-cache", &["policy", "qemu-system-x86"])?;
     let version = qemu.lines().find_map(|l| l.trim().strip_prefix("Candidate: ")).unwrap_or("").to_string();
     let pinned_utils = format!("qemu-utils={version}");
-    let mut args = vec!["install", "-y", "-qq", "--allow-downgrades"];
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends", "--allow-downgrades"];
     args.extend(
         PACKAGES.iter().map(|p| if *p == "qemu-utils" && !version.is_empty() { pinned_utils.as_str() } else { p }),
     );

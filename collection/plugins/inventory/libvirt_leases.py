@@ -30,6 +30,10 @@ description:
   - Secrets (variables named like passwords, passphrases, tokens, private keys) are never listed, trusted
     or not.
   - The config file name must end with C(libvirt_leases.yml) or C(libvirt_leases.yaml).
+requirements:
+  - "On the controller: x86_64 Linux with glibc 2.28 or newer (RHEL, Rocky and Alma 8, Debian 10, Ubuntu 20.04 and newer)."
+  - "The libvirt client library, version 4.1 or newer: C(libvirt0) on Debian and Ubuntu, C(libvirt-libs) on RHEL and
+    its rebuilds."
 extends_documentation_fragment:
   - constructed
   - inventory_cache

@@ -331,7 +331,7 @@ fn seconds(params: &Params, name: &str) -> Result<Duration> {
     }
 }
 
-/// An item of `vms`: a dictionary, or a pool spec string (`"3"`, `"18:bookworm"`) with `stem`.
+/// An item of `vms`: a dictionary, a pool spec string (`"3"`, `"18:bookworm"`) with `stem`, or a VM name.
 fn pool_item(path: &str, item: Value, stem: Option<&str>, images: &Map<String, Value>) -> Result<Map<String, Value>> {
     let spec = match item {
         Value::Object(map) => return Ok(map),
@@ -339,7 +339,15 @@ fn pool_item(path: &str, item: Value, stem: Option<&str>, images: &Map<String, V
         Value::Number(n) => n.to_string(),
         _ => bail!("{path}: expected a dictionary or a node spec such as \"3\" or \"18:bookworm\""),
     };
-    let Some(stem) = stem else { bail!("{path}: a node spec such as {spec:?} needs the parameter stem") };
+    let Some(stem) = stem else {
+        // Without a stem, a string is the VM's name, unless it can only be a node spec.
+        if pool_node("", &spec).is_none() {
+            return Ok(Map::from_iter([("name".to_string(), json!(spec))]));
+        }
+        bail!(
+            "{path}: the node spec {spec:?} needs the parameter stem (for a VM of that name, write {{name: {spec:?}}})"
+        )
+    };
     let Some((name, alias)) = pool_node(stem, &spec) else {
         bail!("{path}: {spec:?} is not a node spec for stem {stem:?} (examples: 3, {stem}4, 18:bookworm)")
     };
@@ -1051,6 +1059,13 @@ mod tests {
     }
 
     #[test]
+    fn names_in_vms_without_a_stem() {
+        let request = parse(json!({"image": "base.qcow2", "vms": ["web1", "db1", {"name": "cache1"}]})).unwrap();
+        let names: Vec<_> = request.vms.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["web1", "db1", "cache1"]);
+    }
+
+    #[test]
     fn ansible_farm_vm_definitions_are_accepted_as_they_are() {
         let request = parse(json!({"state": "present", "vm": {
             "metadata": {"name": "debian12-amd64", "hostname": "deb", "connection": "qemu+ssh://hv1/system", "libvirt_pool_dir": "/pool/",
@@ -1261,6 +1276,7 @@ mod tests {
             (json!({"name": "a", "image": "b", "cloud_init": {"usr": "x"}}), "cloud_init.usr"),
             (json!({"name": "a", "image": "b", "colour": "red"}), "colour"),
             (json!({"vms": ["3"]}), "stem"),
+            (json!({"vms": ["a b"], "image": "b"}), "vms[0].name"),
             (json!({"stem": "vnode", "vms": ["x"], "image": "b"}), "vms[0]"),
             (json!({"vms": [{"name": "a", "image": "b"}, {"name": "a", "image": "b"}]}), "vms"),
             (json!({"name": "a", "xml": "<domain/>", "memory": 3}), "xml"),
