@@ -99,15 +99,26 @@ fn ansible_test_sanity_passes() {
     let ignores =
         std::fs::read_to_string(installed.join("tests/sanity/ignore-2.19.txt")).expect("the ignore file ships");
     assert!(ignores.lines().all(|l| l.ends_with(" validate-modules!skip")), "only binary-module skips: {ignores}");
+    // ansible-test lists a collection's files with git when it lies in a work tree: the
+    // installed one does (under target/, ignored), and so it would test nothing. A copy outside.
+    let scratch = bed::tempdir();
+    let copy = scratch.join("ansible_collections/virtfarm/libvirt");
+    bed::copy_tree(&installed, &copy);
     let output = std::process::Command::new(bed.venv.join("bin/ansible-test"))
         .args(["sanity", "--python", "3.11", "--requirements", "--color", "no"])
-        .current_dir(&installed)
+        .current_dir(&copy)
         .output()
         .expect("run ansible-test");
+    let _ = std::fs::remove_dir_all(&scratch);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let errors: Vec<&str> = stdout.lines().chain(stderr.lines()).filter(|l| l.starts_with("ERROR")).collect();
     assert!(output.status.success(), "ansible-test sanity failed:\n{}\n{stderr}", errors.join("\n"));
+    let said = format!("{stdout}{stderr}");
+    assert!(!said.contains("All targets skipped"), "ansible-test found nothing to test:\n{said}");
+    for test in ["validate-modules", "changelog", "yamllint", "pylint"] {
+        assert!(said.contains(&format!("Running sanity test \"{test}\"")), "{test} did not run:\n{said}");
+    }
 }
 
 /// `ansible-lint` with the production profile on the collection as installed from its tarball:
