@@ -30,7 +30,7 @@ use crate::error::{Doing, Error, Result};
 use crate::lock::{download, LockPolicy};
 use crate::naming::Fingerprint;
 use crate::snapshot::qcow2;
-use crate::storage::{volume_xml, BaseImage, VolumeXml};
+use crate::storage::{refresh_pool, volume_xml, BaseImage, VolumeXml};
 
 /// What the temporary volume of an upload is called: the volume's name followed by this.
 pub const UPLOAD_SUFFIX: &str = ".virtfarm-upload";
@@ -276,7 +276,7 @@ impl Hypervisor {
         let uploaded = source.and_then(|source| self.upload(&volume, name, source, file.length)).and_then(|()| {
             // libvirt probes the format of what was uploaded when the pool is refreshed: it must
             // be what the file was taken for here, or the copy would read it as something else.
-            pool.refresh(0).doing(|| format!("refreshing pool {pool_name}"))?;
+            refresh_pool(pool, pool_name)?;
             let volume = self
                 .volume_in(pool, pool_name, name)?
                 .ok_or_else(|| Error::NotFound { kind: "uploaded volume", name: name.to_string() })?;

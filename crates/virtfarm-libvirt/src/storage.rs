@@ -343,6 +343,23 @@ fn describe_volume(volume: &StorageVol, asked: &str) -> Result<BaseImage> {
     Ok(BaseImage { path, format: described.format, capacity: described.capacity })
 }
 
+/// How long a pool refresh waits for other clients' volume builds in that pool to end.
+const POOL_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Refreshes `pool` (named `name` in messages), waiting (bounded) while libvirt refuses because
+/// another client is building a volume in it: parallel provisioning does that all the time.
+pub(crate) fn refresh_pool(pool: &StoragePool, name: &str) -> Result<()> {
+    let until = crate::wait::deadline(POOL_BUSY_WAIT);
+    loop {
+        match pool.refresh(0) {
+            Err(e) if e.message().contains("asynchronous jobs running") && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            done => return done.doing(|| format!("refreshing storage pool {name}")),
+        }
+    }
+}
+
 /// A volume definition; with `backing`, a qcow2 overlay on it.
 pub(crate) fn volume_xml(name: &str, capacity: u64, format: &str, backing: Option<&BaseImage>) -> Result<String> {
     let mut writer = Writer::new(Cursor::new(Vec::new()));

@@ -17,7 +17,7 @@ use crate::connection::Hypervisor;
 use crate::domain_facts::DomainFacts;
 use crate::error::{Doing, Error, Result};
 use crate::naming::nvram_copy_name;
-use crate::storage::volume_xml;
+use crate::storage::{refresh_pool, volume_xml};
 use crate::vm::Vm;
 
 /// libvirt's NVRAM directory for qemu:///system domains, where it makes `<name>_VARS.fd`.
@@ -159,6 +159,6 @@ fn pool_over(hv: &Hypervisor, dir: &str) -> Result<StoragePool> {
             }
         }
     };
-    pool.refresh(0).doing(|| format!("refreshing the storage pool over {dir}"))?;
+    refresh_pool(&pool, dir)?;
     Ok(pool)
 }
