@@ -203,8 +203,8 @@ fn take(hv: &Hypervisor, vm: &Vm, facts: &DomainFacts, name: &str, kind: Snapsho
     };
     // The copy comes first: a snapshot without it would revert the disks but not the firmware.
     let nvram = match kind {
-        SnapshotType::External => Nvram::of(hv, vm)?,
-        SnapshotType::Internal => None,
+        SnapshotType::External if facts.has_pflash => Nvram::of(hv, vm)?,
+        _ => None,
     };
     if let Some(nvram) = &nvram {
         nvram.save(name)?;
