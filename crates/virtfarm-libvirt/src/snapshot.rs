@@ -422,7 +422,10 @@ fn revert_external(hv: &Hypervisor, vm: &Vm, handle: &DomainSnapshot, info: &Sna
     let definition = vm.xml(true)?;
     let old_tops: Vec<String> = DomainFacts::parse(&definition)?.disks.into_iter().filter_map(|d| d.file).collect();
     // The overlays come first: if one cannot be made, the domain has not been touched.
-    let label = format!("{}-r{}", info.name, crate::wait::unix_now());
+    // Milliseconds: two reverts to one snapshot within a second (the domain's lock lets them
+    // follow each other that fast) would otherwise name the same overlay.
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let label = format!("{}-r{millis}", info.name);
     let mut new_tops = HashMap::new();
     for (target, frozen, _) in info.external_disks() {
         match chain::create_overlay(conn, frozen, &overlay_name(vm.name(), target, &label)) {
