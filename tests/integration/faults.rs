@@ -733,10 +733,26 @@ fn killed_backing_file_runs_never_lose_the_only_complete_copy() {
     write_pattern(&disk, 0xab, CANARY_A, CANARY_LEN);
     let args = |state: &str| json!({"uri": bed.uri, "name": name, "mode": "backing_file", "volume_path": bed.disks_dir, "state": state});
     let mut canaries = vec![(0x11u8, 0u64, FILL), (0xab, CANARY_A, CANARY_LEN)];
+    let saving_marker = PathBuf::from(format!("{}.saving", bak.display()));
     let intact = |canaries: &[(u8, u64, u64)], when: &str| {
         power_off(&name);
         for (pattern, offset, length) in canaries {
             assert!(has_pattern(&disk, *pattern, *offset, *length), "{when}: {pattern:#x} at {offset} is gone");
+        }
+    };
+    // Right after a kill, the one complete copy is the disk, or, when the save was cut between
+    // deleting the disk's file and making its overlay (or while libvirtd still makes it), the
+    // level that the save's marker announces; the next run must give the disk back either way.
+    let intact_after_kill = |canaries: &[(u8, u64, u64)], when: &str| {
+        power_off(&name);
+        let whole = |image: &Path| canaries.iter().all(|&(p, o, l)| has_pattern(image, p, o, l));
+        if !whole(&disk) {
+            assert!(
+                saving_marker.exists() && whole(&bak),
+                "{when}: neither the disk nor a level its save announced holds every canary (disk exists: {})",
+                disk.exists()
+            );
+            eprintln!("fx: {when}: the disk was being replaced, its level holds the data whole");
         }
     };
     let run = |state: &str| bed.run_module("snapshot_libvirt", args(state));
@@ -749,10 +765,24 @@ fn killed_backing_file_runs_never_lose_the_only_complete_copy() {
     eprintln!("fx: revert after a save killed while copying: {}", summary(&reply));
     intact(&canaries, &format!("after a revert that followed a killed save ({})", summary(&reply)));
 
+    // A save killed once the disk's file is gone (polled every millisecond, so only when the
+    // window between deleting it and making its overlay is caught): the level holds the data.
+    let killed = kill_when("snapshot_libvirt", &args("present"), || bak.exists() && !disk.exists());
+    eprintln!("fx: save killed while the disk was being replaced: {killed}");
+    intact_after_kill(&canaries, "after a save killed while the disk was being replaced");
+    let reply = run("present");
+    assert!(!failed(&reply), "the save after one killed while the disk was being replaced: {reply}");
+    intact(
+        &canaries,
+        &format!("after the save that followed one killed while the disk was replaced ({})", summary(&reply)),
+    );
+    let reply = run("absent");
+    assert!(!failed(&reply) && !bak.exists(), "{reply}");
+
     // Saves killed along the way, each followed by the save again, then a removal.
     for delay_ms in [0u64, 30, 100, 250, 600, 1200] {
         let killed = kill_after("snapshot_libvirt", &args("present"), delay_ms);
-        intact(&canaries, &format!("after a save killed at {delay_ms} ms"));
+        intact_after_kill(&canaries, &format!("after a save killed at {delay_ms} ms"));
         let reply = run("present");
         eprintln!("fx: save killed at {delay_ms} ms ({}), saved again: {}", killed, summary(&reply));
         assert!(!failed(&reply), "the save after one killed at {delay_ms} ms: {reply}");
