@@ -1132,8 +1132,8 @@ mod tests {
         let firmware = |extra: Value| {
             let mut args = json!({"name": "a", "image": "b"});
             args.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-            let parsed = parse_with_notes(args).map_err(|e| e.to_string())?;
-            Ok::<_, String>((generated(&parsed.request.vms[0]).firmware.clone(), parsed.deprecations))
+            let parsed = parse_with_notes(args)?;
+            Ok::<_, anyhow::Error>((generated(&parsed.request.vms[0]).firmware.clone(), parsed.deprecations))
         };
         assert_eq!(firmware(json!({})).unwrap(), (Firmware::Bios, vec![]));
         assert_eq!(firmware(json!({"firmware": "efi"})).unwrap().0, Firmware::Efi { secure_boot: false });
@@ -1158,7 +1158,7 @@ mod tests {
             (json!({"loader": "OVMF_CODE.fd"}), "loader:"),
             (json!({"firmware": "bios", "loader": code}), "loader:"),
         ] {
-            let err = firmware(extra.clone()).expect_err("refused");
+            let err = firmware(extra.clone()).expect_err("refused").to_string();
             assert!(err.contains(named), "{extra} gave '{err}', expected it to name {named}");
         }
     }
