@@ -91,8 +91,55 @@ fn option(part: Part) -> &'static str {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use virtfarm_libvirt::provision::{Failure, Part};
+    use virtfarm_libvirt::Error;
 
+    use super::message;
     use crate::{definition, parse, run};
+
+    #[test]
+    fn failures_name_the_option_behind_them() {
+        let refused = || Error::Refused("no".into());
+        let cases = [
+            (Failure::Unplaced(refused()), "no"),
+            (
+                Failure::Unreachable { uri: "qemu+ssh://hv/system".into(), error: refused() },
+                "web1: uri qemu+ssh://hv/system: no",
+            ),
+            (Failure::At { part: Part::ImageUpload, error: refused() }, "web1: image_upload: no"),
+            (Failure::At { part: Part::RootSize, error: refused() }, "web1: disk_size: no"),
+            (
+                Failure::DiskInUse {
+                    part: Part::RootDisk,
+                    file: "/p/web1.qcow2".into(),
+                    domain: "web1".into(),
+                    error: refused(),
+                },
+                "web1: name: /p/web1.qcow2 cannot be a disk of web1: no",
+            ),
+            (
+                Failure::DiskMissing { file: "/p/data.img".into() },
+                "web1: disks: /p/data.img does not exist (a disk given by path is attached as it is)",
+            ),
+            (
+                Failure::MacTaken { mac: "52:54:00:00:00:01".into(), domain: "db1".into() },
+                "web1: networks: MAC 52:54:00:00:00:01 is already used by domain db1",
+            ),
+            (
+                Failure::LeftBehind {
+                    left_behind: vec!["/p/web1.qcow2 left behind: busy".into()],
+                    failure: Box::new(Failure::At { part: Part::Seed, error: refused() }),
+                },
+                "web1: /p/web1.qcow2 left behind: busy: cloud_init: no",
+            ),
+            (Failure::Libvirt(refused()), "web1: no"),
+            (Failure::NotReady(refused()), "web1 did not become ready: no"),
+            (Failure::Panicked(Box::new("boom")), "web1: provisioning failed unexpectedly: boom (this is a bug)"),
+        ];
+        for (failure, says) in cases {
+            assert_eq!(message("web1", &failure), says);
+        }
+    }
 
     #[test]
     fn secrets_never_reach_the_reply() {

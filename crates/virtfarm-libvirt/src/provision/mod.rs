@@ -145,3 +145,44 @@ fn wait_for_all(outcomes: &mut [Outcome], signal: Signal, timeout: Duration, con
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain_xml::DomainSpec;
+
+    fn vm(domain: DomainSource, own_uri: Option<&str>) -> VmDefinition {
+        VmDefinition {
+            name: "web1".into(),
+            uri: "qemu:///system".into(),
+            own_uri: own_uri.map(str::to_string),
+            domain,
+            domain_type: Some("kvm".into()),
+            root_disk: None,
+            pool: "default".into(),
+            cloud_init: None,
+            networks: Vec::new(),
+        }
+    }
+
+    fn generated() -> DomainSource {
+        DomainSource::Generated(Box::new(DomainSpec {
+            memory_mib: 2048,
+            arch: "aarch64".into(),
+            ..DomainSpec::default()
+        }))
+    }
+
+    #[test]
+    fn a_vm_demands_its_memory_arch_and_type_unless_it_goes() {
+        let running = demand(&vm(generated(), Some("qemu+ssh://hv2/system")), State::Running);
+        assert_eq!((running.memory_mib, running.arch.as_deref()), (2048, Some("aarch64")));
+        assert_eq!(running.domain_type.as_deref(), Some("kvm"));
+        assert_eq!(running.pinned.as_deref(), Some("qemu+ssh://hv2/system"));
+        let absent = demand(&vm(generated(), None), State::Absent);
+        assert_eq!((absent.memory_mib, absent.arch, absent.domain_type, absent.pinned), (0, None, None, None));
+        let given = DomainSource::Given { xml: String::new(), facts: Box::default(), metadata: Box::default() };
+        let given = demand(&vm(given, None), State::Running);
+        assert_eq!((given.memory_mib, given.arch), (0, None), "a given XML is not read for placement");
+    }
+}

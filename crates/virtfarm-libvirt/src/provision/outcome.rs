@@ -296,3 +296,43 @@ impl Failure {
         move |error| Failure::At { part, error }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_and_warnings_read_as_the_results_report_them() {
+        let cases = [
+            (
+                Action::DiskCloned { path: "/p/a.qcow2".into(), base: "/p/base.qcow2".into() },
+                "disk /p/a.qcow2 cloned from /p/base.qcow2",
+            ),
+            (
+                Action::Reserved { ip: "10.0.0.5".into(), mac: "52:54:00:00:00:01".into(), network: "n".into() },
+                "reserved 10.0.0.5 for 52:54:00:00:00:01 in network n",
+            ),
+            (Action::Stopped(None), "stopped"),
+            (Action::Stopped(Some(StopOutcome::Forced)), "stopped (forced)"),
+            (
+                Action::ReservationRemoved { mac: "52:54:00:00:00:01".into(), network: "n".into() },
+                "reservation of 52:54:00:00:00:01 removed from network n",
+            ),
+        ];
+        for (action, text) in cases {
+            assert_eq!(action.to_string(), text);
+        }
+        let kept = Warning::VolumeKept { path: "/p/a.qcow2".into(), dependants: vec!["/p/b".into(), "/p/c".into()] };
+        assert_eq!(kept.to_string(), "volume /p/a.qcow2 kept: /p/b, /p/c stand on it");
+    }
+
+    #[test]
+    fn an_outcome_changed_when_it_did_something() {
+        let mut outcome = Outcome::new("web1", "qemu:///system");
+        assert!(!outcome.changed());
+        outcome.did(Action::Undefined);
+        assert!(outcome.changed());
+        assert_eq!(EndState::Defined(PowerState::ShutOff).as_str(), "shutoff");
+        assert_eq!(EndState::Absent.as_str(), "absent");
+    }
+}
