@@ -3,7 +3,7 @@
 //! every change turned into a report of what would change.
 
 use crate::disk_use::DiskUse;
-use crate::domain_facts::{DomainFacts, Nic};
+use crate::domain_facts::{Disk, DomainFacts};
 use crate::domain_xml::{reconcile_identity, DomainSpec, Firmware, InstanceMetadata};
 use crate::import::ImageFile;
 use crate::lock::{DomainLock, LockPolicy};
@@ -190,8 +190,8 @@ struct Definition {
     /// The size the existing root disk must have at least.
     grow_root: Option<u64>,
     /// Where the files of its disks come from, for messages.
-    disk_part: fn(&crate::domain_facts::Disk) -> Part,
-    disks: Vec<crate::domain_facts::Disk>,
+    disk_part: fn(&Disk) -> Part,
+    disks: Vec<Disk>,
     macs: Vec<String>,
 }
 
@@ -232,7 +232,7 @@ fn define_what(
                 grow_root: None,
                 disk_part: |_| Part::Xml,
                 disks: facts.disks.clone(),
-                macs: facts.nics.iter().map(|nic: &Nic| nic.mac.clone()).collect(),
+                macs: facts.nics.iter().map(|nic| nic.mac.clone()).collect(),
             });
         }
         DomainSource::Generated(spec) => spec,
@@ -286,7 +286,7 @@ fn define_what(
         seed = Some(Seed { name, path, content: init.seed_iso() });
     }
     let completion =
-        Completion { domain_type, tpm_model, root_disk, seed: seed.as_ref().map(|seed: &Seed| seed.path.clone()) };
+        Completion { domain_type, tpm_model, root_disk, seed: seed.as_ref().map(|seed| seed.path.clone()) };
     let mut spec = complete(spec, completion);
     // The fingerprint covers what the user asked for, not the identity and metadata added below.
     let iso = seed.as_ref().map_or(&[][..], |seed| &seed.content);
@@ -323,7 +323,7 @@ fn offered_tpm_model(hypervisor: &Hypervisor, spec: &DomainSpec) -> Result<Optio
     }
 }
 
-fn generated_part_with_root(disk: &crate::domain_facts::Disk) -> Part {
+fn generated_part_with_root(disk: &Disk) -> Part {
     if disk.target == "vda" {
         Part::RootDisk
     } else {
@@ -331,7 +331,7 @@ fn generated_part_with_root(disk: &crate::domain_facts::Disk) -> Part {
     }
 }
 
-fn generated_part(disk: &crate::domain_facts::Disk) -> Part {
+fn generated_part(disk: &Disk) -> Part {
     if disk.device == "cdrom" {
         Part::Seed
     } else {
