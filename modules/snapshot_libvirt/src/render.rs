@@ -161,3 +161,74 @@ fn clock_word(clock: &ClockSync) -> &'static str {
 fn round(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use virtfarm_libvirt::snapshot::backing_file::Pending;
+    use virtfarm_libvirt::snapshot::orchestrate::{AfterRevert, Domain, LevelAction, Mode, Request, State};
+    use virtfarm_libvirt::Error;
+
+    use super::*;
+
+    fn call(domains_option: &'static str) -> Call {
+        let request = Request {
+            domains: vec![Domain { name: "a".into(), uri: "qemu:///system".into() }],
+            mode: Mode::Snapshot,
+            snapshot: Some("s1".into()),
+            state: State::Reverted,
+            create: Default::default(),
+            shutdown_first: None,
+            after_revert: AfterRevert { sync_clock: true, wait: None, timeout: Duration::from_secs(1) },
+        };
+        Call { request, domains_option }
+    }
+
+    #[test]
+    fn messages_name_the_option_behind_the_error() {
+        let refused = || Error::Refused("connecting to qemu:///system: no".into());
+        let connecting = RunError::Connecting { uri: "qemu:///system".into(), source: refused() };
+        assert_eq!(message(&connecting, &call("names")), "uri: connecting to qemu:///system: no");
+        assert_eq!(message(&connecting, &call("placement")), "placement: connecting to qemu:///system: no");
+        let missing = RunError::DomainNotFound { name: "x".into(), uri: "qemu:///system".into() };
+        assert_eq!(message(&missing, &call("names")), "names: domain 'x' not found on qemu:///system");
+        let reverts = RunError::Reverts(vec![
+            RunError::SnapshotNotFound { snapshot: "s1".into(), domain: "a".into() },
+            RunError::NotReady { domain: "b".into(), source: Error::Timeout { what: "ssh".into(), seconds: 1 } },
+        ]);
+        assert_eq!(
+            message(&reverts, &call("names")),
+            "snapshot: 's1' not found on domain a; after_revert.wait: b: ssh not reached within 1 s"
+        );
+    }
+
+    #[test]
+    fn a_level_change_lists_only_what_happened() {
+        let left = Unfinished { operation: Pending::Committing, level: None, file: "/i/a.qcow2.bak".into() };
+        let failed = Action::LevelChanged {
+            file: "/i/a.qcow2.bak".into(),
+            repaired: Vec::new(),
+            done: None,
+            seconds: 0.12345,
+            unfinished: vec![left],
+        };
+        let result = vm_result(&VmOutcome { domain: "a".into(), action: failed }, None);
+        assert_eq!(
+            result,
+            json!({"name": "a", "changed": true, "file": "/i/a.qcow2.bak", "seconds": 0.123,
+                   "unfinished": [{"level": null, "file": "/i/a.qcow2.bak", "operation": "committing"}]})
+        );
+        let done = Action::LevelChanged {
+            file: "/i/a.qcow2.bak".into(),
+            repaired: vec!["saving".into()],
+            done: Some(LevelAction::Repaired),
+            seconds: 1.0,
+            unfinished: Vec::new(),
+        };
+        let result = vm_result(&VmOutcome { domain: "a".into(), action: done }, None);
+        assert_eq!(result["action"], "repaired");
+        assert_eq!(result["repaired"], json!(["saving"]));
+        assert!(result.get("unfinished").is_none());
+    }
+}
