@@ -1,5 +1,6 @@
 //! What a snapshot run did, per domain, and why it stopped when it failed.
 
+use super::request::State;
 use crate::error::Error;
 use crate::power::StopOutcome;
 use crate::snapshot::backing_file::{Level, Saved, Unfinished};
@@ -306,21 +307,16 @@ fn not_restarted(cause: Option<&RunError>, restart: &Error) -> String {
     }
 }
 
-/// The names a check-mode run expects afterwards: `name` added by [`super::State::Present`],
-/// removed by [`super::State::Absent`], when the run would change anything.
-pub(super) fn predicted(
-    before: &NamesPerDomain,
-    state: super::State,
-    name: Option<&str>,
-    changed: bool,
-) -> NamesPerDomain {
+/// The names a check-mode run expects afterwards: `name` added by [`State::Present`],
+/// removed by [`State::Absent`], when the run would change anything.
+pub(super) fn predicted(before: &NamesPerDomain, state: State, name: Option<&str>, changed: bool) -> NamesPerDomain {
     let (Some(name), true) = (name, changed) else { return before.clone() };
     let mut after = before.clone();
     for (_, list) in &mut after {
         let has = list.iter().any(|n| n == name);
         match state {
-            super::State::Present if !has => list.push(name.to_string()),
-            super::State::Absent => list.retain(|n| n != name),
+            State::Present if !has => list.push(name.to_string()),
+            State::Absent => list.retain(|n| n != name),
             _ => {}
         }
     }
@@ -329,7 +325,6 @@ pub(super) fn predicted(
 
 #[cfg(test)]
 mod tests {
-    use super::super::State;
     use super::*;
 
     fn names(lists: &[(&str, &[&str])]) -> NamesPerDomain {
