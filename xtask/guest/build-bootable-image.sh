@@ -27,7 +27,9 @@ printf '[Match]\nName=en* eth*\n[Network]\nDHCP=ipv4\n[DHCPv4]\nClientIdentifier
   >"$root/etc/systemd/network/80-dhcp.network"
 chroot "$root" systemctl enable -q systemd-networkd qemu-guest-agent
 chroot "$root" systemctl mask -q systemd-networkd-wait-online.service e2scrub_reap.service e2scrub_all.timer
-printf 'datasource_list: [ NoCloud, None ]\n' >"$root/etc/cloud/cloud.cfg.d/90-virtfarm.cfg"
+# The image holds no host keys: cloud-init makes them at first boot, seeded or not. ed25519
+# only: an RSA key takes seconds to make under TCG.
+printf 'datasource_list: [ NoCloud, None ]\nssh_genkeytypes: [ ed25519 ]\n' >"$root/etc/cloud/cloud.cfg.d/90-virtfarm.cfg"
 # debootstrap leaves the build machine's resolver here: a test guest must send nothing to an
 # address the tests did not make, and has no name to look up. None: lookups fail at once.
 echo '# no resolver' >"$root/etc/resolv.conf"

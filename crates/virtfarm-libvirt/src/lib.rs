@@ -33,6 +33,7 @@ pub mod naming;
 pub mod network;
 pub mod placement;
 pub mod power;
+pub mod provision;
 pub mod scan;
 pub mod snapshot;
 pub mod storage;

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::connection::Hypervisor;
@@ -172,13 +172,21 @@ fn find_address(
 
 /// True when `ip:22` accepts a connection and sends an `SSH-` banner within `timeout`.
 pub fn ssh_banner(ip: &str, timeout: Duration) -> bool {
-    let Ok(ip_addr) = ip.parse::<std::net::IpAddr>() else { return false };
-    let Ok(mut stream) = TcpStream::connect_timeout(&SocketAddr::new(ip_addr, 22), timeout) else { return false };
-    if stream.set_read_timeout(Some(timeout)).is_err() {
-        return false;
-    }
-    let mut banner = [0u8; 4];
-    stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-"
+    ip.parse::<std::net::IpAddr>().is_ok() && answers(ip, 22, b"SSH-", timeout)
+}
+
+/// True when some address of `host` accepts a connection on `port` within `timeout` and sends
+/// `banner` first (any banner, when it is empty).
+pub fn answers(host: &str, port: u16, banner: &[u8], timeout: Duration) -> bool {
+    let Ok(addresses) = (host, port).to_socket_addrs() else { return false };
+    addresses.into_iter().any(|address| {
+        let Ok(mut stream) = TcpStream::connect_timeout(&address, timeout) else { return false };
+        let mut received = vec![0u8; banner.len()];
+        banner.is_empty()
+            || (stream.set_read_timeout(Some(timeout)).is_ok()
+                && stream.read_exact(&mut received).is_ok()
+                && received == banner)
+    })
 }
 
 /// Seconds since the epoch.
@@ -225,5 +233,23 @@ mod tests {
     fn a_timeout_of_any_size_gives_a_deadline() {
         assert!(deadline(Duration::from_secs(u64::MAX)) > Instant::now());
         assert!(deadline(Duration::from_secs(i64::MAX as u64)) > Instant::now());
+    }
+
+    #[test]
+    fn a_port_answers_only_with_the_banner_asked_for() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            for stream in listener.incoming().take(3) {
+                let _ = stream.unwrap().write_all(b"SSH-2.0-test\r\n");
+            }
+        });
+        let timeout = Duration::from_secs(5);
+        assert!(answers("localhost", port, b"SSH-", timeout));
+        assert!(answers("127.0.0.1", port, b"", timeout));
+        assert!(!answers("127.0.0.1", port, b"HTTP", timeout));
+        server.join().unwrap();
+        assert!(!ssh_banner("not-an-address", timeout), "a lease gives an address, never a name");
     }
 }

@@ -1,13 +1,13 @@
 //! The lifecycle steps that touch the hypervisor or the network, one function per `state`.
 
-use std::io::Read;
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use ansible_module::{Diff, Response};
 use anyhow::{Context as _, Result};
 use serde_json::json;
 use virtfarm_libvirt::power::{self, StopPolicy};
+use virtfarm_libvirt::provision::plan::power_step;
+use virtfarm_libvirt::provision::{self, State};
 use virtfarm_libvirt::snapshot::{self, CreateOptions, RevertOptions};
 use virtfarm_libvirt::wait::{self, LeaseBaseline, Readiness, Signal};
 use virtfarm_libvirt::{Hypervisor, PowerState, Vm};
@@ -29,11 +29,7 @@ pub fn started(
     }
     // A lease from before this start says nothing about the guest being up again.
     let baseline = if before == PowerState::ShutOff { LeaseBaseline::capture(hv, vm)? } else { LeaseBaseline::any() };
-    match before {
-        PowerState::Running => {}
-        PowerState::Paused => vm.resume()?,
-        _ => vm.start()?,
-    }
+    provision::power_on(vm, power_step(State::Running, before))?;
     let mut response = Response::new().changed(changed).with("state_before", before.as_str());
     if let Some(signal) = signal {
         let ready = wait::wait_ready(hv, vm, &baseline, Readiness { signal, timeout })
@@ -54,7 +50,7 @@ pub fn reachable(host: &str, port: u16, banner: &str, timeout: Duration) -> Resu
         let attempt = Duration::from_secs(2)
             .min(deadline.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(100));
-        if answers(host, port, banner.as_bytes(), attempt) {
+        if wait::answers(host, port, banner.as_bytes(), attempt) {
             return Ok(Response::new().with("seconds", started.elapsed().as_secs_f64()));
         }
         if Instant::now() >= deadline {
@@ -63,20 +59,6 @@ pub fn reachable(host: &str, port: u16, banner: &str, timeout: Duration) -> Resu
         }
         std::thread::sleep(Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now())));
     }
-}
-
-/// True when some address of `host` accepts a connection on `port` and sends `banner` first.
-/// (The library's `ssh_banner` takes an IP and port 22; users give names and other ports.)
-fn answers(host: &str, port: u16, banner: &[u8], timeout: Duration) -> bool {
-    let Ok(addresses) = (host, port).to_socket_addrs() else { return false };
-    addresses.into_iter().any(|address| {
-        let Ok(mut stream) = TcpStream::connect_timeout(&address, timeout) else { return false };
-        let mut received = vec![0u8; banner.len()];
-        banner.is_empty()
-            || (stream.set_read_timeout(Some(timeout)).is_ok()
-                && stream.read_exact(&mut received).is_ok()
-                && received == banner)
-    })
 }
 
 /// Restores or creates the cache snapshots as [`cache::decide`] says, then prunes.

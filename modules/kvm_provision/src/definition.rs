@@ -17,122 +17,20 @@ use virtfarm_libvirt::domain_xml::{
 use virtfarm_libvirt::leases::check_mac;
 use virtfarm_libvirt::naming::{derived_mac, pool_node};
 use virtfarm_libvirt::network::{NewNetwork, Reservation, Subnet};
+use virtfarm_libvirt::provision::{DomainSource, NetworkWant, Request, RootDisk, State, VmDefinition};
 use virtfarm_libvirt::storage::CloneMode;
 use virtfarm_libvirt::wait::Signal;
 
 use crate::fields::{size, Loose};
 
-/// What the module was asked to do.
-pub struct Request {
-    /// `present`, `running`, `stopped` or `absent`.
-    pub state: State,
-    /// What "ready" means after starting, if anything.
-    pub wait: Option<Signal>,
-    /// The bound on the wait for all VMs.
-    pub wait_timeout: Duration,
-    /// How long a guest may take to shut down before it is forced off.
-    pub stop_timeout: Duration,
-    /// With `absent`: delete the volumes this module created.
-    pub remove_storage: bool,
-    /// The VMs.
-    pub vms: Vec<VmDefinition>,
+/// The request, with what the module accepted without acting on it.
+pub struct Parsed {
+    /// What to provision.
+    pub request: Request,
     /// What the module accepts without acting on it (keys of ansible_farm's `vm`).
     pub warnings: Vec<String>,
     /// What still works but goes away (a path in `firmware`).
     pub deprecations: Vec<String>,
-}
-
-/// The state a VM should end in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    /// Defined; running or not as it was.
-    Present,
-    /// Defined and running.
-    Running,
-    /// Defined and shut off.
-    Stopped,
-    /// Not defined.
-    Absent,
-}
-
-/// One VM, ready for the hypervisor.
-pub struct VmDefinition {
-    /// Domain name.
-    pub name: String,
-    /// libvirt URI of its hypervisor.
-    pub uri: String,
-    /// The domain, generated or given.
-    pub domain: DomainSource,
-    /// `kvm`/`qemu` as asked; the host's preference when `None`.
-    pub domain_type: Option<String>,
-    /// The system disk cloned from a base image, if any.
-    pub root_disk: Option<RootDisk>,
-    /// The pool clones and seeds go to.
-    pub pool: String,
-    /// First-boot configuration (a NoCloud seed), if any.
-    pub cloud_init: Option<CloudInit>,
-    /// Networks to ensure and reservations to make, per NIC on a libvirt network.
-    pub networks: Vec<NetworkWant>,
-}
-
-impl VmDefinition {
-    /// The MACs the VM's NICs will have (empty where libvirt picks one).
-    pub fn macs(&self) -> Result<Vec<String>> {
-        Ok(match &self.domain {
-            DomainSource::Generated(spec) => spec.nics.iter().map(|n| n.mac.clone()).collect(),
-            DomainSource::Given { xml, .. } => given_facts(xml)?.nics.into_iter().map(|n| n.mac).collect(),
-        })
-    }
-
-    /// The image files given for its disks (the clone of `image` is not among them: it is made later).
-    pub fn disk_files(&self) -> Result<Vec<String>> {
-        Ok(match &self.domain {
-            DomainSource::Generated(spec) => spec.disks.iter().map(|d| d.path.clone()).collect(),
-            DomainSource::Given { xml, .. } => given_facts(xml)?.disks.into_iter().filter_map(|d| d.file).collect(),
-        })
-    }
-}
-
-fn given_facts(xml: &str) -> Result<DomainFacts> {
-    DomainFacts::parse(xml).map_err(|e| anyhow!("xml: {e}"))
-}
-
-/// Where the domain XML comes from.
-pub enum DomainSource {
-    /// Written by us from a spec; disk paths of clone and seed are added when known.
-    Generated(Box<DomainSpec>),
-    /// Given by the user: kept, only identity and our metadata reconciled.
-    Given {
-        /// The XML as given.
-        xml: String,
-        /// Our metadata to put in it.
-        metadata: Box<InstanceMetadata>,
-    },
-}
-
-/// The guest's system disk, cloned from a base image.
-pub struct RootDisk {
-    /// Base volume name or path.
-    pub image: String,
-    /// A file where the module runs, imported as the volume `image` first.
-    pub upload: Option<String>,
-    /// The pool to look the base volume up in (every pool when `None`), or to import it into
-    /// (the VM's pool when `None`).
-    pub image_pool: Option<String>,
-    /// Requested size in bytes (grown, never shrunk).
-    pub size: Option<u64>,
-    /// Linked clone or full copy.
-    pub mode: CloneMode,
-}
-
-/// A libvirt network a NIC is plugged into.
-pub struct NetworkWant {
-    /// The network's name.
-    pub name: String,
-    /// How to create it when it does not exist.
-    pub create: Option<NewNetwork>,
-    /// A fixed address for the NIC.
-    pub reservation: Option<Reservation>,
 }
 
 /// True for the keys whose values are secrets wherever they appear inside the free-form VM
@@ -158,7 +56,7 @@ pub fn spec() -> ArgSpec {
         Opt::dict("vm").secret_keys(is_secret_field),
     ];
     options.extend(vm_options(Opt::str("name")));
-    options.extend(crate::placing::options());
+    options.extend(crate::hypervisors::options());
     ArgSpec::new(options).supports_check_mode()
 }
 
@@ -229,98 +127,105 @@ fn vm_options(name: Opt) -> Vec<Opt> {
     ]
 }
 
-impl Request {
-    /// Turns the validated parameters into VM definitions, or names every problem by its
-    /// parameter. `module` names the module in messages about unknown options.
-    pub fn from_params(params: &Params, module: &str) -> Result<Request, ArgumentErrors> {
-        ArgumentErrors::collect(|errors| Request::read(params, module, errors))
-    }
+/// Turns the validated parameters into the request, placement included, or names every
+/// problem by its parameter. `module` names the module in messages about unknown options.
+pub fn request(params: &Params, module: &str) -> Result<Parsed, ArgumentErrors> {
+    ArgumentErrors::collect(|errors| {
+        let parsed = read(params, module, errors);
+        let placement = crate::hypervisors::placement(params, parsed.as_ref().map(|p| &p.request.vms[..]), errors);
+        let mut parsed = parsed?;
+        parsed.request.placement = placement?;
+        Some(parsed)
+    })
+}
 
-    /// The request; `None` once `errors` names what is wrong. Every VM is read, each as far
-    /// as its own problems allow, so that one run names them all.
-    fn read(params: &Params, module: &str, errors: &mut ArgumentErrors) -> Option<Request> {
-        let state = errors.check(params.str("state")).map(|state| match state {
-            "present" => State::Present,
-            "stopped" => State::Stopped,
-            "absent" => State::Absent,
-            _ => State::Running,
-        });
-        let wait = errors.check(params.str("wait")).map(Signal::parse);
-        let wait_timeout = errors.check(seconds(params, "wait_timeout"));
-        let stop_timeout = errors.check(seconds(params, "stop_timeout"));
-        let remove_storage = errors.check(params.bool("remove_storage"));
-        let stem = errors.check(params.opt_str("stem"))?;
-        let no_images = Map::new();
-        let images = params.get("images").and_then(Value::as_object).unwrap_or(&no_images);
-        let mut defaults = Map::new();
-        // Defaults the spec refused: given, and reported, so no VM is told it lacks them.
-        let mut refused = Vec::new();
-        for option in vm_spec().option_names().chain(["vm"]) {
-            match params.get(option) {
-                Some(value) => {
-                    defaults.insert(option.to_string(), value.clone());
-                }
-                None if params.is_set(option) => refused.push(option.to_string()),
-                None => {}
+/// The request, without placement; `None` once `errors` names what is wrong. Every VM is
+/// read, each as far as its own problems allow, so that one run names them all.
+fn read(params: &Params, module: &str, errors: &mut ArgumentErrors) -> Option<Parsed> {
+    let state = errors.check(params.str("state")).map(|state| match state {
+        "present" => State::Present,
+        "stopped" => State::Stopped,
+        "absent" => State::Absent,
+        _ => State::Running,
+    });
+    let wait = errors.check(params.str("wait")).map(Signal::parse);
+    let wait_timeout = errors.check(seconds(params, "wait_timeout"));
+    let stop_timeout = errors.check(seconds(params, "stop_timeout"));
+    let remove_storage = errors.check(params.bool("remove_storage"));
+    let stem = errors.check(params.opt_str("stem"))?;
+    let no_images = Map::new();
+    let images = params.get("images").and_then(Value::as_object).unwrap_or(&no_images);
+    let mut defaults = Map::new();
+    // Defaults the spec refused: given, and reported, so no VM is told it lacks them.
+    let mut refused = Vec::new();
+    for option in vm_spec().option_names().chain(["vm"]) {
+        match params.get(option) {
+            Some(value) => {
+                defaults.insert(option.to_string(), value.clone());
             }
+            None if params.is_set(option) => refused.push(option.to_string()),
+            None => {}
         }
-        let items: Vec<(String, Value)> = match errors.check(params.opt_list("vms"))? {
-            Some([]) => {
-                errors.push("vms: the list is empty");
-                return None;
-            }
-            Some(items) => items.iter().enumerate().map(|(i, item)| (format!("vms[{i}]"), item.clone())).collect(),
-            None if defaults.is_empty() => {
-                if refused.is_empty() {
-                    errors.push("name: required (or vm, xml, or a list in vms)");
-                }
-                return None;
-            }
-            None => vec![(String::new(), Value::Object(Map::new()))],
-        };
-        let mut vms = Vec::with_capacity(items.len());
-        let mut warnings = Vec::new();
-        let mut deprecations = Vec::new();
-        for (path, item) in items {
-            let Some(item) = errors.check(pool_item(&path, item, stem, images)) else { continue };
-            let inherited: Vec<&str> = refused.iter().map(String::as_str).filter(|o| !item.contains_key(*o)).collect();
-            // ansible_farm's `vm` holds the name and the rest: without it there is no VM to read.
-            if inherited.contains(&"vm") {
-                continue;
-            }
-            let mut merged = defaults.clone();
-            merged.extend(item);
-            // What a VM lacks is not reported when it inherits a refused value.
-            let state = state.filter(|_| inherited.is_empty());
-            vms.extend(parse_vm(&path, merged, state, module, (&mut warnings, &mut deprecations), errors));
-        }
-        let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
-        names.sort_unstable();
-        for pair in names.windows(2).filter(|w| w[0] == w[1]) {
-            errors.push(format!("vms: the name {} is given twice", pair[0]));
-        }
-        let mut macs: Vec<(String, &str)> = Vec::new();
-        for vm in &vms {
-            for mac in errors.check(vm.macs()).unwrap_or_default().into_iter().filter(|m| !m.is_empty()) {
-                match macs.iter().find(|(seen, _)| *seen == mac) {
-                    Some((_, first)) => {
-                        errors.push(format!("networks: MAC {mac} is given to both {first} and {}", vm.name))
-                    }
-                    None => macs.push((mac, &vm.name)),
-                }
-            }
-        }
-        Some(Request {
-            state: state?,
-            wait: wait?,
-            wait_timeout: wait_timeout?,
-            stop_timeout: stop_timeout?,
-            remove_storage: remove_storage?,
-            vms,
-            warnings,
-            deprecations,
-        })
     }
+    let items: Vec<(String, Value)> = match errors.check(params.opt_list("vms"))? {
+        Some([]) => {
+            errors.push("vms: the list is empty");
+            return None;
+        }
+        Some(items) => items.iter().enumerate().map(|(i, item)| (format!("vms[{i}]"), item.clone())).collect(),
+        None if defaults.is_empty() => {
+            if refused.is_empty() {
+                errors.push("name: required (or vm, xml, or a list in vms)");
+            }
+            return None;
+        }
+        None => vec![(String::new(), Value::Object(Map::new()))],
+    };
+    let mut vms = Vec::with_capacity(items.len());
+    let mut warnings = Vec::new();
+    let mut deprecations = Vec::new();
+    for (path, item) in items {
+        let Some(item) = errors.check(pool_item(&path, item, stem, images)) else { continue };
+        let inherited: Vec<&str> = refused.iter().map(String::as_str).filter(|o| !item.contains_key(*o)).collect();
+        // ansible_farm's `vm` holds the name and the rest: without it there is no VM to read.
+        if inherited.contains(&"vm") {
+            continue;
+        }
+        // The item's own `uri` pins it under placement; an inherited one does not.
+        let own_uri = item.get("uri").and_then(Value::as_str).map(str::to_string);
+        let mut merged = defaults.clone();
+        merged.extend(item);
+        // What a VM lacks is not reported when it inherits a refused value.
+        let state = state.filter(|_| inherited.is_empty());
+        let vm = parse_vm(&path, merged, state, module, (&mut warnings, &mut deprecations), errors);
+        vms.extend(vm.map(|vm| VmDefinition { own_uri, ..vm }));
+    }
+    let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+    names.sort_unstable();
+    for pair in names.windows(2).filter(|w| w[0] == w[1]) {
+        errors.push(format!("vms: the name {} is given twice", pair[0]));
+    }
+    let mut macs: Vec<(String, &str)> = Vec::new();
+    for vm in &vms {
+        for mac in vm.macs().into_iter().filter(|m| !m.is_empty()) {
+            match macs.iter().find(|(seen, _)| *seen == mac) {
+                Some((_, first)) => {
+                    errors.push(format!("networks: MAC {mac} is given to both {first} and {}", vm.name))
+                }
+                None => macs.push((mac, &vm.name)),
+            }
+        }
+    }
+    let request = Request {
+        state: state?,
+        wait: wait?,
+        wait_timeout: wait_timeout?,
+        stop_timeout: stop_timeout?,
+        remove_storage: remove_storage?,
+        placement: None,
+        vms,
+    };
+    Some(Parsed { request, warnings, deprecations })
 }
 
 fn seconds(params: &Params, name: &str) -> Result<Duration> {
@@ -475,10 +380,13 @@ fn parse_vm(
                 ));
             }
         }
-        let domain = DomainSource::Given { xml: xml.to_string(), metadata: Box::new(metadata?) };
+        let facts = errors.check(DomainFacts::parse(xml).map_err(|e| anyhow!("xml: {e}")));
+        let domain =
+            DomainSource::Given { xml: xml.to_string(), facts: Box::new(facts?), metadata: Box::new(metadata?) };
         return Some(VmDefinition {
             name,
             uri,
+            own_uri: None,
             domain,
             domain_type: domain_type?,
             root_disk: None,
@@ -539,6 +447,7 @@ fn parse_vm(
     Some(VmDefinition {
         name,
         uri,
+        own_uri: None,
         domain,
         domain_type: domain_type?,
         root_disk: root_disk?,
@@ -1024,11 +933,15 @@ mod tests {
     use super::*;
 
     /// The module's two stages, as `ansible_module::run_parsed` drives them.
-    fn parse(args: Value) -> Result<Request> {
+    fn parse_with_notes(args: Value) -> Result<Parsed> {
         let mut errors = ArgumentErrors::new();
         let params = spec().validate_at(args.as_object().expect("an object"), "", "kvm_provision", &mut errors);
-        let request = Request::from_params(&params, "kvm_provision").map_err(|own| errors.extend(own)).ok();
-        Ok(errors.finish(request)?.expect("a request when nothing is wrong"))
+        let parsed = request(&params, "kvm_provision").map_err(|own| errors.extend(own)).ok();
+        Ok(errors.finish(parsed)?.expect("a request when nothing is wrong"))
+    }
+
+    fn parse(args: Value) -> Result<Request> {
+        Ok(parse_with_notes(args)?.request)
     }
 
     fn generated(vm: &VmDefinition) -> &DomainSpec {
@@ -1067,7 +980,7 @@ mod tests {
 
     #[test]
     fn ansible_farm_vm_definitions_are_accepted_as_they_are() {
-        let request = parse(json!({"state": "present", "vm": {
+        let parsed = parse_with_notes(json!({"state": "present", "vm": {
             "metadata": {"name": "debian12-amd64", "hostname": "deb", "connection": "qemu+ssh://hv1/system", "libvirt_pool_dir": "/pool/",
                          "platform_name": "debian_12", "target_name": "amd64", "template": "default.xml.j2",
                          "auth": {"user": "user", "password": "secret", "become_user": "root"},
@@ -1078,7 +991,7 @@ mod tests {
             "net": {"type": "network", "source": "vfnet", "mac": "52:54:00:12:34:56", "ip": "10.77.0.77", "mask": "255.255.255.0"}
         }}))
         .unwrap();
-        let vm = &request.vms[0];
+        let vm = &parsed.request.vms[0];
         let spec = generated(vm);
         assert_eq!(vm.name, "debian12-amd64");
         assert_eq!(vm.domain_type.as_deref(), Some("qemu"));
@@ -1088,7 +1001,7 @@ mod tests {
         assert_eq!(spec.kernel.as_ref().unwrap().initrd.as_deref(), Some("/pool/initrd.img"));
         assert_eq!(vm.uri, "qemu+ssh://hv1/system", "metadata.connection is the VM's libvirt URI");
         assert!(spec.metadata.vars.iter().all(|(key, _)| key != "ansible_connection"));
-        let warned: Vec<_> = request.warnings.iter().map(|w| w.split(':').next().unwrap()).collect();
+        let warned: Vec<_> = parsed.warnings.iter().map(|w| w.split(':').next().unwrap()).collect();
         assert_eq!(warned, ["vm.metadata.sources", "vm.metadata.template"]);
         assert_eq!(spec.nics[0].mac, "52:54:00:12:34:56");
         assert_eq!(spec.metadata.platform.as_deref(), Some("debian_12"));
@@ -1099,7 +1012,7 @@ mod tests {
 
     #[test]
     fn every_problem_of_every_vm_is_named_at_once() {
-        let refused = |args: Value| parse(args).err().expect("refused");
+        let refused = |args: Value| parse(args).expect_err("refused");
         let err = refused(json!({"name": "vm1", "networks": [{"network": "default", "mac": "zz:zz:zz"}]})).to_string();
         assert!(err.starts_with("image: required") && err.contains("; networks[0].mac: "), "{err}");
         let err = refused(json!({"vms": [
@@ -1131,7 +1044,7 @@ mod tests {
     /// The parameter each error names: what comes before its first `: `, or for the spec's
     /// messages the whole message.
     fn named(args: Value) -> Vec<String> {
-        let err = parse(args).err().expect("refused");
+        let err = parse(args).expect_err("refused");
         let errors = err.downcast_ref::<ArgumentErrors>().expect("argument errors");
         errors.messages().iter().map(|e| e.split(": ").next().unwrap_or_default().to_string()).collect()
     }
@@ -1170,7 +1083,7 @@ mod tests {
             json!({"vms": [{"name": "a"}, {"name": "b", "image": "c", "disks": []}], "disks": 5}),
             json!({"name": "a", "state": "gone"}),
         ] {
-            let err = parse(args.clone()).err().expect("refused").to_string();
+            let err = parse(args.clone()).expect_err("refused").to_string();
             assert!(!err.contains("image: required") && !err.contains("has no value"), "{args}: {err}");
         }
         assert_eq!(named(json!({"vm": [1], "uri": "qemu:///system"})).len(), 1);
@@ -1219,8 +1132,8 @@ mod tests {
         let firmware = |extra: Value| {
             let mut args = json!({"name": "a", "image": "b"});
             args.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-            let request = parse(args).map_err(|e| e.to_string())?;
-            Ok::<_, String>((generated(&request.vms[0]).firmware.clone(), request.deprecations))
+            let parsed = parse_with_notes(args)?;
+            Ok::<_, anyhow::Error>((generated(&parsed.request.vms[0]).firmware.clone(), parsed.deprecations))
         };
         assert_eq!(firmware(json!({})).unwrap(), (Firmware::Bios, vec![]));
         assert_eq!(firmware(json!({"firmware": "efi"})).unwrap().0, Firmware::Efi { secure_boot: false });
@@ -1234,8 +1147,9 @@ mod tests {
         let tpm = parse(json!({"name": "a", "image": "b", "firmware": "efi", "tpm": true})).unwrap();
         assert_eq!(generated(&tpm.vms[0]).tpm, Some(Tpm::default()), "its model is the hypervisor's to offer");
         assert_eq!(generated(&parse(json!({"name": "a", "image": "b", "tpm": false})).unwrap().vms[0]).tpm, None);
-        let farm = parse(json!({"vm": {"metadata": {"name": "a"}, "firmware": code}, "image": "b"})).unwrap();
-        assert_eq!(generated(&farm.vms[0]).firmware, Firmware::Loader(code.into()));
+        let farm =
+            parse_with_notes(json!({"vm": {"metadata": {"name": "a"}, "firmware": code}, "image": "b"})).unwrap();
+        assert_eq!(generated(&farm.request.vms[0]).firmware, Firmware::Loader(code.into()));
         assert!(farm.deprecations.is_empty(), "ansible_farm's vm.firmware is its loader");
         for (extra, named) in [
             (json!({"firmware": "uefi"}), "firmware:"),
@@ -1244,7 +1158,7 @@ mod tests {
             (json!({"loader": "OVMF_CODE.fd"}), "loader:"),
             (json!({"firmware": "bios", "loader": code}), "loader:"),
         ] {
-            let err = firmware(extra.clone()).expect_err("refused");
+            let err = firmware(extra.clone()).expect_err("refused").to_string();
             assert!(err.contains(named), "{extra} gave '{err}', expected it to name {named}");
         }
     }
