@@ -26,6 +26,7 @@ pub(crate) mod domain_disks;
 mod group;
 mod marker;
 mod nvram;
+pub mod orchestrate;
 pub(crate) mod qcow2;
 mod xml;
 

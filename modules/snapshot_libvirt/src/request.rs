@@ -4,73 +4,18 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use virtfarm_libvirt::snapshot::{check_name, CreateOptions, Requested};
+use virtfarm_libvirt::snapshot::orchestrate::{Domain, Mode, Request, State};
+use virtfarm_libvirt::snapshot::{check_name, Requested};
 use virtfarm_libvirt::wait::Signal;
 
-/// What should be true afterwards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    /// The snapshot exists on every domain.
-    Present,
-    /// The snapshot exists on no domain.
-    Absent,
-    /// Every domain has just been reverted to the snapshot.
-    Reverted,
-    /// Nothing changes; the snapshots are listed.
-    List,
-}
-
-/// What to do after a revert.
+/// One validated call of the module: the library's request, and the option its domains came
+/// from (`name`, `names` or `placement`), for error messages.
 #[derive(Clone, Debug)]
-pub struct AfterRevert {
-    /// Set the guest clock from the host's through the agent.
-    pub sync_clock: bool,
-    /// Wait until the guest answers this way, if set.
-    pub wait: Option<Signal>,
-    /// The bound of that wait (and of the agent wait before the clock sync).
-    pub timeout: Duration,
-}
-
-/// Which kind of snapshot the module manages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// libvirt snapshots, internal or external.
-    Snapshot,
-    /// The TripleO role's `.bak` backing files, in this directory (`<domain>.qcow2` each).
-    BackingFile {
-        /// The directory holding the domains' images.
-        volume_path: String,
-    },
-}
-
-/// A domain the request is about, and the hypervisor it runs on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Domain {
-    /// Its name.
-    pub name: String,
-    /// The libvirt URI of its hypervisor.
-    pub uri: String,
-}
-
-/// One validated call of the module.
-#[derive(Clone, Debug)]
-pub struct Request {
-    /// The domains, in the order given; they may live on several hypervisors.
-    pub domains: Vec<Domain>,
-    /// The option the domains came from (`name`, `names` or `placement`), for error messages.
+pub struct Call {
+    /// What to do.
+    pub request: Request,
+    /// The option that named the domains.
     pub domains_option: &'static str,
-    /// libvirt snapshots or backing files.
-    pub mode: Mode,
-    /// The snapshot name; `None` only with `state: list` or in the backing-file mode's default level.
-    pub snapshot: Option<String>,
-    /// The wanted state.
-    pub state: State,
-    /// How to create.
-    pub create: CreateOptions,
-    /// Shut running domains down before the snapshot (graceful within this bound, then forced).
-    pub shutdown_first: Option<Duration>,
-    /// What to do after a revert.
-    pub after_revert: AfterRevert,
 }
 
 /// A rejected value, with the option it belongs to.
@@ -92,16 +37,14 @@ fn bad(option: &'static str, problem: impl Into<String>) -> BadOption {
     BadOption { option, problem: problem.into() }
 }
 
-impl State {
-    /// Reads a `state` choice.
-    pub fn parse(value: &str) -> Result<State, BadOption> {
-        match value {
-            "present" => Ok(State::Present),
-            "absent" => Ok(State::Absent),
-            "reverted" => Ok(State::Reverted),
-            "list" => Ok(State::List),
-            other => Err(bad("state", format!("'{other}' is not one of present, absent, reverted, list"))),
-        }
+/// Reads a `state` choice.
+pub fn parse_state(value: &str) -> Result<State, BadOption> {
+    match value {
+        "present" => Ok(State::Present),
+        "absent" => Ok(State::Absent),
+        "reverted" => Ok(State::Reverted),
+        "list" => Ok(State::List),
+        other => Err(bad("state", format!("'{other}' is not one of present, absent, reverted, list"))),
     }
 }
 
@@ -233,7 +176,7 @@ mod tests {
         assert!(check_domains("placement", &spread).is_ok());
         assert!(check_one_host(&Mode::Snapshot, &spread).is_ok());
         assert_eq!(check_one_host(&backing, &spread).unwrap_err().option, "placement");
-        assert_eq!(State::parse("gone").unwrap_err().option, "state");
+        assert_eq!(parse_state("gone").unwrap_err().option, "state");
         assert_eq!(parse_type("both").unwrap_err().option, "type");
         assert_eq!(parse_wait("ping").unwrap_err().option, "after_revert.wait");
         assert_eq!(seconds("shutdown_timeout", 0).unwrap_err().option, "shutdown_timeout");
