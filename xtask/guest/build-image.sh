@@ -64,9 +64,10 @@ printf 'blacklist %s\n' cfg80211 kvm kvm_amd kvm_intel ccp iTCO_wdt iTCO_vendor_
 
 step "small initrd for direct kernel boot"
 echo MODULES=list >"$root/etc/initramfs-tools/conf.d/virtfarm"
-# sr_mod: a cloud-init seed is a CD-ROM, which ds-identify must see when it runs, early in
-# systemd's start; loaded later by udev, the seed is missed under TCG and cloud-init disabled.
-printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic sr_mod >"$root/etc/initramfs-tools/modules"
+# virtio_scsi, sr_mod: a cloud-init seed is a CD-ROM on virtio-scsi, which ds-identify must see
+# when it runs, early in systemd's start; loaded later by udev, the seed is missed under TCG
+# and cloud-init disables itself.
+printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic virtio_scsi sr_mod >"$root/etc/initramfs-tools/modules"
 chroot "$root" update-initramfs -u -k all 2>/dev/null
 install -m644 "$root"/boot/vmlinuz-* "$out/vmlinuz"; install -m644 "$root"/boot/initrd.img-* "$out/initrd.img"
 rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/usr/share/doc/* "$root"/usr/share/man/* \
