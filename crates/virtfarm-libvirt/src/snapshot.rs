@@ -45,33 +45,6 @@ use crate::naming::snapshot_overlay_prefix;
 use crate::vm::{PowerState, Vm};
 pub(crate) use nvram::Nvram;
 
-/// The longest snapshot name accepted: it becomes part of overlay file names.
-pub const MAX_NAME_LEN: usize = 64;
-
-/// Checks a snapshot name: not empty, not longer than [`MAX_NAME_LEN`], no `/`, no `..`,
-/// no control characters (it ends up in file names and in logs).
-pub fn check_name(name: &str) -> Result<()> {
-    let problem = if name.is_empty() {
-        Some("must not be empty".to_string())
-    } else if name.chars().count() > MAX_NAME_LEN {
-        Some(format!("is longer than {MAX_NAME_LEN} characters"))
-    } else if name.contains('/') {
-        Some("must not contain '/'".to_string())
-    } else if name.contains("..") {
-        Some("must not contain '..'".to_string())
-    } else if name.chars().any(char::is_control) {
-        Some("must not contain control characters".to_string())
-    } else if name.starts_with('-') || name.starts_with('.') {
-        Some("must not start with '-' or '.'".to_string())
-    } else {
-        None
-    };
-    match problem {
-        Some(problem) => Err(Error::Refused(format!("snapshot name {name:?} {problem}"))),
-        None => Ok(()),
-    }
-}
-
 /// The kind of snapshot asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Requested {
@@ -743,17 +716,6 @@ mod tests {
 
     fn options(requested: Requested, memory: Option<bool>) -> CreateOptions {
         CreateOptions { requested, memory, quiesce: false }
-    }
-
-    #[test]
-    fn names_that_cannot_become_file_names_are_refused() {
-        for good in ["clean", "before-upgrade_2", "v1.2", "état"] {
-            assert!(check_name(good).is_ok(), "{good}");
-        }
-        let long = "x".repeat(MAX_NAME_LEN + 1);
-        for bad in ["", "a/b", "..", "a..b", "tab\there", "nl\n", "-flag", ".hidden", long.as_str()] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
     }
 
     #[test]
