@@ -49,6 +49,33 @@ pub enum Error {
     /// The request cannot be carried out as asked; the message says why.
     #[error("{0}")]
     Refused(String),
+    /// A snapshot request that the domain's disks or snapshots refuse. The message speaks of
+    /// libvirt things; `kind` says what in the request is at fault, for the caller to name it.
+    #[error("{message}")]
+    SnapshotRefused {
+        /// What in the request is at fault.
+        kind: SnapshotRefusal,
+        /// What stands in the way.
+        message: String,
+    },
+}
+
+/// What in a snapshot request a [`Error::SnapshotRefused`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotRefusal {
+    /// An internal snapshot, of a domain that cannot have one.
+    InternalImpossible,
+    /// The RAM, asked of an external snapshot, which keeps the disks only.
+    MemoryNeedsInternal,
+    /// The snapshot named: its name or where its data lives.
+    Snapshot,
+    /// The snapshot named, while other snapshots stand in the way: deleting those lets it go on.
+    DeleteSnapshotsFirst,
+    /// A backing-file change, over libvirt snapshots that deleting first lets it go on.
+    BackingFileUnderSnapshots,
+    /// A backing-file change that would lose the internal snapshots inside the file.
+    BackingFileOverInternalSnapshots,
 }
 
 /// The result type of this crate.

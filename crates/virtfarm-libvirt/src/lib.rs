@@ -37,6 +37,7 @@ pub mod provision;
 pub mod scan;
 pub mod snapshot;
 pub mod storage;
+pub mod validate;
 pub mod vm;
 pub mod wait;
 

@@ -28,15 +28,21 @@ pub enum Signal {
     Address,
 }
 
-impl Signal {
+/// A name that is no [`Signal`]'s.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownSignal;
+
+impl std::str::FromStr for Signal {
+    type Err = UnknownSignal;
+
     /// Parses `lease`, `agent`, `ssh` or `address`.
-    pub fn parse(value: &str) -> Option<Self> {
+    fn from_str(value: &str) -> Result<Self, UnknownSignal> {
         match value {
-            "lease" => Some(Signal::Lease),
-            "agent" => Some(Signal::Agent),
-            "ssh" => Some(Signal::Ssh),
-            "address" => Some(Signal::Address),
-            _ => None,
+            "lease" => Ok(Signal::Lease),
+            "agent" => Ok(Signal::Agent),
+            "ssh" => Ok(Signal::Ssh),
+            "address" => Ok(Signal::Address),
+            _ => Err(UnknownSignal),
         }
     }
 }

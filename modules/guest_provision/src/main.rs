@@ -15,7 +15,7 @@ use ansible_module::{ArgSpec, ArgumentErrors, Module, Opt, Params, Response, Typ
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::json;
 use virtfarm_libvirt::lock::{DomainLock, LockPolicy};
-use virtfarm_libvirt::snapshot;
+use virtfarm_libvirt::validate::{self, ZeroSeconds, WAIT_CHOICES};
 use virtfarm_libvirt::wait::Signal;
 use virtfarm_libvirt::{Hypervisor, Vm};
 
@@ -39,7 +39,7 @@ fn spec() -> ArgSpec {
         Opt::raw("revision_vars").default(json!({})),
         Opt::bool("prune").default(true),
         Opt::bool("quiesce").default(true),
-        Opt::str("wait").choices(&["none", "lease", "agent", "ssh", "address"]).default("lease"),
+        Opt::str("wait").choices(&WAIT_CHOICES).default("lease"),
         Opt::int("timeout").default(120).aliases(&["connection_timeout"]),
         Opt::str("host"),
         Opt::int("port").default(22),
@@ -90,7 +90,8 @@ impl Step {
                 Step::Reachable { host: host?.to_string(), port, banner, timeout: timeout? }
             }
             "started" => {
-                let wait = errors.check(params.str("wait")).map(Signal::parse);
+                let wait =
+                    errors.check(params.str("wait")).and_then(|wait| errors.check(rule("wait", validate::wait(wait))));
                 let timeout = errors.check(seconds(params, "timeout"));
                 Step::Started { wait: wait?, timeout: timeout? }
             }
@@ -209,15 +210,21 @@ fn cache_names(params: &Params, errors: &mut ArgumentErrors) -> Option<CacheName
         !auto
     });
     let names = CacheNames::new(project?, revision.unwrap_or_default());
-    errors.check(snapshot::check_name(&names.clean).map_err(|e| anyhow!("project_id: {e}")))?;
+    errors.check(validate::snapshot_name(&names.clean).map_err(|e| anyhow!("project_id: {e}")))?;
     revision?;
     // The init snapshot's name adds the revision to a project that is fine on its own.
-    errors.check(snapshot::check_name(&names.init).map_err(|e| anyhow!("project_id or revision: {e}")))?;
+    errors.check(validate::snapshot_name(&names.init).map_err(|e| anyhow!("project_id or revision: {e}")))?;
     Some(names)
 }
 
+/// A timeout; 0 means look once.
 fn seconds(params: &Params, name: &str) -> Result<Duration> {
-    bounded::<u64>(params, name, "0 or more").map(Duration::from_secs)
+    rule(name, validate::timeout(params.int(name)?, ZeroSeconds::NoWait))
+}
+
+/// A value checked by its rule in [`validate`], the error naming `name` in this module's words.
+fn rule<T>(name: &str, checked: Result<T, validate::Invalid>) -> Result<T> {
+    checked.map_err(|e| anyhow!("{name} {e}"))
 }
 
 /// An `int` option whose values must fit `T`, which `range` says in words.
@@ -280,7 +287,7 @@ mod tests {
         let reply = reply(json!({"state": "reachable", "host": "localhost", "port": 70000, "timeout": -1}));
         assert_eq!(
             reply["argument_errors"],
-            json!(["port must be between 0 and 65535, got 70000", "timeout must be 0 or more, got -1"]),
+            json!(["port must be between 0 and 65535, got 70000", "timeout must be 0 or more seconds, got -1"]),
             "{reply}"
         );
         let msg = failure(json!({"state": "cache_prepared", "name": "vm", "project_id": "p", "revision": "auto",

@@ -19,7 +19,7 @@ use virtfarm_libvirt::naming::{derived_mac, pool_node};
 use virtfarm_libvirt::network::{NewNetwork, Reservation, Subnet};
 use virtfarm_libvirt::provision::{DomainSource, NetworkWant, Request, RootDisk, State, VmDefinition};
 use virtfarm_libvirt::storage::CloneMode;
-use virtfarm_libvirt::wait::Signal;
+use virtfarm_libvirt::validate::{self, ZeroSeconds, WAIT_CHOICES};
 
 use crate::fields::{size, Loose};
 
@@ -46,7 +46,8 @@ fn is_secret_field(key: &str) -> bool {
 pub fn spec() -> ArgSpec {
     let mut options = vec![
         Opt::str("state").choices(&["present", "running", "stopped", "absent"]).default("running"),
-        Opt::str("wait").choices(&["none", "lease", "agent", "ssh"]).default("none"),
+        // `address` is for guest_provision, whose next step checks the guest itself.
+        Opt::str("wait").choices(&WAIT_CHOICES[..4]).default("none"),
         Opt::int("wait_timeout").default(300),
         Opt::int("stop_timeout").default(60),
         Opt::bool("remove_storage").default(false),
@@ -148,7 +149,8 @@ fn read(params: &Params, module: &str, errors: &mut ArgumentErrors) -> Option<Pa
         "absent" => State::Absent,
         _ => State::Running,
     });
-    let wait = errors.check(params.str("wait")).map(Signal::parse);
+    let wait =
+        errors.check(params.str("wait")).and_then(|wait| errors.check(checked_value("wait", wait, validate::wait)));
     let wait_timeout = errors.check(seconds(params, "wait_timeout"));
     let stop_timeout = errors.check(seconds(params, "stop_timeout"));
     let remove_storage = errors.check(params.bool("remove_storage"));
@@ -228,12 +230,14 @@ fn read(params: &Params, module: &str, errors: &mut ArgumentErrors) -> Option<Pa
     Some(Parsed { request, warnings, deprecations })
 }
 
+/// A timeout; 0 means do not wait (`wait_timeout`) or force off at once (`stop_timeout`).
 fn seconds(params: &Params, name: &str) -> Result<Duration> {
-    let value = params.int(name)?;
-    match u64::try_from(value) {
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => bail!("{name}: must be 0 or more seconds, got {value}"),
-    }
+    checked_value(name, params.int(name)?, |value| validate::timeout(value, ZeroSeconds::NoWait))
+}
+
+/// A value checked by its rule in [`validate`], the error naming `field`.
+fn checked_value<T, U>(field: &str, value: T, rule: impl FnOnce(T) -> Result<U, validate::Invalid>) -> Result<U> {
+    rule(value).map_err(|e| anyhow!("{field}: {e}"))
 }
 
 /// An item of `vms`: a dictionary, a pool spec string (`"3"`, `"18:bookworm"`) with `stem`, or a VM name.
@@ -269,18 +273,6 @@ fn pool_item(path: &str, item: Value, stem: Option<&str>, images: &Map<String, V
     Ok(map)
 }
 
-/// Checks a domain name: it also names the guest's volumes.
-fn check_name(field: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.');
-    if !ok {
-        bail!("{field}: {name:?} is not a usable VM name (letters, digits, '-', '_', '.'; at most 64)");
-    }
-    Ok(())
-}
-
 /// Checks the name of a libvirt object (pool, network, volume, bridge): a single name,
 /// never a path, printable.
 fn check_object_name(field: &str, name: &str) -> Result<()> {
@@ -295,13 +287,9 @@ fn check_object_name(field: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a file path on the hypervisor: absolute, no `..`, printable.
+/// Checks a file path on the hypervisor.
 fn check_path(field: &str, path: &str) -> Result<()> {
-    let ok = path.starts_with('/') && !path.split('/').any(|part| part == "..") && !path.chars().any(char::is_control);
-    if !ok {
-        bail!("{field}: {path:?} is not an absolute path without '..'");
-    }
-    Ok(())
+    checked_value(field, path, validate::host_path).map(drop)
 }
 
 /// Checks free text that ends up in the domain XML or the seed: no control characters
@@ -361,9 +349,9 @@ fn parse_vm(
         errors.check(fields.opt_str(option)).map(|value| value.unwrap_or(default).to_string())
     };
     let name = errors.check(fields.str("name"))?.to_string();
-    errors.check(check_name(&fields.name_of("name"), &name));
+    errors.check(checked_value(&fields.name_of("name"), name.as_str(), validate::vm_name));
     let uri = text(errors, "uri", "qemu:///system")?;
-    errors.check(check_uri(&fields.name_of("uri"), &uri));
+    errors.check(checked_value(&fields.name_of("uri"), uri.as_str(), validate::uri));
     let pool = text(errors, "pool", "default")?;
     errors.check(check_object_name(&fields.name_of("pool"), &pool));
     let domain_type = errors.check(fields.opt_str("domain_type")).map(|kind| kind.map(str::to_string));
@@ -506,18 +494,6 @@ fn parse_vcpus(fields: &Params) -> Result<u32> {
             _ => bail!("{}: {n} is not a number of CPUs (1 to 4096)", fields.name_of("vcpus")),
         },
     }
-}
-
-/// Checks a libvirt URI's shape (`driver[+transport]://[host]/path`); whether it answers
-/// is for the connection to say.
-fn check_uri(field: &str, uri: &str) -> Result<()> {
-    let scheme = uri.split_once("://").map(|(scheme, _)| scheme);
-    let ok = scheme.is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+'))
-        && !uri.chars().any(|c| c.is_control() || c.is_whitespace());
-    if !ok {
-        bail!("{field}: {uri:?} is not a libvirt URI (such as qemu:///system or qemu+ssh://host/system)");
-    }
-    Ok(())
 }
 
 /// `metadata`; every bad key is added to `errors`.

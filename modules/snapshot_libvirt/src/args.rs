@@ -4,6 +4,7 @@
 use ansible_module::{ArgSpec, ArgumentErrors, Opt, Params, Type};
 use virtfarm_libvirt::snapshot::orchestrate::{AfterRevert, Domain, Request};
 use virtfarm_libvirt::snapshot::CreateOptions;
+use virtfarm_libvirt::validate::WAIT_CHOICES;
 
 use crate::request::{self, Call};
 
@@ -26,7 +27,8 @@ pub fn spec() -> ArgSpec {
         Opt::dict("after_revert")
             .suboptions(ArgSpec::new([
                 Opt::bool("sync_clock").default(true),
-                Opt::str("wait").choices(&["none", "agent", "lease", "ssh"]).default("none"),
+                // `address` is for guest_provision, whose next step checks the guest itself.
+                Opt::str("wait").choices(&WAIT_CHOICES[..4]).default("none"),
                 Opt::int("timeout").default(300),
             ]))
             .apply_defaults(),

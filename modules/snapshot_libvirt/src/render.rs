@@ -4,10 +4,12 @@
 
 use ansible_module::{Diff, Response};
 use serde_json::{json, Value};
+use virtfarm_libvirt::error::SnapshotRefusal;
 use virtfarm_libvirt::power::StopOutcome;
 use virtfarm_libvirt::snapshot::backing_file::{Level, Unfinished};
 use virtfarm_libvirt::snapshot::orchestrate::{Action, Failure, NamesPerDomain, Outcome, Repairs, RunError, VmOutcome};
 use virtfarm_libvirt::snapshot::{ClockSync, SnapshotInfo};
+use virtfarm_libvirt::Error;
 
 use crate::request::Call;
 
@@ -45,7 +47,25 @@ fn message(error: &RunError, call: &Call) -> String {
         RunError::SnapshotNotFound { .. } | RunError::LevelNotFound { .. } => format!("snapshot: {error}"),
         RunError::NotReady { .. } => format!("after_revert.wait: {error}"),
         RunError::Reverts(errors) => errors.iter().map(|e| message(e, call)).collect::<Vec<_>>().join("; "),
+        RunError::Libvirt(source) => in_option_words(source),
+        RunError::OnDomain { domain, source } => format!("{domain}: {}", in_option_words(source)),
         _ => error.to_string(),
+    }
+}
+
+/// A library error with the option behind it in front, and the options that would get past
+/// it after, where it says.
+fn in_option_words(error: &Error) -> String {
+    let Error::SnapshotRefused { kind, message } = error else { return error.to_string() };
+    match kind {
+        SnapshotRefusal::InternalImpossible => format!("type: {message}"),
+        SnapshotRefusal::MemoryNeedsInternal => format!("memory: {message}"),
+        SnapshotRefusal::DeleteSnapshotsFirst => format!("snapshot: {message} (state: absent)"),
+        SnapshotRefusal::BackingFileUnderSnapshots => format!(
+            "mode: backing_file: {message} (mode: snapshot, state: absent), or keep to mode snapshot for this domain"
+        ),
+        SnapshotRefusal::BackingFileOverInternalSnapshots => format!("mode: backing_file: {message}"),
+        _ => format!("snapshot: {message}"),
     }
 }
 
@@ -168,7 +188,6 @@ mod tests {
 
     use virtfarm_libvirt::snapshot::backing_file::Pending;
     use virtfarm_libvirt::snapshot::orchestrate::{AfterRevert, Domain, LevelAction, Mode, Request, State};
-    use virtfarm_libvirt::Error;
 
     use super::*;
 
@@ -230,5 +249,19 @@ mod tests {
         assert_eq!(result["action"], "repaired");
         assert_eq!(result["repaired"], json!(["saving"]));
         assert!(result.get("unfinished").is_none());
+    }
+
+    #[test]
+    fn a_snapshot_refusal_names_the_option_at_fault() {
+        let refused = |kind, message: &str| Error::SnapshotRefused { kind, message: message.into() };
+        let memory = refused(SnapshotRefusal::MemoryNeedsInternal, "external snapshots are disk-only");
+        assert_eq!(in_option_words(&memory), "memory: external snapshots are disk-only");
+        let in_the_way = refused(SnapshotRefusal::DeleteSnapshotsFirst, "s1 of a lives in x: delete those first");
+        assert_eq!(in_option_words(&in_the_way), "snapshot: s1 of a lives in x: delete those first (state: absent)");
+        let on_domain = RunError::OnDomain {
+            domain: "a".into(),
+            source: refused(SnapshotRefusal::BackingFileOverInternalSnapshots, "x holds s1"),
+        };
+        assert_eq!(message(&on_domain, &call("name")), "a: mode: backing_file: x holds s1");
     }
 }

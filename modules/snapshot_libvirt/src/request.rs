@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use virtfarm_libvirt::snapshot::orchestrate::{Domain, Mode, Request, State};
-use virtfarm_libvirt::snapshot::{check_name, Requested};
+use virtfarm_libvirt::snapshot::Requested;
+use virtfarm_libvirt::validate::{self, ZeroSeconds};
 use virtfarm_libvirt::wait::Signal;
 
 /// One validated call of the module: the library's request, and the option its domains came
@@ -60,13 +61,7 @@ pub fn parse_type(value: &str) -> Result<Requested, BadOption> {
 
 /// Reads an `after_revert.wait` choice.
 pub fn parse_wait(value: &str) -> Result<Option<Signal>, BadOption> {
-    match value {
-        "none" => Ok(None),
-        "agent" => Ok(Some(Signal::Agent)),
-        "lease" => Ok(Some(Signal::Lease)),
-        "ssh" => Ok(Some(Signal::Ssh)),
-        other => Err(bad("after_revert.wait", format!("'{other}' is not one of none, agent, lease, ssh"))),
-    }
+    validate::wait(value).map_err(|e| bad("after_revert.wait", e.to_string()))
 }
 
 /// Checks the domain list: at least one, no empty or repeated names, a URI for each.
@@ -75,13 +70,8 @@ pub fn check_domains(option: &'static str, domains: &[Domain]) -> Result<(), Bad
         return Err(bad(option, "names at least one domain"));
     }
     for (index, Domain { name, uri }) in domains.iter().enumerate() {
-        if name.trim().is_empty() {
-            return Err(bad(option, "contains an empty domain name"));
-        }
         // libvirt refuses these only after a round trip, with a message that names no option.
-        if name.len() > 255 || name.contains('/') || name.chars().any(char::is_control) {
-            return Err(bad(option, "contains a domain name longer than 255 bytes, with '/' or control characters"));
-        }
+        validate::domain_name(name).map_err(|e| bad(option, e.to_string()))?;
         if domains[..index].iter().any(|d| d.name == *name) {
             return Err(bad(option, format!("names domain '{name}' twice")));
         }
@@ -117,12 +107,10 @@ pub fn check_one_host(mode: &Mode, domains: &[Domain]) -> Result<(), BadOption> 
 pub fn parse_mode(mode: &str, volume_path: Option<&str>) -> Result<Mode, BadOption> {
     match (mode, volume_path) {
         ("snapshot", _) => Ok(Mode::Snapshot),
-        ("backing_file", Some(dir)) if dir.starts_with('/') && !dir.split('/').any(|part| part == "..") => {
-            Ok(Mode::BackingFile { volume_path: dir.trim_end_matches('/').to_string() })
-        }
-        ("backing_file", Some(dir)) => {
-            Err(bad("volume_path", format!("must be an absolute directory without '..', got '{dir}'")))
-        }
+        ("backing_file", Some(dir)) => match validate::host_path(dir) {
+            Ok(dir) => Ok(Mode::BackingFile { volume_path: dir.trim_end_matches('/').to_string() }),
+            Err(e) => Err(bad("volume_path", e.to_string())),
+        },
         ("backing_file", None) => Err(bad("volume_path", "is required when mode is backing_file")),
         (other, _) => Err(bad("mode", format!("'{other}' is not one of snapshot, backing_file"))),
     }
@@ -136,17 +124,13 @@ pub fn check_snapshot(state: State, mode: &Mode, snapshot: Option<&str>) -> Resu
         None if !optional => Err(bad("snapshot", "is required unless state is list or mode is backing_file")),
         None => Ok(()),
         Some(name) if name.trim().is_empty() => Err(bad("snapshot", "must not be blank")),
-        Some(name) => check_name(name).map_err(|e| bad("snapshot", e.to_string())),
+        Some(name) => validate::snapshot_name(name).map(drop).map_err(|e| bad("snapshot", e.to_string())),
     }
 }
 
-/// Checks a duration in seconds.
+/// Checks a duration in seconds: each of this module's bounds a wait that must happen.
 pub fn seconds(option: &'static str, value: i64) -> Result<Duration, BadOption> {
-    u64::try_from(value)
-        .ok()
-        .filter(|s| *s > 0)
-        .map(Duration::from_secs)
-        .ok_or_else(|| bad(option, format!("must be a positive number of seconds, got {value}")))
+    validate::timeout(value, ZeroSeconds::Refused).map_err(|e| bad(option, e.to_string()))
 }
 
 #[cfg(test)]

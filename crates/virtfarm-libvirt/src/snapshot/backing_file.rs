@@ -32,7 +32,7 @@ use super::qcow2::is_empty_overlay;
 use super::xml::serialise;
 use super::{blockjob, domain_disks};
 use crate::connection::Hypervisor;
-use crate::error::{Doing, Error, Result};
+use crate::error::{Doing, Error, Result, SnapshotRefusal};
 use crate::vm::{PowerState, Vm};
 
 /// The longest a commit or a pull may take.
@@ -302,21 +302,22 @@ pub fn refuse_over_snapshots(hv: &Hypervisor, vm: &Vm, disk: &str, level: Option
         }
     }
     if !listed.is_empty() {
-        return Err(Error::Refused(format!(
-            "mode: backing_file: {} has the libvirt snapshots {listed:?} in {}, which this would replace: \
-             delete them first (mode: snapshot, state: absent), or keep to mode snapshot for this domain",
+        let message = format!(
+            "{} has the libvirt snapshots {listed:?} in {}, which this would replace: delete them first",
             vm.name(),
             holding.join(" and ")
-        )));
+        );
+        return Err(Error::SnapshotRefused { kind: SnapshotRefusal::BackingFileUnderSnapshots, message });
     }
     for file in files.into_iter().filter(|f| volume_at(conn, f).is_ok()) {
         let inside = super::qcow2::internal_snapshots_at(conn, file)?;
         if !inside.is_empty() {
-            return Err(Error::Refused(format!(
-                "mode: backing_file: {file} holds the internal snapshots {inside:?}, which libvirt does not list \
+            let message = format!(
+                "{file} holds the internal snapshots {inside:?}, which libvirt does not list \
                  for {}: replacing the file would lose them, so it is left alone",
                 vm.name()
-            )));
+            );
+            return Err(Error::SnapshotRefused { kind: SnapshotRefusal::BackingFileOverInternalSnapshots, message });
         }
     }
     Ok(())

@@ -1,0 +1,207 @@
+//! The one rule for each value a user gives to name a libvirt thing or bound a wait: domain
+//! names, paths on the hypervisor, URIs, snapshot names, timeouts and wait choices.
+//!
+//! Every module checks its options with these, so a value is accepted or refused the same
+//! way everywhere. An [`Invalid`] says what is wrong with the value; the caller puts the
+//! option's name in front.
+//!
+//! ```
+//! use std::time::Duration;
+//! use virtfarm_libvirt::validate::{self, ZeroSeconds};
+//!
+//! assert_eq!(validate::timeout(0, ZeroSeconds::NoWait), Ok(Duration::ZERO));
+//! let refused = validate::timeout(0, ZeroSeconds::Refused).unwrap_err();
+//! assert_eq!(format!("shutdown_timeout: {refused}"), "shutdown_timeout: must be a positive number of seconds, got 0");
+//! ```
+
+use std::time::Duration;
+
+use crate::wait::Signal;
+
+/// The longest snapshot name accepted: it becomes part of overlay file names.
+pub const MAX_SNAPSHOT_NAME_LEN: usize = 64;
+
+/// The `wait` choices: `none`, then each [`Signal`] by name.
+pub const WAIT_CHOICES: [&str; 5] = ["none", "lease", "agent", "ssh", "address"];
+
+/// Why a value was refused. The text is what follows the option's name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Invalid {
+    /// A negative timeout, where 0 means "do not wait".
+    #[error("must be 0 or more seconds, got {0}")]
+    NegativeSeconds(i64),
+    /// A timeout of 0 or less, for a wait that must happen.
+    #[error("must be a positive number of seconds, got {0}")]
+    NoSeconds(i64),
+    /// A `wait` value that is neither `none` nor a signal's name.
+    #[error("'{0}' is not one of {choices}", choices = WAIT_CHOICES.join(", "))]
+    UnknownWait(String),
+    /// A name for a new VM outside the strict set: it also names the VM's volumes.
+    #[error("{0:?} is not a usable VM name (letters, digits, '-', '_', '.'; at most 64)")]
+    VmName(String),
+    /// A name libvirt would refuse as a domain's, after a round trip.
+    #[error("{0:?} is not a domain name (not blank, at most 255 bytes, no '/' or control characters)")]
+    DomainName(String),
+    /// A path on the hypervisor that is relative, climbs with `..` or is not printable.
+    #[error("{0:?} is not an absolute path without '..'")]
+    HostPath(String),
+    /// A string that is not shaped like a libvirt URI.
+    #[error("{0:?} is not a libvirt URI (such as qemu:///system or qemu+ssh://host/system)")]
+    Uri(String),
+    /// A snapshot name that cannot become part of a file name.
+    #[error("snapshot name {name:?} {problem}")]
+    SnapshotName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// What a timeout of 0 seconds means for an option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZeroSeconds {
+    /// Do not wait: look once, or force at once.
+    NoWait,
+    /// Refused: the option bounds something that needs time, such as a graceful shutdown.
+    Refused,
+}
+
+/// A timeout given in whole seconds.
+pub fn timeout(seconds: i64, zero: ZeroSeconds) -> Result<Duration, Invalid> {
+    match (u64::try_from(seconds), zero) {
+        (Ok(0), ZeroSeconds::Refused) | (Err(_), ZeroSeconds::Refused) => Err(Invalid::NoSeconds(seconds)),
+        (Ok(seconds), _) => Ok(Duration::from_secs(seconds)),
+        (Err(_), ZeroSeconds::NoWait) => Err(Invalid::NegativeSeconds(seconds)),
+    }
+}
+
+/// A `wait` choice: `none` or the [`Signal`] that means ready.
+pub fn wait(value: &str) -> Result<Option<Signal>, Invalid> {
+    match value {
+        "none" => Ok(None),
+        signal => signal.parse().map(Some).map_err(|_| Invalid::UnknownWait(value.to_string())),
+    }
+}
+
+/// The name of a VM to be defined: ASCII letters, digits, `-_.`, not hidden, at most 64,
+/// since its volumes and seed are named after it.
+pub fn vm_name(name: &str) -> Result<&str, Invalid> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    ok.then_some(name).ok_or_else(|| Invalid::VmName(name.to_string()))
+}
+
+/// The name of an existing domain: what libvirt itself accepts.
+pub fn domain_name(name: &str) -> Result<&str, Invalid> {
+    let ok = !name.trim().is_empty() && name.len() <= 255 && !name.contains('/') && !name.chars().any(char::is_control);
+    ok.then_some(name).ok_or_else(|| Invalid::DomainName(name.to_string()))
+}
+
+/// A file or directory on the hypervisor: absolute, no `..`, printable.
+pub fn host_path(path: &str) -> Result<&str, Invalid> {
+    let ok = path.starts_with('/') && !path.split('/').any(|part| part == "..") && !path.chars().any(char::is_control);
+    ok.then_some(path).ok_or_else(|| Invalid::HostPath(path.to_string()))
+}
+
+/// A libvirt URI's shape (`driver[+transport]://[host]/path`); whether it answers is for the
+/// connection to say.
+pub fn uri(uri: &str) -> Result<&str, Invalid> {
+    let scheme = uri.split_once("://").map(|(scheme, _)| scheme);
+    let ok = scheme.is_some_and(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+'))
+        && !uri.chars().any(|c| c.is_control() || c.is_whitespace());
+    ok.then_some(uri).ok_or_else(|| Invalid::Uri(uri.to_string()))
+}
+
+/// A snapshot name: not empty, not longer than [`MAX_SNAPSHOT_NAME_LEN`], no `/`, no `..`,
+/// no control characters, not starting with `-` or `.` (it ends up in file names and logs).
+pub fn snapshot_name(name: &str) -> Result<&str, Invalid> {
+    let problem = if name.is_empty() {
+        "must not be empty".to_string()
+    } else if name.chars().count() > MAX_SNAPSHOT_NAME_LEN {
+        format!("is longer than {MAX_SNAPSHOT_NAME_LEN} characters")
+    } else if name.contains('/') {
+        "must not contain '/'".to_string()
+    } else if name.contains("..") {
+        "must not contain '..'".to_string()
+    } else if name.chars().any(char::is_control) {
+        "must not contain control characters".to_string()
+    } else if name.starts_with('-') || name.starts_with('.') {
+        "must not start with '-' or '.'".to_string()
+    } else {
+        return Ok(name);
+    };
+    Err(Invalid::SnapshotName { name: name.to_string(), problem })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_seconds_is_no_wait_or_refused_as_the_option_says() {
+        assert_eq!(timeout(0, ZeroSeconds::NoWait), Ok(Duration::ZERO));
+        assert_eq!(timeout(5, ZeroSeconds::Refused), Ok(Duration::from_secs(5)));
+        assert_eq!(timeout(0, ZeroSeconds::Refused), Err(Invalid::NoSeconds(0)));
+        assert_eq!(timeout(-1, ZeroSeconds::Refused), Err(Invalid::NoSeconds(-1)));
+        assert_eq!(timeout(-1, ZeroSeconds::NoWait).unwrap_err().to_string(), "must be 0 or more seconds, got -1");
+    }
+
+    #[test]
+    fn every_wait_choice_parses_and_nothing_else() {
+        let parsed: Vec<_> = WAIT_CHOICES.iter().map(|choice| wait(choice).unwrap()).collect();
+        assert_eq!(parsed, [None, Some(Signal::Lease), Some(Signal::Agent), Some(Signal::Ssh), Some(Signal::Address)]);
+        assert_eq!(
+            wait("forever").unwrap_err().to_string(),
+            "'forever' is not one of none, lease, agent, ssh, address"
+        );
+    }
+
+    #[test]
+    fn vm_names_are_strict_and_domain_names_are_libvirts() {
+        for good in ["web1", "a-b_c.d"] {
+            assert!(vm_name(good).is_ok() && domain_name(good).is_ok(), "{good}");
+        }
+        for only_libvirts in ["hx a", "hx-é", "$(reboot)"] {
+            assert!(vm_name(only_libvirts).is_err() && domain_name(only_libvirts).is_ok(), "{only_libvirts}");
+        }
+        let long = "x".repeat(256);
+        for bad in ["", "  ", "a/b", "nul\u{0}", long.as_str()] {
+            assert!(vm_name(bad).is_err() && domain_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(vm_name(".hidden").is_err());
+    }
+
+    #[test]
+    fn host_paths_are_absolute_without_climbing() {
+        assert_eq!(host_path("/var/lib/libvirt/images"), Ok("/var/lib/libvirt/images"));
+        for bad in ["relative/path", "", "/var/lib/../../etc", "/tmp/nul\u{0}"] {
+            assert_eq!(host_path(bad), Err(Invalid::HostPath(bad.to_string())));
+        }
+    }
+
+    #[test]
+    fn uris_need_a_scheme_and_no_spaces() {
+        for good in ["qemu:///system", "qemu+ssh://root@h2/system", "test:///default"] {
+            assert!(uri(good).is_ok(), "{good}");
+        }
+        for bad in ["", "not a uri", "://x", "$(reboot)://x", "qemu:///system\n--readonly"] {
+            assert!(uri(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn snapshot_names_that_cannot_become_file_names_are_refused() {
+        for good in ["clean", "before-upgrade_2", "v1.2", "état"] {
+            assert!(snapshot_name(good).is_ok(), "{good}");
+        }
+        let long = "x".repeat(MAX_SNAPSHOT_NAME_LEN + 1);
+        for bad in ["", "a/b", "..", "a..b", "tab\there", "nl\n", "-flag", ".hidden", long.as_str()] {
+            assert!(snapshot_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(snapshot_name("a/b").unwrap_err().to_string(), "snapshot name \"a/b\" must not contain '/'");
+    }
+}
