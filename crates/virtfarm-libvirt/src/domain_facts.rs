@@ -331,6 +331,26 @@ mod tests {
         assert_eq!(facts.nvram.as_deref(), Some("/var/lib/libvirt/qemu/nvram/vm_VARS.fd"));
     }
 
+    /// `virsh dumpxml` of a domain libvirt 9.0 defined (off: no NVRAM path, no channel state).
+    const DEFINED_XML: &str = include_str!("../testdata/domain-efi-tpm.xml");
+
+    #[test]
+    fn parses_a_definition_as_libvirt_returns_it() {
+        let facts = DomainFacts::parse(DEFINED_XML).expect("valid XML");
+        assert_eq!((facts.name.as_str(), facts.domain_type.as_str()), ("wtxml-sample", "qemu"));
+        assert_eq!(facts.uuid, "1d6b9af9-bd3f-4580-92f4-f875b6ab1e01");
+        assert_eq!((facts.vcpus, facts.memory_mib), (2, 384));
+        assert!(facts.has_pflash && facts.nvram.is_none() && !facts.agent_connected);
+        let disks: Vec<_> = facts.disks.iter().map(|d| (d.device.as_str(), d.target.as_str())).collect();
+        assert_eq!(disks, [("disk", "vda"), ("cdrom", "sda")]);
+        assert_eq!(facts.disks[0].file.as_deref(), Some("/var/lib/libvirt/images/wtxml-sample.qcow2"));
+        assert_eq!(facts.disks[0].format.as_deref(), Some("qcow2"));
+        assert_eq!(facts.nics.len(), 1);
+        assert_eq!((facts.nics[0].kind.as_str(), facts.nics[0].network.as_deref()), ("network", Some("default")));
+        assert_eq!(facts.metadata.groups, ["web"]);
+        assert_eq!(facts.metadata.vars, [("role".to_string(), "front".to_string())]);
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(DomainFacts::parse("<domain><name>x</name").is_err());
