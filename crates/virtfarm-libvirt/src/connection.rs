@@ -2,6 +2,7 @@
 
 use virt::connect::Connect;
 
+use crate::capabilities::HostCapabilities;
 use crate::error::{Doing, Error, Result};
 use crate::vm::Vm;
 
@@ -92,9 +93,10 @@ impl Hypervisor {
         self.conn.hostname().doing(|| format!("reading the host name of {}", self.uri))
     }
 
-    /// The capabilities XML of the host.
-    pub fn capabilities(&self) -> Result<String> {
-        self.conn.capabilities().doing(|| format!("reading the capabilities of {}", self.uri))
+    /// The host's capabilities.
+    pub fn capabilities(&self) -> Result<HostCapabilities> {
+        let xml = self.conn.capabilities().doing(|| format!("reading the capabilities of {}", self.uri))?;
+        HostCapabilities::parse(&xml)
     }
 
     /// `kvm` where the host offers KVM on a CPU with hardware virtualisation, else `qemu`.
@@ -103,7 +105,7 @@ impl Hypervisor {
     /// far slower than TCG. libvirt reports the host CPU's features in its capabilities, and a
     /// real KVM host has `vmx` or `svm` among them.
     pub fn preferred_domain_type(&self) -> Result<DomainType> {
-        Ok(domain_type_from_capabilities(&self.capabilities()?))
+        Ok(self.capabilities()?.preferred_domain_type())
     }
 
     pub(crate) fn raw(&self) -> &Connect {
@@ -153,38 +155,5 @@ impl Connections {
 
     fn find(&self, uri: &str) -> Option<&Result<Hypervisor>> {
         self.opened.iter().find(|(opened, _)| opened == uri).map(|(_, result)| result)
-    }
-}
-
-/// Decides the domain type from a capabilities document (see [`Hypervisor::preferred_domain_type`]).
-pub fn domain_type_from_capabilities(capabilities: &str) -> DomainType {
-    let offers_kvm = capabilities.contains("<domain type='kvm'") || capabilities.contains("<domain type=\"kvm\"");
-    let host_cpu = capabilities
-        .split_once("<host>")
-        .and_then(|(_, rest)| rest.split_once("</cpu>"))
-        .map(|(cpu, _)| cpu)
-        .unwrap_or("");
-    let hardware = ["'vmx'", "\"vmx\"", "'svm'", "\"svm\""].iter().any(|f| host_cpu.contains(f));
-    if offers_kvm && hardware {
-        DomainType::Kvm
-    } else {
-        DomainType::Qemu
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const HOST_HEAD: &str = "<capabilities><host><uuid>x</uuid><cpu><arch>x86_64</arch>";
-
-    #[test]
-    fn kvm_needs_both_the_domain_type_and_hardware_virtualisation() {
-        let kvm_host = format!("{HOST_HEAD}<feature name='vmx'/></cpu></host><guest><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest></capabilities>");
-        assert_eq!(domain_type_from_capabilities(&kvm_host), DomainType::Kvm);
-        let nested_soft_kvm = format!("{HOST_HEAD}<feature name='hypervisor'/></cpu></host><guest><arch name='x86_64'><domain type='qemu'/><domain type='kvm'/></arch></guest></capabilities>");
-        assert_eq!(domain_type_from_capabilities(&nested_soft_kvm), DomainType::Qemu);
-        let no_kvm = format!("{HOST_HEAD}<feature name='svm'/></cpu></host><guest><arch name='x86_64'><domain type='qemu'/></arch></guest></capabilities>");
-        assert_eq!(domain_type_from_capabilities(&no_kvm), DomainType::Qemu);
     }
 }

@@ -1,9 +1,12 @@
-//! What one read of a domain's XML tells: identity, size, NICs, disks, and our metadata.
+//! What one read of a domain's XML tells: identity, size, NICs, disks, the guest agent's
+//! channel and our metadata. The one reader of domain XML, also for the domain a snapshot
+//! document embeds; writing is [`crate::domain_xml`]'s.
 //!
 //! Read-only and tolerant: elements we do not use are skipped, so any libvirt's XML parses.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+use crate::domain_xml::InstanceMetadata;
 use crate::error::{Error, Result};
 
 /// The parts of a domain definition that modules and the inventory act on.
@@ -28,8 +31,12 @@ pub struct DomainFacts {
     /// The NVRAM file of pflash firmware, when the XML names it (libvirt 9.0 names the one it
     /// makes for `firmware=efi` only in a running domain's XML).
     pub nvram: Option<String>,
-    /// The inner XML of `<metadata>`, as libvirt stores it; empty when there is none.
-    pub metadata_xml: String,
+    /// True when the guest agent's channel is connected (only a running domain's XML says so):
+    /// asking a domain whose agent is absent could block for the agent timeout.
+    pub agent_connected: bool,
+    /// Our metadata (namespace `urn:virtfarm:metadata:1`); empty when there is none, and for a
+    /// domain read inside another document (only [`DomainFacts::parse`] reads it).
+    pub metadata: InstanceMetadata,
 }
 
 /// A network interface.
@@ -111,6 +118,22 @@ struct RawDevices {
     interfaces: Vec<RawInterface>,
     #[serde(rename = "disk", default)]
     disks: Vec<RawDisk>,
+    #[serde(rename = "channel", default)]
+    channels: Vec<RawChannel>,
+}
+
+#[derive(Deserialize)]
+struct RawChannel {
+    #[serde(default)]
+    target: Option<RawChannelTarget>,
+}
+
+#[derive(Deserialize)]
+struct RawChannelTarget {
+    #[serde(rename = "@name", default)]
+    name: Option<String>,
+    #[serde(rename = "@state", default)]
+    state: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -168,12 +191,24 @@ struct RawTarget {
 }
 
 impl DomainFacts {
-    /// Parses a domain XML document.
+    /// Parses a domain XML document, our metadata included.
     pub fn parse(xml: &str) -> Result<Self> {
-        let raw: RawDomain = quick_xml::de::from_str(xml)
+        let facts: DomainFacts = quick_xml::de::from_str(xml)
             .map_err(|e| Error::Xml { doing: "reading a domain definition".to_string(), message: e.to_string() })?;
+        Ok(DomainFacts { metadata: InstanceMetadata::from_domain_xml(xml)?, ..facts })
+    }
+}
+
+impl<'de> Deserialize<'de> for DomainFacts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        RawDomain::deserialize(deserializer).map(DomainFacts::from)
+    }
+}
+
+impl From<RawDomain> for DomainFacts {
+    fn from(raw: RawDomain) -> Self {
         let memory_mib = raw.memory.map(|m| to_mib(m.value, m.unit.as_deref())).unwrap_or(0);
-        Ok(DomainFacts {
+        DomainFacts {
             uuid: raw.uuid,
             domain_type: raw.kind,
             vcpus: raw.vcpu.map(|v| v.value as u32).unwrap_or(0),
@@ -206,9 +241,12 @@ impl DomainFacts {
                     file: d.source.and_then(|s| s.file),
                 })
                 .collect(),
-            metadata_xml: inner_xml_of(xml, "metadata").unwrap_or_default().to_string(),
+            agent_connected: raw.devices.channels.iter().filter_map(|c| c.target.as_ref()).any(|t| {
+                t.name.as_deref() == Some("org.qemu.guest_agent.0") && t.state.as_deref() == Some("connected")
+            }),
+            metadata: InstanceMetadata::default(),
             name: raw.name,
-        })
+        }
     }
 }
 
@@ -223,15 +261,6 @@ fn to_mib(value: u64, unit: Option<&str>) -> u64 {
         "GB" => value * 1000 * 1000 * 1000 / (1024 * 1024),
         _ => value,
     }
-}
-
-/// The text between the first top-level `<tag>` and its end tag.
-fn inner_xml_of<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&close)?;
-    Some(&xml[start..end])
 }
 
 #[cfg(test)]
@@ -262,6 +291,12 @@ mod tests {
       <model type='virtio'/>
     </interface>
     <interface type='bridge'><mac address='52:54:00:00:00:02'/><source bridge='br0'/></interface>
+    <channel type='unix'>
+      <source mode='bind' path='/run/libvirt/qemu/channel/3-web1/org.qemu.guest_agent.0'/>
+      <target type='virtio' name='org.qemu.guest_agent.0' state='connected'/>
+      <alias name='channel0'/>
+      <address type='virtio-serial' controller='0' bus='0' port='1'/>
+    </channel>
   </devices>
 </domain>"#;
 
@@ -277,7 +312,11 @@ mod tests {
         assert_eq!(facts.nics[1].bridge.as_deref(), Some("br0"));
         assert_eq!(facts.disks[0].file.as_deref(), Some("/pool/web1.qcow2"));
         assert_eq!(facts.disks[1].device, "cdrom");
-        assert!(facts.metadata_xml.contains("<vf:platform>debian</vf:platform>"));
+        assert_eq!(facts.metadata.platform.as_deref(), Some("debian"));
+        assert!(facts.agent_connected);
+        let agent_away = LIVE_XML.replace("state='connected'", "state='disconnected'");
+        assert!(!DomainFacts::parse(&agent_away).expect("valid XML").agent_connected);
+        assert!(!DomainFacts::parse("<domain><name>a</name><devices/></domain>").expect("valid XML").agent_connected);
         assert!(!facts.has_pflash);
         assert_eq!(facts.nvram, None);
         let efi = LIVE_XML.replace("<os>", "<os firmware='efi'>");
@@ -290,6 +329,26 @@ mod tests {
         let facts = DomainFacts::parse(&started).expect("valid XML");
         assert!(facts.has_pflash);
         assert_eq!(facts.nvram.as_deref(), Some("/var/lib/libvirt/qemu/nvram/vm_VARS.fd"));
+    }
+
+    /// `virsh dumpxml` of a domain libvirt 9.0 defined (off: no NVRAM path, no channel state).
+    const DEFINED_XML: &str = include_str!("../testdata/domain-efi-tpm.xml");
+
+    #[test]
+    fn parses_a_definition_as_libvirt_returns_it() {
+        let facts = DomainFacts::parse(DEFINED_XML).expect("valid XML");
+        assert_eq!((facts.name.as_str(), facts.domain_type.as_str()), ("wtxml-sample", "qemu"));
+        assert_eq!(facts.uuid, "1d6b9af9-bd3f-4580-92f4-f875b6ab1e01");
+        assert_eq!((facts.vcpus, facts.memory_mib), (2, 384));
+        assert!(facts.has_pflash && facts.nvram.is_none() && !facts.agent_connected);
+        let disks: Vec<_> = facts.disks.iter().map(|d| (d.device.as_str(), d.target.as_str())).collect();
+        assert_eq!(disks, [("disk", "vda"), ("cdrom", "sda")]);
+        assert_eq!(facts.disks[0].file.as_deref(), Some("/var/lib/libvirt/images/wtxml-sample.qcow2"));
+        assert_eq!(facts.disks[0].format.as_deref(), Some("qcow2"));
+        assert_eq!(facts.nics.len(), 1);
+        assert_eq!((facts.nics[0].kind.as_str(), facts.nics[0].network.as_deref()), ("network", Some("default")));
+        assert_eq!(facts.metadata.groups, ["web"]);
+        assert_eq!(facts.metadata.vars, [("role".to_string(), "front".to_string())]);
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub struct Share {
 }
 
 /// Our metadata: what the inventory groups by, and what this module needs on later runs.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InstanceMetadata {
     /// Fingerprint of the whole definition: equal means nothing to change.
     pub spec_hash: Option<String>,
@@ -441,8 +441,9 @@ impl InstanceMetadata {
         Ok(())
     }
 
-    /// Our metadata inside a domain XML document; empty when the domain has none.
-    pub fn from_domain_xml(xml: &str) -> Result<Self> {
+    /// Our metadata inside a domain XML document; empty when the domain has none. Read by
+    /// [`crate::domain_facts::DomainFacts::parse`]: namespaces are beyond its serde model.
+    pub(crate) fn from_domain_xml(xml: &str) -> Result<Self> {
         // Most domains of a large hypervisor were not made by us: skip the parse.
         if !xml.contains(METADATA_NS) {
             return Ok(InstanceMetadata::default());

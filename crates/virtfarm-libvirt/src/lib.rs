@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod capabilities;
 pub mod cloud_init;
 pub mod connection;
 pub mod disk_use;

@@ -28,9 +28,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::Deserialize;
-
-use crate::connection::{domain_type_from_capabilities, Connections, DomainType, Hypervisor};
+use crate::connection::{Connections, Hypervisor};
 use crate::error::{Doing, Error, Result};
 
 /// How a VM that exists nowhere yet is given a hypervisor.
@@ -116,7 +114,7 @@ impl Host {
         let domains = hypervisor.all_vms()?.iter().map(|vm| vm.name().to_string()).collect();
         Ok(Host {
             uri: hypervisor.uri().to_string(),
-            arches: guest_arches(&capabilities)?,
+            arches: capabilities.guest_arches(),
             free_mib: free >> 20,
             domains,
         })
@@ -236,49 +234,6 @@ fn choose(vm: &Demand, hosts: &[&Host], free: &[u64], count: &[usize], strategy:
     })
 }
 
-/// The capabilities document, as far as placement reads it.
-#[derive(Deserialize)]
-struct Capabilities {
-    #[serde(default, rename = "guest")]
-    guests: Vec<Guest>,
-}
-
-#[derive(Deserialize)]
-struct Guest {
-    arch: GuestArch,
-}
-
-#[derive(Deserialize)]
-struct GuestArch {
-    #[serde(rename = "@name")]
-    name: String,
-    #[serde(default, rename = "domain")]
-    domains: Vec<GuestDomain>,
-}
-
-#[derive(Deserialize)]
-struct GuestDomain {
-    #[serde(rename = "@type")]
-    kind: String,
-}
-
-/// Guest architectures and their domain types; `kvm` only where the host CPU has hardware
-/// virtualisation (a nested cloud's software KVM is slower than TCG).
-fn guest_arches(capabilities: &str) -> Result<Vec<(String, Vec<String>)>> {
-    let parsed: Capabilities = quick_xml::de::from_str(capabilities)
-        .map_err(|e| Error::Xml { doing: "reading host capabilities".into(), message: e.to_string() })?;
-    let real_kvm = domain_type_from_capabilities(capabilities) == DomainType::Kvm;
-    let mut arches: Vec<(String, Vec<String>)> = Vec::new();
-    for guest in parsed.guests {
-        let types = guest.arch.domains.into_iter().map(|d| d.kind).filter(|k| k != "kvm" || real_kvm);
-        match arches.iter_mut().find(|(name, _)| *name == guest.arch.name) {
-            Some((_, known)) => known.extend(types.filter(|t| !known.contains(t)).collect::<Vec<_>>()),
-            None => arches.push((guest.arch.name, types.collect())),
-        }
-    }
-    Ok(arches)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,17 +308,5 @@ mod tests {
         let placed = uris(place(&[a, vm("b", 100)], &hosts, Strategy::Pinned));
         assert!(placed[0].contains("a: not placed, h3 cannot be read and may hold it"), "{}", placed[0]);
         assert_eq!(placed[1], "h1");
-    }
-
-    #[test]
-    fn capabilities_give_arches_and_real_kvm_only() {
-        let caps = "<capabilities><host><cpu><arch>x86_64</arch><feature name='hypervisor'/></cpu></host>\
-            <guest><os_type>hvm</os_type><arch name='x86_64'><wordsize>64</wordsize><domain type='qemu'/><domain type='kvm'/></arch></guest>\
-            <guest><os_type>hvm</os_type><arch name='i686'><domain type='qemu'/></arch></guest></capabilities>";
-        let arches = guest_arches(caps).unwrap();
-        assert_eq!(
-            arches,
-            [("x86_64".to_string(), vec!["qemu".to_string()]), ("i686".to_string(), vec!["qemu".to_string()])]
-        );
     }
 }

@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::os::raw::c_int;
 
-use serde::Deserialize;
 use virt::domain::{Domain, DomainStateEnum};
 
 use crate::agent::is_routable;
@@ -164,17 +163,15 @@ struct Pass<'a> {
 
 /// A domain's live XML, read and parsed.
 struct Definition {
-    xml: String,
     facts: DomainFacts,
     metadata: Option<InstanceMetadata>,
 }
 
 impl Definition {
     fn read(vm: &Vm) -> Result<Definition> {
-        let xml = vm.xml(false)?;
-        let facts = DomainFacts::parse(&xml)?;
-        let metadata = InstanceMetadata::from_domain_xml(&xml).ok().filter(|m| *m != InstanceMetadata::default());
-        Ok(Definition { xml, facts, metadata })
+        let facts = DomainFacts::parse(&vm.xml(false)?)?;
+        let metadata = Some(facts.metadata.clone()).filter(|m| *m != InstanceMetadata::default());
+        Ok(Definition { facts, metadata })
     }
 }
 
@@ -192,7 +189,7 @@ impl<'a> Pass<'a> {
     }
 
     fn domain(&mut self, vm: &Vm, state: PowerState, definition: Definition) -> ScannedDomain {
-        let Definition { xml, facts, metadata } = definition;
+        let Definition { facts, metadata } = definition;
         let mut interfaces: Vec<InterfaceAddress> = facts
             .nics
             .iter()
@@ -205,7 +202,7 @@ impl<'a> Pass<'a> {
             if still_unreachable(&interfaces, preferred) {
                 self.fill_from_reservations(&mut interfaces);
             }
-            let agent_connected = still_unreachable(&interfaces, preferred) && agent_channel_connected(&xml);
+            let agent_connected = still_unreachable(&interfaces, preferred) && facts.agent_connected;
             if agent_connected {
                 self.fill_from_agent(vm, &mut interfaces);
             }
@@ -422,57 +419,9 @@ fn read_in_parallel(vms: &[(Vm, PowerState)]) -> Vec<Result<Definition>> {
     })
 }
 
-#[derive(Deserialize)]
-struct RawAgentDomain {
-    #[serde(default)]
-    devices: RawAgentDevices,
-}
-
-#[derive(Default, Deserialize)]
-struct RawAgentDevices {
-    #[serde(rename = "channel", default)]
-    channels: Vec<RawChannel>,
-}
-
-#[derive(Deserialize)]
-struct RawChannel {
-    #[serde(default)]
-    target: Option<RawChannelTarget>,
-}
-
-#[derive(Deserialize)]
-struct RawChannelTarget {
-    #[serde(rename = "@name", default)]
-    name: Option<String>,
-    #[serde(rename = "@state", default)]
-    state: Option<String>,
-}
-
-/// True when the live XML shows the guest agent's channel connected: asking a domain whose
-/// agent is absent could block for the agent timeout.
-fn agent_channel_connected(live_xml: &str) -> bool {
-    quick_xml::de::from_str::<RawAgentDomain>(live_xml).is_ok_and(|d| {
-        d.devices
-            .channels
-            .iter()
-            .filter_map(|c| c.target.as_ref())
-            .any(|t| t.name.as_deref() == Some("org.qemu.guest_agent.0") && t.state.as_deref() == Some("connected"))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn agent_channel_state_from_the_live_xml() {
-        let xml = |state: &str| {
-            format!("<domain><name>a</name><devices><channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0' state='{state}'/></channel></devices></domain>")
-        };
-        assert!(agent_channel_connected(&xml("connected")));
-        assert!(!agent_channel_connected(&xml("disconnected")));
-        assert!(!agent_channel_connected("<domain><name>a</name><devices/></domain>"));
-    }
 
     fn nic(mac: &str, network: &str, ip: Option<&str>) -> InterfaceAddress {
         InterfaceAddress { mac: mac.into(), network: Some(network.into()), ip: ip.map(Into::into), source: None }

@@ -166,8 +166,8 @@ struct Current {
 impl Current {
     fn read(existing: Option<&Vm>, disks: &DiskUse) -> Result<Current, Error> {
         let xml = existing.map(|vm| vm.xml(true)).transpose()?;
-        let metadata = xml.as_deref().map(InstanceMetadata::from_domain_xml).transpose()?.unwrap_or_default();
         let facts = xml.as_deref().map(DomainFacts::parse).transpose()?;
+        let metadata = facts.as_ref().map(|f| f.metadata.clone()).unwrap_or_default();
         let uuid = existing.map(Vm::uuid).transpose()?;
         let chains = facts
             .iter()
@@ -451,7 +451,6 @@ fn remove(
     let Some(vm) = existing else { return Ok(()) };
     let xml = vm.xml(true)?;
     let facts = DomainFacts::parse(&xml)?;
-    let metadata = InstanceMetadata::from_domain_xml(&xml)?;
     outcome.uuid = Some(vm.uuid()?);
     outcome.macs = facts.nics.iter().map(|n| n.mac.clone()).collect();
     outcome.disks = facts.disks.iter().filter_map(|d| d.file.clone()).collect();
@@ -474,7 +473,7 @@ fn remove(
         }
     }
     if remove_storage {
-        remove_volumes(hypervisor, &facts, &metadata.volumes, disks, check, outcome)?;
+        remove_volumes(hypervisor, &facts, &facts.metadata.volumes, disks, check, outcome)?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain_facts::DomainFacts;
 use crate::error::{Error, Result};
 
 /// Internal (inside the qcow2 images) or external (overlay files).
@@ -75,7 +76,7 @@ struct RawSnapshot {
     #[serde(default)]
     disks: RawDisks,
     #[serde(default)]
-    domain: Option<RawDomain>,
+    domain: Option<DomainFacts>,
 }
 
 #[derive(Deserialize)]
@@ -111,44 +112,13 @@ struct RawSource {
     file: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RawDomain {
-    #[serde(default)]
-    devices: RawDevices,
-}
-
-#[derive(Default, Deserialize)]
-struct RawDevices {
-    #[serde(rename = "disk", default)]
-    disks: Vec<RawDomainDisk>,
-}
-
-#[derive(Deserialize)]
-struct RawDomainDisk {
-    #[serde(default)]
-    source: Option<RawSource>,
-    #[serde(default)]
-    target: Option<RawTarget>,
-}
-
-#[derive(Deserialize)]
-struct RawTarget {
-    #[serde(rename = "@dev", default)]
-    dev: String,
-}
-
 impl SnapshotInfo {
     /// Parses a `<domainsnapshot>` document.
     pub fn parse(xml: &str) -> Result<Self> {
         let raw: RawSnapshot = quick_xml::de::from_str(xml)
             .map_err(|e| Error::Xml { doing: "reading a snapshot definition".to_string(), message: e.to_string() })?;
-        let domain_disks = raw.domain.map(|d| d.devices.disks).unwrap_or_default();
-        let frozen_file = |target: &str| {
-            domain_disks
-                .iter()
-                .find(|d| d.target.as_ref().is_some_and(|t| t.dev == target))
-                .and_then(|d| d.source.as_ref()?.file.clone())
-        };
+        let domain_disks = raw.domain.map(|d| d.disks).unwrap_or_default();
+        let frozen_file = |target: &str| domain_disks.iter().find(|d| d.target == target).and_then(|d| d.file.clone());
         let disks: Vec<SnapshotDisk> = raw
             .disks
             .disks
