@@ -21,6 +21,7 @@
 
 pub mod backing_file;
 mod blockjob;
+pub mod cache;
 mod chain;
 pub(crate) mod domain_disks;
 mod group;

@@ -1,4 +1,5 @@
-//! The init cache: which snapshot to restore or create, decided from the snapshot names alone.
+//! The pure decision: which snapshot to restore or take, and which to prune, from the
+//! snapshot names alone.
 //!
 //! Names are namespaced per project so that projects sharing an image never touch each
 //! other's snapshots: `<project>.clean` and `<project>.<revision>.init`.
@@ -35,19 +36,24 @@ impl CacheNames {
     }
 }
 
-/// The lifecycle steps a user may allow, in the old role's names.
-pub const ALLOWED_PHASES: [&str; 10] = [
-    "startup",
-    "restore init",
-    "create init",
-    "restore clean",
-    "create clean",
-    "dependencies",
-    "init",
-    "main",
-    "terminate",
-    "shutdown",
-];
+/// The snapshot operations the caller allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSteps {
+    /// Revert to this revision's init snapshot.
+    pub restore_init: bool,
+    /// Take this revision's init snapshot after init has run.
+    pub create_init: bool,
+    /// Revert to the project's clean snapshot.
+    pub restore_clean: bool,
+    /// Take the project's clean snapshot on its first run.
+    pub create_clean: bool,
+}
+
+impl CacheSteps {
+    /// Every operation allowed.
+    pub const ALL: CacheSteps =
+        CacheSteps { restore_init: true, create_init: true, restore_clean: true, create_clean: true };
+}
 
 /// What to do with the snapshots before the phases run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,15 +93,31 @@ pub struct CachePlan {
     pub prune: Vec<String>,
 }
 
-/// Decides from the VM's existing snapshot names, the allowed steps and the prune option.
-pub fn decide(existing: &[String], names: &CacheNames, allowed: &[&str], prune: bool) -> CachePlan {
+impl CachePlan {
+    /// True when carrying out the plan changes the VM's snapshots.
+    pub fn changes(&self) -> bool {
+        self.action != CacheAction::Nothing || !self.prune.is_empty()
+    }
+
+    /// The snapshot names that carrying out the plan leaves, predicted from `before` (for
+    /// check mode, which carries out nothing).
+    pub fn predicted(&self, before: &[String], names: &CacheNames) -> Vec<String> {
+        let mut after: Vec<String> = before.iter().filter(|n| !self.prune.contains(n)).cloned().collect();
+        if self.action == CacheAction::CreateClean {
+            after.push(names.clean.clone());
+        }
+        after
+    }
+}
+
+/// Decides from the VM's existing snapshot names, the allowed steps and whether to prune.
+pub fn decide(existing: &[String], names: &CacheNames, allowed: CacheSteps, prune: bool) -> CachePlan {
     let has = |name: &str| existing.iter().any(|e| e == name);
-    let allows = |step: &str| allowed.contains(&step);
-    let action = if has(&names.init) && allows("restore init") {
+    let action = if has(&names.init) && allowed.restore_init {
         CacheAction::RestoreInit
-    } else if has(&names.clean) && allows("restore clean") {
+    } else if has(&names.clean) && allowed.restore_clean {
         CacheAction::RestoreClean
-    } else if !has(&names.clean) && allows("create clean") {
+    } else if !has(&names.clean) && allowed.create_clean {
         CacheAction::CreateClean
     } else {
         CacheAction::Nothing
@@ -104,7 +126,7 @@ pub fn decide(existing: &[String], names: &CacheNames, allowed: &[&str], prune: 
     CachePlan {
         action,
         run_init,
-        save_init: run_init && allows("create init") && !has(&names.init),
+        save_init: run_init && allowed.create_init && !has(&names.init),
         prune: if prune { existing.iter().filter(|e| names.is_stale_init(e)).cloned().collect() } else { Vec::new() },
     }
 }
@@ -113,6 +135,9 @@ pub fn decide(existing: &[String], names: &CacheNames, allowed: &[&str], prune: 
 mod tests {
     use super::*;
 
+    const NONE: CacheSteps =
+        CacheSteps { restore_init: false, create_init: false, restore_clean: false, create_clean: false };
+
     fn existing(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
@@ -120,7 +145,7 @@ mod tests {
     #[test]
     fn first_run_creates_clean_and_asks_for_init() {
         let names = CacheNames::new("web", "r1");
-        let plan = decide(&[], &names, &ALLOWED_PHASES, true);
+        let plan = decide(&[], &names, CacheSteps::ALL, true);
         assert_eq!(
             plan,
             CachePlan { action: CacheAction::CreateClean, run_init: true, save_init: true, prune: vec![] }
@@ -130,7 +155,7 @@ mod tests {
     #[test]
     fn cached_run_restores_init_and_skips_init() {
         let names = CacheNames::new("web", "r1");
-        let plan = decide(&existing(&["web.clean", "web.r1.init"]), &names, &ALLOWED_PHASES, true);
+        let plan = decide(&existing(&["web.clean", "web.r1.init"]), &names, CacheSteps::ALL, true);
         assert_eq!(plan.action, CacheAction::RestoreInit);
         assert!(!plan.run_init && !plan.save_init);
     }
@@ -146,29 +171,44 @@ mod tests {
             "other.r1.init",
             "web.r2.init.bak",
         ]);
-        let plan = decide(&snapshots, &names, &ALLOWED_PHASES, true);
+        let plan = decide(&snapshots, &names, CacheSteps::ALL, true);
         assert_eq!(plan.action, CacheAction::RestoreClean);
         assert!(plan.run_init && plan.save_init);
         assert_eq!(plan.prune, vec!["web.r1.init".to_string()]);
-        assert!(decide(&snapshots, &names, &ALLOWED_PHASES, false).prune.is_empty());
+        assert!(decide(&snapshots, &names, CacheSteps::ALL, false).prune.is_empty());
     }
 
     #[test]
-    fn allowed_phases_restrict_each_step() {
+    fn allowed_steps_restrict_each_step() {
         let names = CacheNames::new("web", "r1");
         let both = existing(&["web.clean", "web.r1.init"]);
-        let no_restore_init: Vec<&str> = ALLOWED_PHASES.iter().copied().filter(|p| *p != "restore init").collect();
-        let plan = decide(&both, &names, &no_restore_init, true);
+        let plan = decide(&both, &names, CacheSteps { restore_init: false, ..CacheSteps::ALL }, true);
         assert_eq!(plan.action, CacheAction::RestoreClean);
         assert!(plan.run_init);
         assert!(!plan.save_init, "the init snapshot exists already");
 
-        let plan = decide(&[], &names, &["main", "create init"], true);
+        let plan = decide(&[], &names, CacheSteps { create_init: true, ..NONE }, true);
         assert_eq!(plan.action, CacheAction::Nothing);
         assert!(plan.save_init);
 
-        let plan = decide(&existing(&["web.clean"]), &names, &["create clean"], true);
+        let plan = decide(&existing(&["web.clean"]), &names, CacheSteps { create_clean: true, ..NONE }, true);
         assert_eq!(plan.action, CacheAction::Nothing, "clean exists, restoring it is not allowed");
         assert!(!plan.save_init);
+    }
+
+    #[test]
+    fn predicted_names_drop_the_pruned_and_add_a_new_clean() {
+        let names = CacheNames::new("web", "r2");
+        let first = decide(&existing(&["other.clean"]), &names, CacheSteps::ALL, true);
+        assert!(first.changes());
+        assert_eq!(first.predicted(&existing(&["other.clean"]), &names), existing(&["other.clean", "web.clean"]));
+
+        let before = existing(&["web.clean", "web.r1.init"]);
+        let new_revision = decide(&before, &names, CacheSteps::ALL, true);
+        assert_eq!(new_revision.predicted(&before, &names), existing(&["web.clean"]), "restoring adds no name");
+
+        let untouched = decide(&before, &names, NONE, false);
+        assert!(!untouched.changes());
+        assert_eq!(untouched.predicted(&before, &names), before);
     }
 }
