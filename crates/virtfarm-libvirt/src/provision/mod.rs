@@ -8,6 +8,7 @@
 //! fails does so on its own; the others go ahead.
 
 mod apply;
+pub mod lifecycle;
 mod outcome;
 pub mod plan;
 mod request;
