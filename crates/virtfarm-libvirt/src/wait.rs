@@ -195,6 +195,48 @@ pub fn answers(host: &str, port: u16, banner: &[u8], timeout: Duration) -> bool 
     })
 }
 
+/// `host:port` did not answer (with the banner asked for) in time.
+#[derive(Debug, thiserror::Error)]
+#[error("{host}:{port} did not answer{} within {} s", with_banner(.banner), .timeout.as_secs())]
+pub struct NoAnswer {
+    /// The host asked.
+    pub host: String,
+    /// The port asked.
+    pub port: u16,
+    /// The banner waited for; empty for any.
+    pub banner: String,
+    /// The bound that ran out.
+    pub timeout: Duration,
+}
+
+fn with_banner(banner: &str) -> String {
+    if banner.is_empty() {
+        String::new()
+    } else {
+        format!(" with banner {banner:?}")
+    }
+}
+
+/// Waits until `host:port` [`answers`] with `banner` within `timeout`, asking again every half
+/// second; the seconds it took.
+pub fn until_answers(host: &str, port: u16, banner: &str, timeout: Duration) -> Result<f64, NoAnswer> {
+    let started = Instant::now();
+    let deadline = deadline(timeout);
+    loop {
+        // Each attempt is bounded too, so that a host that drops packets cannot hold the wait.
+        let attempt = Duration::from_secs(2)
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(100));
+        if answers(host, port, banner.as_bytes(), attempt) {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if Instant::now() >= deadline {
+            return Err(NoAnswer { host: host.to_string(), port, banner: banner.to_string(), timeout });
+        }
+        std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
 /// Seconds since the epoch.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
@@ -257,5 +299,15 @@ mod tests {
         assert!(!answers("127.0.0.1", port, b"HTTP", timeout));
         server.join().unwrap();
         assert!(!ssh_banner("not-an-address", timeout), "a lease gives an address, never a name");
+    }
+
+    #[test]
+    fn until_answers_gives_up_naming_host_port_and_banner() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(until_answers("127.0.0.1", port, "", Duration::from_secs(5)).is_ok());
+        drop(listener);
+        let no_answer = until_answers("127.0.0.1", port, "SSH-", Duration::ZERO).unwrap_err();
+        assert_eq!(no_answer.to_string(), format!("127.0.0.1:{port} did not answer with banner \"SSH-\" within 0 s"));
     }
 }
