@@ -234,6 +234,17 @@ pub enum ClockSync {
     Failed(String),
 }
 
+impl ClockSync {
+    /// `synced`, `not_needed` or `failed`, as in results.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ClockSync::Synced => "synced",
+            ClockSync::NotNeeded => "not_needed",
+            ClockSync::Failed(_) => "failed",
+        }
+    }
+}
+
 /// The result of a revert.
 #[derive(Clone, Debug)]
 pub struct Reverted {

@@ -70,10 +70,9 @@ pub fn cache_prepared(names: &CacheNames, prepared: Prepared) -> Response {
         .with("pruned", json!(plan.prune));
     match prepared.step {
         Some(CacheStep::Restored { snapshot, reverted }) => {
-            let clock = match reverted.clock {
-                ClockSync::Synced => "synced".to_string(),
-                ClockSync::NotNeeded => "not_needed".to_string(),
+            let clock = match &reverted.clock {
                 ClockSync::Failed(why) => format!("failed: {why}"),
+                clock => clock.as_str().to_string(),
             };
             response = response
                 .with("restored", snapshot)

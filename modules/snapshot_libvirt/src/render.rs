@@ -108,7 +108,7 @@ fn vm_result(vm: &VmOutcome, snapshot: Option<&str>) -> Value {
         Action::Reverted { reverted: r, ready } => {
             let mut result = json!({
                 "snapshot": snapshot, "type": r.kind.as_str(), "seconds": round(r.seconds),
-                "power_state": r.power_state.as_str(), "clock": clock_word(&r.clock), "removed_files": r.removed_files,
+                "power_state": r.power_state.as_str(), "clock": r.clock.as_str(), "removed_files": r.removed_files,
             });
             if let ClockSync::Failed(why) = &r.clock {
                 result["clock_error"] = json!(why);
@@ -167,14 +167,6 @@ fn describe_level(level: &Level) -> Value {
 
 fn describe_unfinished(unfinished: &Unfinished) -> Value {
     json!({ "level": unfinished.level, "file": unfinished.file, "operation": unfinished.operation.as_str() })
-}
-
-fn clock_word(clock: &ClockSync) -> &'static str {
-    match clock {
-        ClockSync::Synced => "synced",
-        ClockSync::NotNeeded => "not_needed",
-        ClockSync::Failed(_) => "failed",
-    }
 }
 
 /// Seconds to the millisecond: enough for timings, short in results.
