@@ -46,6 +46,12 @@ pub enum Invalid {
     /// A path on the hypervisor that is relative, climbs with `..` or is not printable.
     #[error("{0:?} is not an absolute path without '..'")]
     HostPath(String),
+    /// The name of a pool, network, volume or bridge that is not one printable name.
+    #[error("{0:?} is not a usable name (one printable name, no '/')")]
+    ObjectName(String),
+    /// Free text with control characters that XML 1.0 cannot carry.
+    #[error("contains control characters")]
+    ControlCharacters,
     /// A string that is not shaped like a libvirt URI.
     #[error("{0:?} is not a libvirt URI (such as qemu:///system or qemu+ssh://host/system)")]
     Uri(String),
@@ -99,6 +105,20 @@ pub fn vm_name(name: &str) -> Result<&str, Invalid> {
 pub fn domain_name(name: &str) -> Result<&str, Invalid> {
     let ok = !name.trim().is_empty() && name.len() <= 255 && !name.contains('/') && !name.chars().any(char::is_control);
     ok.then_some(name).ok_or_else(|| Invalid::DomainName(name.to_string()))
+}
+
+/// The name of a libvirt object other than a domain (pool, network, volume, bridge): one
+/// name, never a path, printable.
+pub fn object_name(name: &str) -> Result<&str, Invalid> {
+    let ok = domain_name(name).is_ok() && !matches!(name, "." | "..");
+    ok.then_some(name).ok_or_else(|| Invalid::ObjectName(name.to_string()))
+}
+
+/// Free text that ends up in the domain XML or a cloud-init seed: no control characters
+/// other than tab and line ends (XML 1.0 cannot carry them).
+pub fn xml_text(text: &str) -> Result<&str, Invalid> {
+    let ok = !text.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'));
+    ok.then_some(text).ok_or(Invalid::ControlCharacters)
 }
 
 /// A file or directory on the hypervisor: absolute, no `..`, printable.
@@ -173,6 +193,18 @@ mod tests {
             assert!(vm_name(bad).is_err() && domain_name(bad).is_err(), "{bad:?}");
         }
         assert!(vm_name(".hidden").is_err());
+    }
+
+    #[test]
+    fn object_names_are_one_name_and_texts_carry_no_control_characters() {
+        for good in ["default", "vf br0", "images.d"] {
+            assert_eq!(object_name(good), Ok(good));
+        }
+        for bad in ["", ".", "..", "../etc", "a/b", "tab\t"] {
+            assert_eq!(object_name(bad), Err(Invalid::ObjectName(bad.to_string())), "{bad:?}");
+        }
+        assert_eq!(xml_text("two\nlines\tand a tab\r\n"), Ok("two\nlines\tand a tab\r\n"));
+        assert_eq!(xml_text("bell\u{7}").unwrap_err().to_string(), "contains control characters");
     }
 
     #[test]

@@ -273,18 +273,9 @@ fn pool_item(path: &str, item: Value, stem: Option<&str>, images: &Map<String, V
     Ok(map)
 }
 
-/// Checks the name of a libvirt object (pool, network, volume, bridge): a single name,
-/// never a path, printable.
+/// Checks the name of a libvirt object (pool, network, volume, bridge).
 fn check_object_name(field: &str, name: &str) -> Result<()> {
-    let ok = !name.trim().is_empty()
-        && name.len() <= 255
-        && !matches!(name, "." | "..")
-        && !name.contains('/')
-        && !name.chars().any(char::is_control);
-    if !ok {
-        bail!("{field}: {name:?} is not a usable name (one printable name, no '/')");
-    }
-    Ok(())
+    checked_value(field, name, validate::object_name).map(drop)
 }
 
 /// Checks a file path on the hypervisor.
@@ -292,13 +283,9 @@ fn check_path(field: &str, path: &str) -> Result<()> {
     checked_value(field, path, validate::host_path).map(drop)
 }
 
-/// Checks free text that ends up in the domain XML or the seed: no control characters
-/// other than tab and newline (XML 1.0 cannot carry them).
+/// Checks free text that ends up in the domain XML or the seed.
 fn check_text(field: &str, text: &str) -> Result<()> {
-    if text.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
-        bail!("{field}: contains control characters");
-    }
-    Ok(())
+    checked_value(field, text, validate::xml_text).map(drop)
 }
 
 /// Checks every string of an item that the other checks do not look at.
