@@ -556,12 +556,33 @@ impl World {
         }
     }
 
-    /// True when the level's file exists and is not still being written: a run killed while
-    /// saving it leaves a partial copy beside the `.saving` marker, which the next run of the
-    /// backing-file mode removes (the disk is replaced only once the copy is whole).
+    /// True when the level's file exists and the next run of the backing-file mode keeps it.
+    /// A run killed while saving leaves the `.saving` marker: beside a disk that does not sit
+    /// on the level the copy may be partial, and the next run removes it; once the disk sits
+    /// on the level (the overlay was made, only the marker was left) the save is finished.
     fn level_saved(&self, vm: usize, level: &Option<String>) -> bool {
         let file = self.level_path(vm, level);
-        Path::new(&file).exists() && !Path::new(&format!("{file}.saving")).exists()
+        if !Path::new(&file).exists() {
+            return false;
+        }
+        if !Path::new(&format!("{file}.saving")).exists() {
+            return true;
+        }
+        let disk = self.disk_path(vm);
+        Path::new(&disk).exists() && qcow2(Path::new(&disk)).is_ok_and(|d| d.backing.as_deref() == Some(file.as_str()))
+    }
+
+    /// True when a killed run of the backing-file mode removed the disk's file and was killed
+    /// before it made the new overlay on the level (saving once the copy was whole, restoring,
+    /// finishing a commit): the level holds the state whole, and the next run of that mode,
+    /// announced by the marker, makes the overlay again.
+    fn disk_moved_into_a_level(&self, vm: usize) -> bool {
+        !Path::new(&self.disk_path(vm)).exists()
+            && LEVELS.iter().any(|l| {
+                let file = self.level_path(vm, &l.map(str::to_string));
+                Path::new(&file).exists()
+                    && ["saving", "restoring", "committing"].iter().any(|m| Path::new(&format!("{file}.{m}")).exists())
+            })
     }
 
     fn under_path(&self, vm: usize, under: &Under) -> String {
@@ -1275,6 +1296,15 @@ impl World {
                         // libvirtd finishes the call the killed client made (a volume being
                         // created is written in two steps): let it, before looking.
                         std::thread::sleep(Duration::from_secs(1));
+                        if inner.vms().iter().any(|&vm| self.disk_moved_into_a_level(vm)) {
+                            // Nothing but the backing-file mode can use the VM until it runs
+                            // again: as a user would, run the killed step again.
+                            let Ran::Done(reply) = self.run_module(module, &args, None) else {
+                                unreachable!("not killed")
+                            };
+                            self.last_reply = reply.to_string();
+                            return self.settle(inner, expect, after, &reply);
+                        }
                         self.reconcile(&before, &after, &inner.vms())
                     }
                 }
