@@ -72,7 +72,7 @@ pub(super) fn apply_one(
     keep_current_tops(&mut definition, current.facts.as_ref(), &disks).map_err(|e| undo(&definition, e.into()))?;
     check_disks(hypervisor, vm, &definition, &disks).map_err(|e| undo(&definition, e))?;
     grow_root(hypervisor, &definition, check, outcome).map_err(|e| undo(&definition, e))?;
-    let unchanged = existing.is_some() && current.metadata.spec_hash.as_deref() == Some(definition.hash.as_str());
+    let unchanged = existing.is_some() && current.spec_hash() == Some(definition.hash.as_str());
     if let Some(seed) = &definition.seed {
         let existed = hypervisor.volume_exists(&seed.path)?;
         if !unchanged || !existed {
@@ -85,7 +85,7 @@ pub(super) fn apply_one(
             outcome.did(Action::SeedWritten(seed.path.clone()));
         }
     }
-    let domain = if unchanged && current.metadata.volumes == definition.volumes {
+    let domain = if unchanged && current.volumes() == definition.volumes {
         existing
     } else {
         let before = current.xml.unwrap_or_default();
@@ -155,8 +155,6 @@ struct Current {
     xml: Option<String>,
     /// What that XML says.
     facts: Option<DomainFacts>,
-    /// Our metadata in it.
-    metadata: InstanceMetadata,
     /// Its UUID.
     uuid: Option<String>,
     /// Its disks and what they stand on: a volume in there is its own, whoever made it.
@@ -164,17 +162,26 @@ struct Current {
 }
 
 impl Current {
+    /// The fingerprint of the definition it was made from, from our metadata.
+    fn spec_hash(&self) -> Option<&str> {
+        self.facts.as_ref().and_then(|f| f.metadata.spec_hash.as_deref())
+    }
+
+    /// The volumes made for it, from our metadata.
+    fn volumes(&self) -> &[String] {
+        self.facts.as_ref().map_or(&[], |f| &f.metadata.volumes)
+    }
+
     fn read(existing: Option<&Vm>, disks: &DiskUse) -> Result<Current, Error> {
         let xml = existing.map(|vm| vm.xml(true)).transpose()?;
         let facts = xml.as_deref().map(DomainFacts::parse).transpose()?;
-        let metadata = facts.as_ref().map(|f| f.metadata.clone()).unwrap_or_default();
         let uuid = existing.map(Vm::uuid).transpose()?;
         let chains = facts
             .iter()
             .flat_map(|facts| facts.disks.iter().filter_map(|d| d.file.as_deref()))
             .flat_map(|file| disks.chain(file))
             .collect();
-        Ok(Current { xml, facts, metadata, uuid, chains })
+        Ok(Current { xml, facts, uuid, chains })
     }
 }
 
@@ -210,7 +217,7 @@ fn define_what(
     check: bool,
     outcome: &mut Outcome,
 ) -> Result<Definition, Failure> {
-    let mut volumes = current.metadata.volumes.clone();
+    let mut volumes = current.volumes().to_vec();
     let own = |volumes: &mut Vec<String>, path: &str| {
         if !volumes.iter().any(|v| v == path) {
             volumes.push(path.to_string());
@@ -262,7 +269,7 @@ fn define_what(
             None => hypervisor.base_image(&root.image, root.image_pool.as_deref()).map_err(Failure::at(Part::Image))?,
         };
         let owned_path = format!("{}/{}", hypervisor.pool_path(&vm.pool)?, vm.root_volume());
-        let owned = current.metadata.volumes.contains(&owned_path) || current.chains.contains(&owned_path);
+        let owned = current.volumes().contains(&owned_path) || current.chains.contains(&owned_path);
         let clone = hypervisor
             .ensure_clone(&vm.pool, &vm.root_volume(), &base, root.size, root.mode, owned, check)
             .map_err(Failure::at(Part::RootDisk))?;
