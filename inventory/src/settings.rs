@@ -8,10 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 use virtfarm_libvirt::scan::ScanOptions;
+use virtfarm_libvirt::validate;
 
 use crate::cache::Cache;
 use crate::render::RenderOptions;
@@ -151,9 +152,7 @@ impl Settings {
             bail!("uris: give at least one libvirt URI, and no empty one");
         }
         let timeout = args.timeout.or(config.timeout).unwrap_or(DEFAULT_TIMEOUT_S);
-        if !(timeout.is_finite() && timeout > 0.0) {
-            bail!("timeout: must be a positive number of seconds, got {timeout}");
-        }
+        let timeout = validate::fractional_timeout(timeout).map_err(|e| anyhow!("timeout: {e}"))?;
         let cache_ttl = args.cache_ttl.or(config.cache_ttl).unwrap_or(DEFAULT_CACHE_TTL_S);
         let networks = if args.networks.is_empty() { config.networks.unwrap_or_default() } else { args.networks };
         let trusted_uris =
@@ -164,7 +163,7 @@ impl Settings {
             stats: args.stats,
             refresh: args.refresh,
             uris,
-            timeout: Duration::from_secs_f64(timeout),
+            timeout,
             scan: ScanOptions {
                 preferred_networks: networks,
                 ipv6: args.ipv6 || config.ipv6.unwrap_or(false),

@@ -93,7 +93,7 @@ mod tests {
         assert_eq!(derived_mac("web1", 0), derived_mac("web1", 0));
         assert_ne!(derived_mac("web1", 0), derived_mac("web1", 1));
         assert_ne!(derived_mac("web1", 0), derived_mac("web2", 0));
-        assert!(crate::leases::check_mac(&derived_mac("web1", 0)).is_ok());
+        assert!(crate::validate::mac(&derived_mac("web1", 0)).is_ok());
     }
 
     #[test]

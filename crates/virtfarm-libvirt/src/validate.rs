@@ -1,5 +1,6 @@
-//! The one rule for each value a user gives to name a libvirt thing or bound a wait: domain
-//! names, paths on the hypervisor, URIs, snapshot names, timeouts and wait choices.
+//! The one rule for each value a user gives to name a libvirt thing, size it or bound a wait:
+//! domain names, paths on the hypervisor, URIs, snapshot names, MAC addresses, metadata keys,
+//! sizes, timeouts and wait choices.
 //!
 //! Every module checks its options with these, so a value is accepted or refused the same
 //! way everywhere. An [`Invalid`] says what is wrong with the value; the caller puts the
@@ -31,9 +32,9 @@ pub enum Invalid {
     /// A negative timeout, where 0 means "do not wait".
     #[error("must be 0 or more seconds, got {0}")]
     NegativeSeconds(i64),
-    /// A timeout of 0 or less, for a wait that must happen.
+    /// A timeout of 0 or less (or not a number), for a wait that must happen.
     #[error("must be a positive number of seconds, got {0}")]
-    NoSeconds(i64),
+    NoSeconds(String),
     /// A `wait` value that is neither `none` nor a signal's name.
     #[error("'{0}' is not one of {choices}", choices = WAIT_CHOICES.join(", "))]
     UnknownWait(String),
@@ -55,6 +56,21 @@ pub enum Invalid {
     /// A string that is not shaped like a libvirt URI.
     #[error("{0:?} is not a libvirt URI (such as qemu:///system or qemu+ssh://host/system)")]
     Uri(String),
+    /// Not a size in whole binary units (the value as given, quoted if a string).
+    #[error("{0} is not a size (examples: 512, 512M, 2G, 10GiB)")]
+    Size(String),
+    /// Not a unicast MAC address.
+    #[error("{0:?} is not a MAC address of a NIC (aa:bb:cc:dd:ee:ff, unicast)")]
+    Mac(String),
+    /// A metadata key that cannot be an XML attribute value in every reader's hands.
+    #[error("{0:?} is not a usable key (letters, digits, '_')")]
+    MetadataKey(String),
+    /// A metadata key named like a secret: metadata is readable by every read-only client.
+    #[error(
+        "looks like a secret, and metadata is stored in the domain definition, which every read-only \
+         libvirt client can read; keep it in Ansible Vault or inventory variables"
+    )]
+    SecretMetadataKey(String),
     /// A snapshot name that cannot become part of a file name.
     #[error("snapshot name {name:?} {problem}")]
     SnapshotName {
@@ -77,10 +93,16 @@ pub enum ZeroSeconds {
 /// A timeout given in whole seconds.
 pub fn timeout(seconds: i64, zero: ZeroSeconds) -> Result<Duration, Invalid> {
     match (u64::try_from(seconds), zero) {
-        (Ok(0), ZeroSeconds::Refused) | (Err(_), ZeroSeconds::Refused) => Err(Invalid::NoSeconds(seconds)),
+        (Ok(0), ZeroSeconds::Refused) | (Err(_), ZeroSeconds::Refused) => Err(Invalid::NoSeconds(seconds.to_string())),
         (Ok(seconds), _) => Ok(Duration::from_secs(seconds)),
         (Err(_), ZeroSeconds::NoWait) => Err(Invalid::NegativeSeconds(seconds)),
     }
+}
+
+/// A timeout in seconds that may have a fraction (`2.5`): finite and above 0.
+pub fn fractional_timeout(seconds: f64) -> Result<Duration, Invalid> {
+    let timeout = Duration::try_from_secs_f64(seconds).ok().filter(|timeout| !timeout.is_zero());
+    timeout.ok_or_else(|| Invalid::NoSeconds(seconds.to_string()))
 }
 
 /// A `wait` choice: `none` or the [`Signal`] that means ready.
@@ -136,6 +158,49 @@ pub fn uri(uri: &str) -> Result<&str, Invalid> {
     ok.then_some(uri).ok_or_else(|| Invalid::Uri(uri.to_string()))
 }
 
+/// A size in bytes: whole binary units (`512M`, `2G`, `2GiB`, `10gb`, `4096B`, `1T`), or a bare
+/// number of `default_unit`s, as virt-install reads memory and disk sizes; never 0. Unlike
+/// Ansible's `bytes` type, no fractions: libvirt takes whole units.
+pub fn size(text: &str, default_unit: u64) -> Result<u64, Invalid> {
+    let invalid = || Invalid::Size(format!("{text:?}"));
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let multiplier = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" if unit.is_empty() => default_unit,
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(invalid()),
+    };
+    number.checked_mul(multiplier).filter(|bytes| *bytes > 0).ok_or_else(invalid)
+}
+
+/// A NIC's MAC address: `aa:bb:cc:dd:ee:ff`, unicast; lower case.
+pub fn mac(mac: &str) -> Result<String, Invalid> {
+    let octets: Vec<&str> = mac.split(':').collect();
+    let well_formed =
+        octets.len() == 6 && octets.iter().all(|o| o.len() == 2 && o.chars().all(|c| c.is_ascii_hexdigit()));
+    let unicast = well_formed && u8::from_str_radix(octets[0], 16).is_ok_and(|first| first & 1 == 0);
+    unicast.then(|| mac.to_ascii_lowercase()).ok_or_else(|| Invalid::Mac(mac.to_string()))
+}
+
+/// A key of the metadata kept in the domain definition: letters, digits and `_`, and not
+/// named like a secret ([`crate::domain_xml::is_secret_key`]).
+pub fn metadata_key(key: &str) -> Result<&str, Invalid> {
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(Invalid::MetadataKey(key.to_string()));
+    }
+    if crate::domain_xml::is_secret_key(key) {
+        return Err(Invalid::SecretMetadataKey(key.to_string()));
+    }
+    Ok(key)
+}
+
 /// A snapshot name: not empty, not longer than [`MAX_SNAPSHOT_NAME_LEN`], no `/`, no `..`,
 /// no control characters, not starting with `-` or `.` (it ends up in file names and logs).
 pub fn snapshot_name(name: &str) -> Result<&str, Invalid> {
@@ -162,12 +227,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sizes_are_whole_binary_units_or_a_bare_number_of_the_default_unit() {
+        assert_eq!(size("512", 1 << 20), Ok(512 << 20));
+        assert_eq!(size("2G", 1), Ok(2 << 30));
+        assert_eq!(size("2GiB", 1), Ok(2 << 30));
+        assert_eq!(size("10gb", 1), Ok(10 << 30));
+        assert_eq!(size("4096B", 1 << 20), Ok(4096));
+        for bad in ["", "G", "2X", "-1", "0", "1.5G", "99999999999999999999"] {
+            assert_eq!(size(bad, 1), Err(Invalid::Size(format!("{bad:?}"))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn macs_are_unicast_and_lower_case() {
+        assert_eq!(mac("52:54:00:ab:CD:ef"), Ok("52:54:00:ab:cd:ef".to_string()));
+        assert!(mac(&crate::naming::derived_mac("web1", 0)).is_ok());
+        for bad in ["", "zz:zz:zz", "52:54:00:ab:cd", "52-54-00-ab-cd-ef", "01:00:5e:00:00:01", "52:54:00:ab:cd:ef:00"]
+        {
+            assert_eq!(mac(bad), Err(Invalid::Mac(bad.to_string())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn metadata_keys_are_plain_and_never_secrets() {
+        assert_eq!(metadata_key("platform"), Ok("platform"));
+        assert_eq!(metadata_key("a-b"), Err(Invalid::MetadataKey("a-b".into())));
+        assert_eq!(metadata_key("db_password"), Err(Invalid::SecretMetadataKey("db_password".into())));
+    }
+
+    #[test]
     fn zero_seconds_is_no_wait_or_refused_as_the_option_says() {
         assert_eq!(timeout(0, ZeroSeconds::NoWait), Ok(Duration::ZERO));
         assert_eq!(timeout(5, ZeroSeconds::Refused), Ok(Duration::from_secs(5)));
-        assert_eq!(timeout(0, ZeroSeconds::Refused), Err(Invalid::NoSeconds(0)));
-        assert_eq!(timeout(-1, ZeroSeconds::Refused), Err(Invalid::NoSeconds(-1)));
+        assert_eq!(timeout(0, ZeroSeconds::Refused), Err(Invalid::NoSeconds("0".into())));
+        assert_eq!(timeout(-1, ZeroSeconds::Refused), Err(Invalid::NoSeconds("-1".into())));
         assert_eq!(timeout(-1, ZeroSeconds::NoWait).unwrap_err().to_string(), "must be 0 or more seconds, got -1");
+    }
+
+    #[test]
+    fn fractional_timeouts_are_finite_and_above_zero() {
+        assert_eq!(fractional_timeout(2.5), Ok(Duration::from_millis(2500)));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e300, 1e-12] {
+            assert_eq!(fractional_timeout(bad), Err(Invalid::NoSeconds(bad.to_string())), "{bad}");
+        }
     }
 
     #[test]

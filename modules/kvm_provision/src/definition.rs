@@ -14,12 +14,11 @@ use virtfarm_libvirt::domain_facts::DomainFacts;
 use virtfarm_libvirt::domain_xml::{
     is_secret_key, DirectKernel, DiskDevice, DomainSpec, Firmware, InstanceMetadata, NicDevice, NicSource, Share, Tpm,
 };
-use virtfarm_libvirt::leases::check_mac;
 use virtfarm_libvirt::naming::{derived_mac, pool_node};
 use virtfarm_libvirt::network::{NewNetwork, Reservation, Subnet};
 use virtfarm_libvirt::provision::{DomainSource, NetworkWant, Request, RootDisk, State, VmDefinition};
 use virtfarm_libvirt::storage::CloneMode;
-use virtfarm_libvirt::validate::{self, ZeroSeconds, WAIT_CHOICES};
+use virtfarm_libvirt::validate::{self, Invalid, ZeroSeconds, WAIT_CHOICES};
 
 use crate::fields::{size, Loose};
 
@@ -504,15 +503,10 @@ fn metadata_entry(metadata: &mut InstanceMetadata, name: &str, key: &str, value:
             _ => bail!("{name}.{key}: expected a string"),
         }
     };
-    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        bail!("{name}: {key:?} is not a usable key (letters, digits, '_')");
-    }
-    if is_secret_key(key) {
-        bail!(
-            "{name}.{key}: looks like a secret, and metadata is stored in the domain definition, which \
-             every read-only libvirt client can read; keep it in Ansible Vault or inventory variables"
-        );
-    }
+    validate::metadata_key(key).map_err(|e| match e {
+        Invalid::SecretMetadataKey(_) => anyhow!("{name}.{key}: {e}"),
+        _ => anyhow!("{name}: {e}"),
+    })?;
     match key {
         "platform" => metadata.platform = Some(text(key, value)?),
         "target" => metadata.target = Some(text(key, value)?),
@@ -669,11 +663,7 @@ fn parse_nic(
 /// The NIC's MAC as given (a unicast address), or one derived from the VM's name.
 fn nic_mac(nic: &Params, index: usize, vm_name: &str) -> Result<String> {
     let Some(mac) = nic.opt_str("mac")? else { return Ok(derived_mac(vm_name, index)) };
-    check_mac(mac).map_err(|e| anyhow!("{}: {e}", nic.name_of("mac")))?;
-    if u8::from_str_radix(&mac[..2], 16).is_ok_and(|octet| octet & 1 == 1) {
-        bail!("{}: {mac} is a multicast address; a NIC needs a unicast one", nic.name_of("mac"));
-    }
-    Ok(mac.to_ascii_lowercase())
+    validate::mac(mac).map_err(|e| anyhow!("{}: {e}", nic.name_of("mac")))
 }
 
 fn parse_cloud_init(given: &Params, vm_name: &str) -> Result<CloudInit> {

@@ -1,24 +1,22 @@
-//! Reads of the values the argument spec leaves free-form: sizes with units (`memory`,
-//! `disk_size`), and ansible_farm's `vm` dictionary, whose keys are checked against the
+//! Reads of the values the argument spec leaves free-form: sizes (`memory`, `disk_size`) as
+//! numbers or strings, and ansible_farm's `vm` dictionary, whose keys are checked against the
 //! ones that format defines. Errors name the parameter by its full path
 //! (`vms[1].vm.metadata.name`).
 
 use ansible_module::ArgumentErrors;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use serde_json::{Map, Value};
+use virtfarm_libvirt::validate;
 
-/// A size: an integer in `default_unit`, or a string with a unit (`512M`, `2G`, `10GiB`);
-/// in bytes. `name` is the parameter's full name, for the error.
+/// A size: an integer in `default_unit`, or a string with a unit ([`validate::size`]); in
+/// bytes. `name` is the parameter's full name, for the error.
 pub fn size(name: &str, value: &Value, default_unit: u64) -> Result<u64> {
     let parsed = match value {
         Value::Number(n) => n.as_u64().and_then(|n| n.checked_mul(default_unit)).filter(|n| *n > 0),
-        Value::String(s) => parse_size(s, default_unit),
+        Value::String(s) => validate::size(s, default_unit).ok(),
         _ => None,
     };
-    match parsed {
-        Some(bytes) => Ok(bytes),
-        None => bail!("{name}: {} is not a size (examples: 512, 512M, 2G, 10GiB)", brief(value)),
-    }
+    parsed.ok_or_else(|| anyhow!("{name}: {}", validate::Invalid::Size(brief(value))))
 }
 
 /// `value` for a message: short, on one line.
@@ -28,24 +26,6 @@ fn brief(value: &Value) -> String {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text,
     }
-}
-
-/// `512` (in `default_unit`), `512M`, `2G`, `2GiB`, `1T`, `4096B`; binary units.
-fn parse_size(text: &str, default_unit: u64) -> Option<u64> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let multiplier = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
-        "" if unit.trim().is_empty() => default_unit,
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return None,
-    };
-    number.checked_mul(multiplier).filter(|n| *n > 0)
 }
 
 /// A dictionary of ansible_farm's format: values read by key, types checked on read.
@@ -139,14 +119,6 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("512", 1 << 20), Some(512 << 20));
-        assert_eq!(parse_size("2G", 1), Some(2 << 30));
-        assert_eq!(parse_size("2GiB", 1), Some(2 << 30));
-        assert_eq!(parse_size("10gb", 1), Some(10 << 30));
-        assert_eq!(parse_size("4096B", 1 << 20), Some(4096));
-        for bad in ["", "G", "2X", "-1", "0", "1.5G", "99999999999999999999"] {
-            assert_eq!(parse_size(bad, 1), None, "{bad}");
-        }
         assert_eq!(size("memory", &json!(2), 1 << 20).unwrap(), 2 << 20);
         let err = size("vms[2].memory", &json!([1]), 1).unwrap_err().to_string();
         assert_eq!(err, "vms[2].memory: [1] is not a size (examples: 512, 512M, 2G, 10GiB)");
