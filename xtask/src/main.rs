@@ -79,9 +79,16 @@ fn test(root: &Path, filters: &[&str]) -> Result<()> {
     // The integration tests run the module binaries as Ansible would: build them first.
     let result = sh::run(&cargo, &["build", "--workspace", "--bins"]).and_then(|()| {
         std::env::set_var("VIRTFARM_BED", &bed_json);
-        let mut args = vec!["test", "--workspace", "--", "--include-ignored"];
+        // Guests boot two at a time whatever the thread count (tests/bed's boot slots): a third
+        // thread runs what needs no boot, or does its Ansible and libvirt work, while two boot.
+        let mut args = vec!["test", "--workspace", "--", "--include-ignored", "--test-threads=3"];
         args.extend_from_slice(filters);
+        let cpu_before = cpu_times();
         sh::run(&cargo, &args)?;
+        if let (Some((busy0, all0)), Some((busy1, all1))) = (cpu_before, cpu_times()) {
+            let busy = 100.0 * (busy1 - busy0) as f64 / (all1 - all0).max(1) as f64;
+            eprintln!("xtask test: the CPUs were {busy:.0}% busy while the tests ran");
+        }
         if !filters.is_empty() {
             return Ok(());
         }
@@ -97,4 +104,14 @@ fn test(root: &Path, filters: &[&str]) -> Result<()> {
         if std::env::var_os("VIRTFARM_KEEP_BED").is_some() { Ok(()) } else { fleet::down().and(bed::down()) };
     eprintln!("xtask test: {:.0} s in all", started.elapsed().as_secs_f64());
     result.and(teardown)
+}
+
+/// The machine's busy and total CPU time so far (`/proc/stat`, in ticks): idle and iowait
+/// count as not busy.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let all: u64 = ticks.iter().sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((all - idle, all))
 }
