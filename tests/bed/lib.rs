@@ -63,23 +63,6 @@ pub struct Bed {
     /// bed described before it.
     #[serde(default)]
     pub bullseye_root: PathBuf,
-    /// The bed's LXD daemon: its state directory (`LXD_DIR` for the `lxc` client), REST API
-    /// socket, bridge, and image aliases (a busybox-static root; the bullseye root with
-    /// python3). Empty in a bed described before it.
-    #[serde(default)]
-    pub lxd_dir: PathBuf,
-    /// See [`Bed::lxd_dir`].
-    #[serde(default)]
-    pub lxd_socket: PathBuf,
-    /// See [`Bed::lxd_dir`].
-    #[serde(default)]
-    pub lxd_network: String,
-    /// See [`Bed::lxd_dir`].
-    #[serde(default)]
-    pub lxd_busybox_image: String,
-    /// See [`Bed::lxd_dir`].
-    #[serde(default)]
-    pub lxd_python_image: String,
 }
 
 /// What an Ansible command did.

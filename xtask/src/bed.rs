@@ -141,11 +141,6 @@ fn write_description(bed_json: &Path, image: &GuestImage, venv: &Path, collectio
         "venv": venv,
         "collections_path": collections,
         "collection_tree": crate::collection::tree(&crate::project_root()?),
-        "lxd_dir": crate::lxd::dir(),
-        "lxd_socket": crate::lxd::socket(),
-        "lxd_network": crate::lxd::NETWORK,
-        "lxd_busybox_image": crate::lxd::BUSYBOX_IMAGE,
-        "lxd_python_image": crate::lxd::PYTHON_IMAGE,
     });
     std::fs::write(bed_json, serde_json::to_string_pretty(&description)?)?;
     Ok(())

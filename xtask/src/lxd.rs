@@ -8,24 +8,31 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use serde_json::json;
 
 use crate::bed::{self, wait_until, NETNS};
 use crate::sh;
 
-pub const NETWORK: &str = "vflxd0";
+const NETWORK: &str = "vflxd0";
 const GATEWAY_CIDR: &str = "10.81.0.1/24";
-pub const POOL: &str = "default";
+const POOL: &str = "default";
 /// Image aliases: a busybox-static root, and the bullseye root (python3) with busybox as init.
-pub const BUSYBOX_IMAGE: &str = "vf-busybox";
-pub const PYTHON_IMAGE: &str = "vf-python";
+const BUSYBOX_IMAGE: &str = "vf-busybox";
+const PYTHON_IMAGE: &str = "vf-python";
 
 /// LXD's state directory; its `unix.socket` is the REST API.
-pub fn dir() -> PathBuf {
+fn dir() -> PathBuf {
     PathBuf::from("/var/lib/virtfarm-bed/lxd")
 }
 
-pub fn socket() -> PathBuf {
+fn socket() -> PathBuf {
     dir().join("unix.socket")
+}
+
+/// `lxd.json`, which tells the tests about the daemon: a file of its own, so that a `bed.json`
+/// written by another checkout of the project, running beside this one, does not drop it.
+pub fn description() -> PathBuf {
+    bed::state_dir().join("lxd.json")
 }
 
 fn lxc(args: &[&str]) -> Result<String> {
@@ -72,7 +79,15 @@ pub fn up(images: &Path) -> Result<()> {
             lxc(&["image", "import", bed::path_str(&images.join(file))?, "--alias", alias])?;
         }
     }
-    eprintln!("lxd: up in {:.1} s ({})", started.elapsed().as_secs_f64(), socket().display());
+    let described = json!({
+        "dir": dir(),
+        "socket": socket(),
+        "network": NETWORK,
+        "busybox_image": BUSYBOX_IMAGE,
+        "python_image": PYTHON_IMAGE,
+    });
+    std::fs::write(description(), serde_json::to_string_pretty(&described)?)?;
+    eprintln!("lxd: up in {:.1} s ({})", started.elapsed().as_secs_f64(), description().display());
     Ok(())
 }
 
@@ -116,6 +131,7 @@ pub fn down() -> Result<()> {
         let _ = shutdown.status();
     }
     let _ = std::fs::remove_dir_all(dir());
+    let _ = std::fs::remove_file(description());
     eprintln!("lxd: down");
     Ok(())
 }
