@@ -564,7 +564,7 @@ mod tests {
     fn lxd_listing(source: &str, remote: Option<&str>, instances: Vec<Instance>) -> Listing {
         let server = crate::lxd::Server {
             source: source.into(),
-            socket: "/run/lxd.socket".into(),
+            endpoint: crate::lxd::Endpoint::Unix("/run/lxd.socket".into()),
             remote: remote.map(Into::into),
         };
         Listing { server, instances, calls: 1 }

@@ -14,7 +14,7 @@ use crate::inventory::{assemble_collection, group, stdout_json};
 /// Python one, and one never started; listed by the executable with their addresses and
 /// states, then reached through the plugin with `community.general.lxd` (`ping` where there is
 /// Python, `raw` in busybox, which has none); then sources that fail in each way, beside
-/// those that answer.
+/// those that answer; then the same server over HTTPS.
 #[test]
 #[ignore = "needs the test bed: cargo xtask test"]
 fn lxd_containers_beside_domains_reached_through_the_lxd_connection() {
@@ -89,6 +89,63 @@ fn lxd_containers_beside_domains_reached_through_the_lxd_connection() {
     let only_bad = inventory_exe(bed, &["--list", "--lxd", bad[0]]);
     let stderr = String::from_utf8_lossy(&only_bad.stderr);
     assert!(!only_bad.status.success() && only_bad.stdout.is_empty() && stderr.contains(bad[0]), "{stderr}");
+
+    // HTTPS, as to a remote server or a cluster member, with lxc's files for the remote: a
+    // trusted client lists the containers; one the server does not trust gets its error; a
+    // server whose certificate is not the one pinned is refused.
+    let trusted = lxc_config(&dir.join("trusted"), &lxd.server_cert);
+    let added = lxd.lxc(&["config", "trust", "add", trusted.join("client.crt").to_str().expect("UTF-8")]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let stranger = lxc_config(&dir.join("stranger"), &lxd.server_cert);
+    let impostor = lxc_config(&dir.join("impostor"), &trusted.join("client.crt"));
+    let remote = format!("bedtls=https://{}", lxd.https_address);
+    let over_https = |conf: &Path| {
+        let run = Command::new("ip")
+            .args(["netns", "exec", &bed.netns, "timeout", "60"])
+            .arg(bed.binary("libvirt_inventory"))
+            .args(["--list", "--lxd", &remote, "--lxd", socket])
+            .env("LXD_CONF", conf)
+            .output()
+            .expect("run the inventory");
+        let listed = stdout_json(&run);
+        (listed["_meta"]["hostvars"].clone(), listed["all"]["vars"]["libvirt_inventory_warnings"].to_string())
+    };
+    let (hostvars, warnings) = over_https(&trusted);
+    assert_eq!(hostvars[&python.name]["ansible_lxd_remote"], "bedtls", "{warnings}");
+    assert_eq!(hostvars[&python.name]["lxd_server"], remote.as_str());
+    let renamed = format!("{}_var_lib_virtfarm_bed_lxd_unix_socket", python.name);
+    assert!(hostvars[&renamed].is_object(), "the same container over the socket, renamed: {warnings}");
+    for (conf, says) in [(&stranger, "LXD answered 403"), (&impostor, "not the certificate lxc stored")] {
+        let (hostvars, warnings) = over_https(conf);
+        assert!(warnings.contains(&format!("{remote}: ")) && warnings.contains(says), "{warnings}");
+        assert!(hostvars[&python.name].is_object(), "the socket is still listed: {warnings}");
+    }
+    let _ = lxd.lxc(&["config", "trust", "remove", &fingerprint(&trusted.join("client.crt"))]);
+}
+
+/// An lxc configuration directory (`LXD_CONF`) with a new client certificate, and `pinned` as
+/// the server certificate of the remote `bedtls`.
+fn lxc_config(dir: &Path, pinned: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("servercerts")).expect("mkdir");
+    let (key, crt) = (dir.join("client.key"), dir.join("client.crt"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=virtfarm-test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("run openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    std::fs::copy(pinned, dir.join("servercerts/bedtls.crt")).expect("copy the server certificate");
+    dir.to_path_buf()
+}
+
+/// A certificate's SHA-256 fingerprint, as `lxc config trust` names it.
+fn fingerprint(crt: &Path) -> String {
+    let out = Command::new("openssl").args(["x509", "-noout", "-fingerprint", "-sha256", "-in"]).arg(crt).output();
+    let text = String::from_utf8_lossy(&out.expect("run openssl").stdout).to_string();
+    text.rsplit('=').next().unwrap_or_default().trim().replace(':', "").to_ascii_lowercase()
 }
 
 /// What `lxd.json` says about the bed's LXD daemon.
@@ -98,6 +155,9 @@ struct Lxd {
     dir: PathBuf,
     /// Its REST API.
     socket: PathBuf,
+    /// The same over HTTPS, on its bridge's address (inside the namespace), and its certificate.
+    https_address: String,
+    server_cert: PathBuf,
     /// Image aliases: a busybox-static root, and a root with python3.
     busybox_image: String,
     python_image: String,

@@ -1,6 +1,6 @@
 //! The bed's LXD daemon: Debian's `lxd`, started inside the bed's network namespace with a
 //! state directory of its own (so it never meets an LXD of the host's), a `dir` storage pool,
-//! a bridge of its own without NAT, and the two images the project builds (see
+//! a bridge of its own without NAT, HTTPS on that bridge's address, and the two images the project builds (see
 //! xtask/guest/build-lxd-images.sh). `bed down` removes it all.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,8 @@ use crate::sh;
 
 const NETWORK: &str = "vflxd0";
 const GATEWAY_CIDR: &str = "10.81.0.1/24";
+/// LXD's HTTPS API on its bridge's address: reachable only inside the namespace.
+const HTTPS_ADDRESS: &str = "10.81.0.1:8443";
 const POOL: &str = "default";
 /// Image aliases: a busybox-static root, and the bullseye root (python3) with busybox as init.
 const BUSYBOX_IMAGE: &str = "vf-busybox";
@@ -74,6 +76,9 @@ pub fn up(images: &Path) -> Result<()> {
     if !profile.contains("eth0:") {
         lxc(&["profile", "device", "add", "default", "eth0", "nic", &format!("network={NETWORK}"), "name=eth0"])?;
     }
+    if lxc(&["config", "get", "core.https_address"])?.trim() != HTTPS_ADDRESS {
+        lxc(&["config", "set", "core.https_address", HTTPS_ADDRESS])?;
+    }
     for (alias, file) in [(BUSYBOX_IMAGE, "busybox.tar.gz"), (PYTHON_IMAGE, "python.tar")] {
         if lxc(&["image", "show", alias]).is_err() {
             lxc(&["image", "import", bed::path_str(&images.join(file))?, "--alias", alias])?;
@@ -82,6 +87,8 @@ pub fn up(images: &Path) -> Result<()> {
     let described = json!({
         "dir": dir(),
         "socket": socket(),
+        "https_address": HTTPS_ADDRESS,
+        "server_cert": dir().join("server.crt"),
         "network": NETWORK,
         "busybox_image": BUSYBOX_IMAGE,
         "python_image": PYTHON_IMAGE,

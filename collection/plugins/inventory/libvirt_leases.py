@@ -29,8 +29,8 @@ description:
     C(ansible_); the other variables of the metadata only from a URI in O(trusted_uris).
   - Secrets (variables named like passwords, passphrases, tokens, private keys) are never listed, trusted
     or not.
-  - With O(lxd), the instances of LXD servers too, read through LXD's REST API on its unix socket (one request per
-    server, in parallel with the URIs and bounded by the same O(timeout)). Each is reached through the
+  - With O(lxd), the instances of LXD servers too, read through LXD's REST API on its unix socket or over HTTPS
+    (one request per server, in parallel with the URIs and bounded by the same O(timeout)). Each is reached through the
     C(community.general.lxd) connection by its name, with C(ansible_connection=community.general.lxd),
     C(ansible_lxd_host) (the instance; C(ansible_host) holds its first global IPv4 address),
     C(ansible_lxd_remote) when the server is named C(REMOTE=SOCKET), C(ansible_lxd_project) outside the
@@ -69,7 +69,11 @@ options:
     description:
       - LXD servers to read, each the path of its unix socket, optionally C(unix://) in front and C(REMOTE=)
         before that, for example V(/var/lib/lxd/unix.socket) (Debian's C(lxd)), V(/var/snap/lxd/common/lxd/unix.socket),
-        or V(lab=/var/lib/lxd/unix.socket).
+        or V(lab=/var/lib/lxd/unix.socket); or C(REMOTE=https://HOST[:PORT]) (port 8443 by default) for a remote
+        server or a cluster member.
+      - Over HTTPS the executable authenticates as the C(lxc) client does, with its files for REMOTE, namely the client
+        certificate C(client.crt) and C(client.key), and the server's certificate pinned in C(servercerts/REMOTE.crt)
+        (what C(lxc remote add REMOTE https://HOST) stores), in E(LXD_CONF), else C(~/.config/lxc).
       - REMOTE is the name the C(lxc) client on the controller knows the server by, which the connection plugin
         uses (C(ansible_lxd_remote)); without it the plugin uses C(lxc)'s C(local) remote, which must be the same
         server.

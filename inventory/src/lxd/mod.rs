@@ -1,4 +1,5 @@
-//! LXD servers as a source: their instances, read through LXD's REST API on its unix socket.
+//! LXD servers as a source: their instances, read through LXD's REST API on its unix socket,
+//! or over HTTPS (`tls`) for a remote server or a cluster member.
 //!
 //! One request per server, `GET /1.0/instances?recursion=2&all-projects=true`, returns every
 //! instance of every project with its state and addresses; on a cluster member it includes
@@ -12,6 +13,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use virtfarm_libvirt::scan::ScanOptions;
+
+mod tls;
+
+/// The port LXD listens on for HTTPS unless told otherwise.
+const HTTPS_PORT: u16 = 8443;
 
 /// The one request a listing takes.
 const INSTANCES: &str = "/1.0/instances?recursion=2&all-projects=true";
@@ -28,16 +34,31 @@ pub enum Error {
     /// The answer was not LXD's JSON.
     #[error("not an LXD answer: {0}")]
     Answer(String),
+    /// No TLS session: lxc's files for the remote, or the handshake.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
-/// An LXD server as the user named it: `[REMOTE=]PATH` or `[REMOTE=]unix://PATH`, where
-/// REMOTE is the name the `lxc` client knows the server by (`ansible_lxd_remote`).
+/// An LXD server as the user named it: `[REMOTE=]PATH`, `[REMOTE=]unix://PATH` or
+/// `REMOTE=https://HOST[:PORT]`, where REMOTE is the name the `lxc` client knows the server by
+/// (`ansible_lxd_remote`); over HTTPS the inventory uses lxc's certificates for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
     /// As written: what warnings, `lxd_server`, its group and `trusted_uris` use.
     pub source: String,
-    pub socket: PathBuf,
+    pub endpoint: Endpoint,
     pub remote: Option<String>,
+}
+
+/// Where a server answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    /// `host:port`, and the lxc remote whose certificates authenticate both ends.
+    Https {
+        authority: String,
+        remote: String,
+    },
 }
 
 impl Server {
@@ -47,14 +68,23 @@ impl Server {
             Some((remote, address)) if !remote.is_empty() && !remote.contains('/') => (Some(remote), address),
             _ => (None, source),
         };
-        if address.starts_with("https://") {
-            return Err(format!("{source}: only a unix socket is read so far, not HTTPS"));
-        }
-        let path = address.strip_prefix("unix://").unwrap_or(address);
-        if !path.starts_with('/') {
-            return Err(format!("{source}: give the absolute path of the server's unix socket"));
-        }
-        Ok(Server { source: source.to_string(), socket: path.into(), remote: remote.map(String::from) })
+        let endpoint = if let Some(rest) = address.strip_prefix("https://") {
+            let Some(remote) = remote else {
+                return Err(format!("{source}: name the lxc remote (REMOTE=https://...): its certificates are used"));
+            };
+            let authority = rest.trim_end_matches('/');
+            let has_port =
+                authority.rsplit_once(':').is_some_and(|(host, _)| !host.ends_with(':')) && !authority.ends_with(']');
+            let authority = if has_port { authority.to_string() } else { format!("{authority}:{HTTPS_PORT}") };
+            Endpoint::Https { authority, remote: remote.to_string() }
+        } else {
+            let path = address.strip_prefix("unix://").unwrap_or(address);
+            if !path.starts_with('/') {
+                return Err(format!("{source}: give the absolute path of the server's unix socket"));
+            }
+            Endpoint::Unix(path.into())
+        };
+        Ok(Server { source: source.to_string(), endpoint, remote: remote.map(String::from) })
     }
 }
 
@@ -164,14 +194,38 @@ pub fn list(server: &Server, options: &ScanOptions, timeout: Duration) -> Result
 /// One GET over HTTP/1.0, so that the answer is the rest of the stream (no chunks); returns
 /// the `metadata` of LXD's sync answer.
 fn get(server: &Server, path: &str, timeout: Duration) -> Result<serde_json::Value, Error> {
-    let socket_error = |e| Error::Socket(server.socket.display().to_string(), e);
-    let mut stream = UnixStream::connect(&server.socket).map_err(socket_error)?;
-    stream.set_read_timeout(Some(timeout)).map_err(socket_error)?;
-    stream.set_write_timeout(Some(timeout)).map_err(socket_error)?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: lxd\r\n\r\n").as_bytes()).map_err(socket_error)?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(socket_error)?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: lxd\r\n\r\n");
+    let answer = match &server.endpoint {
+        Endpoint::Unix(socket) => {
+            let socket_error = |e| Error::Socket(socket.display().to_string(), e);
+            let stream = UnixStream::connect(socket).map_err(socket_error)?;
+            stream.set_read_timeout(Some(timeout)).map_err(socket_error)?;
+            stream.set_write_timeout(Some(timeout)).map_err(socket_error)?;
+            exchange(stream, &request).map_err(socket_error)?
+        }
+        Endpoint::Https { authority, remote } => {
+            let stream = tls::connect(authority, remote, timeout)?;
+            stream.sock.set_read_timeout(Some(timeout)).map_err(|e| Error::Socket(authority.clone(), e))?;
+            stream.sock.set_write_timeout(Some(timeout)).map_err(|e| Error::Socket(authority.clone(), e))?;
+            exchange(stream, &request).map_err(|e| match e.get_ref() {
+                // A refused handshake surfaces as an I/O error wrapping rustls's.
+                Some(inner) if inner.is::<rustls::Error>() => Error::Tls(inner.to_string()),
+                _ => Error::Socket(authority.clone(), e),
+            })?
+        }
+    };
     parse_answer(&answer)
+}
+
+/// Sends `request` and reads the answer to the end of the stream. A TLS peer that closes
+/// without a close_notify has still sent the whole HTTP/1.0 answer.
+fn exchange(mut stream: impl Read + Write, request: &str) -> std::io::Result<Vec<u8>> {
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !answer.is_empty() => Ok(answer),
+        other => other.map(|_| answer),
+    }
 }
 
 /// An HTTP answer from LXD → its `metadata`, or the error it reports.
@@ -204,12 +258,16 @@ mod tests {
     #[test]
     fn sources_name_a_socket_and_maybe_a_remote() {
         let plain = Server::parse("/var/lib/lxd/unix.socket").unwrap();
-        assert_eq!((plain.socket.to_str(), plain.remote), (Some("/var/lib/lxd/unix.socket"), None));
+        assert_eq!((plain.endpoint, plain.remote), (Endpoint::Unix("/var/lib/lxd/unix.socket".into()), None));
         let named = Server::parse("lab=unix:///run/lxd.socket").unwrap();
-        assert_eq!((named.socket.to_str(), named.remote.as_deref()), (Some("/run/lxd.socket"), Some("lab")));
+        assert_eq!((named.endpoint, named.remote.as_deref()), (Endpoint::Unix("/run/lxd.socket".into()), Some("lab")));
         assert_eq!(named.source, "lab=unix:///run/lxd.socket");
         assert!(Server::parse("lxd.socket").unwrap_err().contains("absolute path"));
-        assert!(Server::parse("lab=https://h1:8443").unwrap_err().contains("HTTPS"));
+        let https = |authority: &str| Endpoint::Https { authority: authority.into(), remote: "m1".into() };
+        assert_eq!(Server::parse("m1=https://h1:9443").unwrap().endpoint, https("h1:9443"));
+        assert_eq!(Server::parse("m1=https://h1/").unwrap().endpoint, https("h1:8443"));
+        assert_eq!(Server::parse("m1=https://[fd00::1]").unwrap().endpoint, https("[fd00::1]:8443"));
+        assert!(Server::parse("https://h1:8443").unwrap_err().contains("name the lxc remote"));
     }
 
     #[test]
