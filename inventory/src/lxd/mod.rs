@@ -25,8 +25,8 @@ const INSTANCES: &str = "/1.0/instances?recursion=2&all-projects=true";
 /// Why a server could not be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The socket could not be reached or read.
-    #[error("LXD socket {0}: {1}")]
+    /// The server (its socket, or `host:port`) could not be reached or read.
+    #[error("cannot reach {0}: {1}")]
     Socket(String, std::io::Error),
     /// The server answered with an error.
     #[error("LXD answered {code}: {message}")]
@@ -73,8 +73,8 @@ impl Server {
                 return Err(format!("{source}: name the lxc remote (REMOTE=https://...): its certificates are used"));
             };
             let authority = rest.trim_end_matches('/');
-            let has_port =
-                authority.rsplit_once(':').is_some_and(|(host, _)| !host.ends_with(':')) && !authority.ends_with(']');
+            // `[fd00::1]` ends in `:1]`, which is no port.
+            let has_port = authority.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());
             let authority = if has_port { authority.to_string() } else { format!("{authority}:{HTTPS_PORT}") };
             Endpoint::Https { authority, remote: remote.to_string() }
         } else {
