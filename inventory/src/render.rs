@@ -1,6 +1,7 @@
-//! Scans → the JSON Ansible reads from a script inventory: groups, `_meta.hostvars`, and
-//! the warnings in `all.vars.libvirt_inventory_warnings`. What a domain's metadata may set,
-//! and how text from a hypervisor is marked, is decided in [`crate::trust`].
+//! Scans and LXD listings → the JSON Ansible reads from a script inventory: groups,
+//! `_meta.hostvars`, and the warnings in `all.vars.libvirt_inventory_warnings`. What a
+//! domain's metadata (or an instance's `user.*` keys) may set, and how text from a source is
+//! marked, is decided in [`crate::trust`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -9,6 +10,7 @@ use serde_json::{json, Map, Value};
 use virtfarm_libvirt::domain_xml::InstanceMetadata;
 use virtfarm_libvirt::scan::{Scan, ScannedDomain};
 
+use crate::lxd::{Instance, Listing};
 use crate::trust::{self, Verdict};
 
 /// How groups and connection variables are named, and which URIs are trusted.
@@ -22,8 +24,9 @@ pub struct RenderOptions {
     pub trusted_uris: Vec<String>,
 }
 
-/// The inventory document, and what it left out of the domains' metadata: one warning per
-/// domain naming the variables, for stderr (the document itself may be cached).
+/// The inventory document, and what it left out, for stderr (the document itself may be
+/// cached): one warning per domain or instance naming the variables left out of its metadata,
+/// and one per host whose name another source's host has taken.
 #[derive(Debug)]
 pub struct Rendered {
     pub document: Value,
@@ -32,45 +35,96 @@ pub struct Rendered {
 
 /// The connection plugin that talks to a guest through its agent, by domain name.
 const AGENT_CONNECTION: &str = "community.libvirt.libvirt_qemu";
+/// The connection plugin that runs commands in an LXD instance through the `lxc` client.
+const LXD_CONNECTION: &str = "community.general.lxd";
+/// The `user.*` key whose comma-separated value lists an LXD instance's groups.
+const LXD_GROUPS_KEY: &str = "ansible.groups";
 
 /// Names that are not groups of ours: Ansible's implicit groups and the document's `_meta`.
 const RESERVED: [&str; 3] = ["all", "ungrouped", "_meta"];
 
-/// Builds the inventory of `scans` (URI, scan), in order; a host name already taken by an
-/// earlier URI gets the URI appended.
-pub fn inventory(scans: &[(String, Scan)], warnings: &[String], options: &RenderOptions) -> Rendered {
-    let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut hostvars = Map::new();
-    let mut left_out = Vec::new();
+/// Builds the inventory of `scans` (URI, scan) and then of `listings`, in order; a host name
+/// already taken by an earlier source gets the source appended, and a warning.
+pub fn inventory(
+    scans: &[(String, Scan)],
+    listings: &[Listing],
+    warnings: &[String],
+    options: &RenderOptions,
+) -> Rendered {
+    let mut hosts = Hosts::default();
     for (uri, scan) in scans {
-        let trusted = options.trusted_uris.contains(uri);
+        let source = Source { uri, trusted: options.trusted_uris.contains(uri) };
         for domain in &scan.domains {
-            let host = if hostvars.contains_key(&domain.name) {
-                format!("{}_{}", domain.name, slug(uri))
-            } else {
-                domain.name.clone()
-            };
-            for group in group_names(uri, domain).iter().map(|g| group_name(&options.prefix, g)) {
-                if !RESERVED.contains(&group.as_str()) {
-                    groups.entry(group).or_default().insert(host.clone());
-                }
+            if let Some(warning) = domain.metadata.as_ref().and_then(|meta| {
+                let keys: Vec<&str> = meta.vars.iter().map(|(k, _)| k.as_str()).collect();
+                left_out_warning(&source, &format!("domain {:?}", domain.name), &keys)
+            }) {
+                hosts.left_out.push(warning);
             }
-            let source = Source { uri, trusted };
-            if let Some(warning) = domain.metadata.as_ref().and_then(|meta| left_out_warning(&source, domain, meta)) {
-                left_out.push(warning);
-            }
-            hostvars.insert(host, Value::Object(host_vars(&source, domain, options)));
+            hosts.add(&source, &domain.name, group_names(uri, domain), host_vars(&source, domain, options), options);
         }
     }
+    for listing in listings {
+        let uri = &listing.server.source;
+        let source = Source { uri, trusted: options.trusted_uris.contains(uri) };
+        for instance in &listing.instances {
+            let what = format!("LXD instance {:?}", instance.name);
+            let keys: Vec<&str> = instance.user_config().map(|(k, _)| k).collect();
+            if let Some(warning) = left_out_warning(&source, &what, &keys) {
+                hosts.left_out.push(warning);
+            }
+            let vars = lxd_host_vars(&source, listing, instance);
+            hosts.add(&source, &instance.name, lxd_group_names(uri, instance), vars, options);
+        }
+    }
+    let Hosts { groups, hostvars, left_out, clashes } = hosts;
     let mut document = Map::new();
     document.insert("_meta".into(), json!({ "hostvars": hostvars }));
     // Messages may quote what a hypervisor holds (names, XML): never templates.
-    let warnings: Vec<Value> = warnings.iter().map(|w| trust::untrusted(w)).collect();
+    let warnings: Vec<Value> = warnings.iter().chain(&clashes).map(|w| trust::untrusted(w)).collect();
     document.insert("all".into(), json!({ "vars": { "libvirt_inventory_warnings": warnings } }));
     for (group, hosts) in groups {
         document.insert(group, json!({ "hosts": hosts }));
     }
-    Rendered { document: Value::Object(document), left_out }
+    Rendered { document: Value::Object(document), left_out: left_out.into_iter().chain(clashes).collect() }
+}
+
+/// The hosts and groups built so far.
+#[derive(Default)]
+struct Hosts {
+    groups: BTreeMap<String, BTreeSet<String>>,
+    hostvars: Map<String, Value>,
+    left_out: Vec<String>,
+    clashes: Vec<String>,
+}
+
+impl Hosts {
+    /// Adds the host `name` of `source`, renamed (and reported) when an earlier source has it.
+    fn add(
+        &mut self,
+        source: &Source<'_>,
+        name: &str,
+        groups: Vec<String>,
+        vars: Map<String, Value>,
+        options: &RenderOptions,
+    ) {
+        let host = if self.hostvars.contains_key(name) {
+            let renamed = format!("{name}_{}", slug(source.uri));
+            self.clashes.push(format!(
+                "{}: {name:?} is the name of a host of another source, kept as it is; this one is listed as {renamed:?}",
+                source.uri
+            ));
+            renamed
+        } else {
+            name.to_string()
+        };
+        for group in groups.iter().map(|g| group_name(&options.prefix, g)) {
+            if !RESERVED.contains(&group.as_str()) {
+                self.groups.entry(group).or_default().insert(host.clone());
+            }
+        }
+        self.hostvars.insert(host, Value::Object(vars));
+    }
 }
 
 /// The URI a domain was read from, and whether the user trusts it.
@@ -101,12 +155,11 @@ fn passed_vars<'m>(source: &Source<'_>, meta: &'m InstanceMetadata) -> impl Iter
     meta.vars.iter().filter(move |(key, _)| trust::admits(key, trusted))
 }
 
-/// The warning naming the metadata variables of `domain` that are not passed on, if any.
-fn left_out_warning(source: &Source<'_>, domain: &ScannedDomain, meta: &InstanceMetadata) -> Option<String> {
+/// The warning naming the variables (`keys`) of `what` (a domain's metadata or an instance's
+/// `user.*` keys) that are not passed on, if any.
+fn left_out_warning(source: &Source<'_>, what: &str, keys: &[&str]) -> Option<String> {
     let named = |wanted: Verdict| -> Vec<String> {
-        meta.vars
-            .iter()
-            .map(|(key, _)| key)
+        keys.iter()
             .filter(|key| !trust::admits(key, source.trusted) && trust::verdict(key) == wanted)
             .map(|key| format!("{key:?}"))
             .collect()
@@ -123,9 +176,7 @@ fn left_out_warning(source: &Source<'_>, domain: &ScannedDomain, meta: &Instance
     if !secrets.is_empty() {
         reasons.push(format!("{} (secrets are never passed on)", secrets.join(", ")));
     }
-    (!reasons.is_empty()).then(|| {
-        format!("{}: domain {:?}: metadata variables left out: {}", source.uri, domain.name, reasons.join("; "))
-    })
+    (!reasons.is_empty()).then(|| format!("{}: {what}: variables left out: {}", source.uri, reasons.join("; ")))
 }
 
 /// The groups of one domain before prefixing and sanitising: its state, networks, URI, and
@@ -196,6 +247,71 @@ fn metadata_json(source: &Source<'_>, meta: &InstanceMetadata) -> Value {
         "groups": meta.groups.iter().map(|g| source.text(g)).collect::<Vec<_>>(),
         "vars": passed_vars(source, meta).map(|(k, v)| (k.clone(), source.text(v))).collect::<Map<_, _>>(),
     })
+}
+
+/// The groups of one LXD instance before prefixing and sanitising: its state, type, profiles,
+/// project, cluster member, server, and its `user.ansible.groups`.
+fn lxd_group_names(uri: &str, instance: &Instance) -> Vec<String> {
+    let mut names = vec![
+        instance.state_name(),
+        format!("lxd_{}", instance.kind),
+        format!("project_{}", instance.project),
+        format!("uri_{}", slug(uri)),
+    ];
+    names.extend(instance.profiles.iter().map(|p| format!("profile_{p}")));
+    // `none` outside a cluster.
+    if !matches!(instance.location.as_str(), "" | "none") {
+        names.push(format!("location_{}", instance.location));
+    }
+    let listed = instance.user_config().find(|(k, _)| *k == LXD_GROUPS_KEY).map_or("", |(_, v)| v);
+    names.extend(listed.split(',').map(str::trim).filter(|g| !g.is_empty()).map(String::from));
+    names
+}
+
+/// An LXD instance's variables: reached with `community.general.lxd` by its name (the
+/// plugin's `ansible_lxd_host`, since `ansible_host` holds the address), and what LXD says.
+fn lxd_host_vars(source: &Source<'_>, listing: &Listing, instance: &Instance) -> Map<String, Value> {
+    let user: Map<String, Value> = instance
+        .user_config()
+        .filter(|(key, _)| *key != LXD_GROUPS_KEY && trust::admits(key, source.trusted))
+        .map(|(key, value)| (key.to_string(), source.text(value)))
+        .collect();
+    // The user's keys first, so that ours win on a clash; a key that is no variable name
+    // (`user.a.b`) is only in `lxd_user`.
+    let mut vars: Map<String, Value> =
+        user.iter().filter(|(key, _)| is_variable_name(key)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.insert("ansible_connection".into(), json!(LXD_CONNECTION));
+    vars.insert("ansible_lxd_host".into(), source.text(&instance.name));
+    if let Some(remote) = &listing.server.remote {
+        vars.insert("ansible_lxd_remote".into(), json!(remote));
+    }
+    if instance.project != "default" {
+        vars.insert("ansible_lxd_project".into(), source.text(&instance.project));
+    }
+    if let Some(ip) = &instance.address {
+        vars.insert("ansible_host".into(), source.address(ip));
+    }
+    let addresses: Vec<Value> = instance
+        .addresses()
+        .into_iter()
+        .map(|(nic, family, ip)| json!({ "interface": source.text(nic), "family": family, "address": source.address(ip) }))
+        .collect();
+    vars.insert("lxd_server".into(), json!(source.uri));
+    vars.insert("lxd_state".into(), json!(instance.state_name()));
+    vars.insert("lxd_type".into(), source.text(&instance.kind));
+    vars.insert("lxd_profiles".into(), instance.profiles.iter().map(|p| source.text(p)).collect());
+    vars.insert("lxd_project".into(), source.text(&instance.project));
+    vars.insert("lxd_location".into(), source.text(&instance.location));
+    vars.insert("lxd_addresses".into(), Value::Array(addresses));
+    vars.insert("lxd_user".into(), Value::Object(user));
+    vars
+}
+
+/// True for a name Ansible takes as a variable: letters, digits and `_`, not first a digit.
+fn is_variable_name(name: &str) -> bool {
+    !name.starts_with(|c: char| c.is_ascii_digit())
+        && !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// A group name Ansible accepts: `[^A-Za-z0-9_]` becomes `_`, and a leading digit gets a `_`.
@@ -278,8 +394,8 @@ mod tests {
             ..Default::default()
         });
         let scan = Scan { domains: vec![web, domain("db1", PowerState::ShutOff, None)], ..Default::default() };
-        let inv =
-            inventory(&[("qemu:///system".into(), scan)], &["h2: down".into()], &RenderOptions::default()).document;
+        let inv = inventory(&[("qemu:///system".into(), scan)], &[], &["h2: down".into()], &RenderOptions::default())
+            .document;
         assert_eq!(hosts(&inv, "running"), ["web1"]);
         assert_eq!(hosts(&inv, "shutoff"), ["db1"]);
         assert_eq!(hosts(&inv, "network_vf_net"), ["db1", "web1"]);
@@ -313,9 +429,14 @@ mod tests {
         let second = Scan { domains: vec![agent_only], ..Default::default() };
         let options = RenderOptions { prefix: "lv-".into(), agent_connection: true, ..Default::default() };
         let inv =
-            inventory(&[("qemu:///system".into(), first), ("qemu+ssh://h2/system".into(), second)], &[], &options)
+            inventory(&[("qemu:///system".into(), first), ("qemu+ssh://h2/system".into(), second)], &[], &[], &options)
                 .document;
         assert_eq!(hosts(&inv, "lv_running"), ["a1", "a1_qemu_ssh_h2_system"]);
+        let warnings = inv["all"]["vars"]["libvirt_inventory_warnings"].to_string();
+        assert!(
+            warnings.contains("qemu+ssh://h2/system: \\\"a1\\\" is the name of a host of another source"),
+            "{warnings}"
+        );
         let vars = &inv["_meta"]["hostvars"]["a1_qemu_ssh_h2_system"];
         assert_eq!(vars["ansible_connection"], AGENT_CONNECTION);
         assert_eq!(vars["ansible_host"], unsafe_text("a1"), "a domain name is the hypervisor's text");
@@ -325,6 +446,7 @@ mod tests {
                 "qemu:///system".into(),
                 Scan { domains: vec![domain("a1", PowerState::Running, None)], ..Default::default() },
             )],
+            &[],
             &[],
             &RenderOptions::default(),
         )
@@ -365,7 +487,7 @@ mod tests {
     #[test]
     fn metadata_from_an_untrusted_uri_sets_only_safe_variables_and_never_templates() {
         let scan = Scan { domains: vec![hostile("ev1")], ..Default::default() };
-        let rendered = inventory(&[("qemu:///system".into(), scan)], &[], &RenderOptions::default());
+        let rendered = inventory(&[("qemu:///system".into(), scan)], &[], &[], &RenderOptions::default());
         let vars = rendered.document["_meta"]["hostvars"]["ev1"].as_object().expect("host vars").clone();
         for key in [
             "ansible_ssh_common_args",
@@ -403,7 +525,7 @@ mod tests {
             ("qemu+ssh://root@hv2/system".to_string(), Scan { domains: vec![hostile("ev2")], ..Default::default() }),
         ];
         let options = RenderOptions { trusted_uris: vec![trusted.into()], ..Default::default() };
-        let rendered = inventory(&scans, &[], &options);
+        let rendered = inventory(&scans, &[], &[], &options);
         let hostvars = &rendered.document["_meta"]["hostvars"];
         let ev1 = &hostvars["ev1"];
         assert_eq!(ev1["ansible_connection"], "local");
@@ -428,7 +550,7 @@ mod tests {
         let mut web = domain("web1", PowerState::Running, Some("10.77.0.5"));
         web.metadata = Some(InstanceMetadata { user: Some("ansible".into()), ..Default::default() });
         let scan = Scan { domains: vec![web, domain("db1", PowerState::ShutOff, None)], ..Default::default() };
-        assert!(inventory(&[("qemu:///system".into(), scan)], &[], &RenderOptions::default()).left_out.is_empty());
+        assert!(inventory(&[("qemu:///system".into(), scan)], &[], &[], &RenderOptions::default()).left_out.is_empty());
     }
 
     #[test]
@@ -437,6 +559,93 @@ mod tests {
         assert_eq!(hypervisor("qemu+tls://[fd00::2]:16514/system"), "[fd00::2]");
         assert_eq!(hypervisor("qemu:///system"), "localhost");
         assert_eq!(hypervisor("qemu+unix:///system?socket=/run/x/libvirt-sock"), "localhost");
+    }
+
+    fn lxd_listing(source: &str, remote: Option<&str>, instances: Vec<Instance>) -> Listing {
+        let server = crate::lxd::Server {
+            source: source.into(),
+            endpoint: crate::lxd::Endpoint::Unix("/run/lxd.socket".into()),
+            remote: remote.map(Into::into),
+        };
+        Listing { server, instances, calls: 1 }
+    }
+
+    fn instance(name: &str, status: &str, address: Option<&str>, user: &[(&str, &str)]) -> Instance {
+        Instance {
+            name: name.into(),
+            status: status.into(),
+            kind: "container".into(),
+            profiles: vec!["default".into(), "web".into()],
+            project: "default".into(),
+            location: "none".into(),
+            expanded_config: user.iter().map(|(k, v)| (format!("user.{k}"), v.to_string())).collect(),
+            address: address.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lxd_instances_beside_domains_reached_through_the_lxd_connection() {
+        let scan = Scan { domains: vec![domain("web1", PowerState::Running, Some("10.77.0.5"))], ..Default::default() };
+        let mut db = instance(
+            "db1",
+            "Running",
+            Some("10.81.0.7"),
+            &[
+                ("ansible.groups", "databases, eu"),
+                ("role", "primary"),
+                ("ansible_connection", "local"),
+                ("ansible_password", "s3cret"),
+                ("a.b", "dotted"),
+            ],
+        );
+        db.project = "lab".into();
+        db.location = "member2".into();
+        let listing = lxd_listing(
+            "lab=/run/lxd.socket",
+            Some("lab"),
+            vec![db, instance("web1", "Stopped", None, &[]), instance("c3", "Frozen", None, &[])],
+        );
+        let rendered = inventory(&[("qemu:///system".into(), scan)], &[listing], &[], &RenderOptions::default());
+        let inv = &rendered.document;
+        let db = &inv["_meta"]["hostvars"]["db1"];
+        assert_eq!(db["ansible_connection"], LXD_CONNECTION);
+        assert_eq!(db["ansible_lxd_host"], unsafe_text("db1"), "the plugin's instance, not the address");
+        assert_eq!(db["ansible_host"], "10.81.0.7");
+        assert_eq!(
+            (db["ansible_lxd_remote"].clone(), db["ansible_lxd_project"].clone()),
+            (json!("lab"), unsafe_text("lab"))
+        );
+        assert_eq!(db["role"], unsafe_text("primary"));
+        assert_eq!(db["lxd_user"], json!({"role": unsafe_text("primary"), "a.b": unsafe_text("dotted")}));
+        assert_eq!((db["lxd_state"].clone(), db["lxd_location"].clone()), (json!("running"), unsafe_text("member2")));
+        assert!(db.get("a.b").is_none() && !inv.to_string().contains("s3cret"));
+        for group in [
+            "running",
+            "lxd_container",
+            "profile_web",
+            "project_lab",
+            "location_member2",
+            "databases",
+            "eu",
+            "uri_lab_run_lxd_socket",
+        ] {
+            assert!(hosts(inv, group).contains(&"db1".to_string()), "{group}: {inv}");
+        }
+        assert_eq!(hosts(inv, "running"), ["db1", "web1"], "one state group for domains and instances");
+        assert_eq!(hosts(inv, "stopped"), ["web1_lab_run_lxd_socket"]);
+        assert_eq!(hosts(inv, "frozen"), ["c3"]);
+        assert_eq!(inv["_meta"]["hostvars"]["web1"]["libvirt_state"], "running", "the domain keeps its name");
+        assert!(inv["_meta"]["hostvars"]["c3"].get("ansible_host").is_none());
+        assert!(inv["_meta"]["hostvars"]["c3"].get("ansible_lxd_remote").is_some());
+        let warnings = inv["all"]["vars"]["libvirt_inventory_warnings"].to_string();
+        assert!(
+            warnings.contains("lab=/run/lxd.socket: \\\"web1\\\" is the name of a host of another source"),
+            "{warnings}"
+        );
+        assert_eq!(rendered.left_out.len(), 2, "{:?}", rendered.left_out);
+        assert!(rendered.left_out[0]
+            .starts_with("lab=/run/lxd.socket: LXD instance \"db1\": variables left out: \"ansible_connection\""));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Command line, environment and config file, merged into ready-to-use settings.
 //!
 //! Precedence, first wins: command-line flags, the config file, then for URIs the
-//! `LIBVIRT_INVENTORY_URIS` and `LIBVIRT_DEFAULT_URI` variables, then `qemu:///system`.
+//! `LIBVIRT_INVENTORY_URIS` and `LIBVIRT_DEFAULT_URI` variables, then `qemu:///system` (unless
+//! LXD servers are given: then no libvirt URI but those named).
 //! Which URIs are trusted (`trusted_uris`, see `trust`) only the command line and the config
 //! file say: never the environment, never anything a hypervisor stores.
 
@@ -15,7 +16,9 @@ use virtfarm_libvirt::scan::ScanOptions;
 use virtfarm_libvirt::validate;
 
 use crate::cache::Cache;
+use crate::lxd;
 use crate::render::RenderOptions;
+use crate::sources::Source;
 
 /// The config file looked for next to the executable when `--config` is not given.
 const DEFAULT_CONFIG_NAME: &str = "libvirt_inventory.json";
@@ -44,6 +47,10 @@ struct Args {
     /// A libvirt URI to read; repeat for several [env: LIBVIRT_INVENTORY_URIS (comma separated), then LIBVIRT_DEFAULT_URI].
     #[arg(long = "uri", value_name = "URI")]
     uris: Vec<String>,
+    /// An LXD server to read, `[REMOTE=]SOCKET_PATH`: REMOTE is the name of the server for the
+    /// `lxc` client on the controller (`ansible_lxd_remote`); repeat for several.
+    #[arg(long = "lxd", value_name = "SERVER")]
+    lxd: Vec<String>,
     /// A libvirt network whose NIC gives `ansible_host` when a domain has several; repeatable.
     #[arg(long = "network", value_name = "NAME")]
     networks: Vec<String>,
@@ -62,12 +69,12 @@ struct Args {
     /// Reach hosts that only the guest agent answers through `community.libvirt.libvirt_qemu`.
     #[arg(long)]
     agent_connection: bool,
-    /// A URI (as given to --uri) whose domains' metadata may set connection and execution
+    /// A URI (as given to --uri or --lxd) whose domains' metadata (or instances' `user.*` keys) may set connection and execution
     /// variables and templates: whoever can edit a domain there can run commands on this
     /// machine. Repeat for several.
     #[arg(long = "trusted-uri", value_name = "URI")]
     trusted_uris: Vec<String>,
-    /// Seconds to wait for each URI before reporting it as failed [default: 10].
+    /// Seconds to wait for each URI or LXD server before reporting it as failed [default: 10].
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
     /// Keep the inventory in this file and reuse it while it is fresh.
@@ -89,6 +96,7 @@ struct Args {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     uris: Option<Vec<String>>,
+    lxd: Option<Vec<String>>,
     networks: Option<Vec<String>>,
     prefix: Option<String>,
     exclude_shutoff: Option<bool>,
@@ -117,6 +125,7 @@ pub struct Settings {
     pub stats: bool,
     pub refresh: bool,
     pub uris: Vec<String>,
+    pub lxd: Vec<lxd::Server>,
     pub timeout: Duration,
     pub scan: ScanOptions,
     pub render: RenderOptions,
@@ -139,17 +148,25 @@ impl Settings {
     }
 
     fn merge(args: Args, config: ConfigFile, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let lxd = if args.lxd.is_empty() { config.lxd.unwrap_or_default() } else { args.lxd };
+        let lxd = lxd
+            .iter()
+            .map(|s| lxd::Server::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("lxd: {e}"))?;
         let uris = if !args.uris.is_empty() {
             args.uris
         } else if let Some(uris) = config.uris {
             uris
         } else if let Some(list) = env("LIBVIRT_INVENTORY_URIS") {
             list.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
-        } else {
+        } else if lxd.is_empty() {
             vec![env("LIBVIRT_DEFAULT_URI").unwrap_or_else(|| DEFAULT_URI.to_string())]
+        } else {
+            vec![]
         };
-        if uris.is_empty() || uris.iter().any(|u| u.trim().is_empty()) {
-            bail!("uris: give at least one libvirt URI, and no empty one");
+        if (uris.is_empty() && lxd.is_empty()) || uris.iter().any(|u| u.trim().is_empty()) {
+            bail!("uris: give at least one libvirt URI (or LXD server), and no empty one");
         }
         let timeout = args.timeout.or(config.timeout).unwrap_or(DEFAULT_TIMEOUT_S);
         let timeout = validate::fractional_timeout(timeout).map_err(|e| anyhow!("timeout: {e}"))?;
@@ -163,6 +180,7 @@ impl Settings {
             stats: args.stats,
             refresh: args.refresh,
             uris,
+            lxd,
             timeout,
             scan: ScanOptions {
                 preferred_networks: networks,
@@ -185,8 +203,9 @@ impl Settings {
     /// that passed other metadata variables on, is not reused.
     pub fn cache_key(&self) -> String {
         format!(
-            "metadata_rule={METADATA_RULE} uris={:?} networks={:?} ipv6={} exclude_shutoff={} prefix={:?} agent_connection={} trusted_uris={:?}",
+            "metadata_rule={METADATA_RULE} uris={:?} lxd={:?} networks={:?} ipv6={} exclude_shutoff={} prefix={:?} agent_connection={} trusted_uris={:?}",
             self.uris,
+            self.lxd.iter().map(|s| &s.source).collect::<Vec<_>>(),
             self.scan.preferred_networks,
             self.scan.ipv6,
             self.scan.exclude_inactive,
@@ -196,9 +215,16 @@ impl Settings {
         )
     }
 
-    /// Trusted URIs that are not read: most likely spelled otherwise in `uris`.
+    /// Every source, libvirt URIs first.
+    pub fn sources(&self) -> Vec<Source> {
+        let libvirt = self.uris.iter().cloned().map(Source::Libvirt);
+        libvirt.chain(self.lxd.iter().cloned().map(Source::Lxd)).collect()
+    }
+
+    /// Trusted URIs that are not read: most likely spelled otherwise in `uris` or `lxd`.
     pub fn unread_trusted_uris(&self) -> impl Iterator<Item = &String> {
-        self.render.trusted_uris.iter().filter(|t| !self.uris.contains(t))
+        let sources = self.sources();
+        self.render.trusted_uris.iter().filter(move |t| !sources.iter().any(|s| s.name() == t.as_str()))
     }
 }
 
@@ -258,6 +284,22 @@ mod tests {
         assert!(empty.to_string().starts_with("uris:"), "{empty}");
         assert!(Args::try_parse_from(["libvirt_inventory"]).is_err(), "--list or --host is required");
         assert!(Args::try_parse_from(["libvirt_inventory", "--list", "--host", "a"]).is_err());
+    }
+
+    #[test]
+    fn lxd_servers_replace_the_default_uri_and_are_sources() {
+        let s = Settings::merge(args(&["--list", "--lxd", "/run/lxd.socket"]), ConfigFile::default(), no_env).unwrap();
+        assert!(s.uris.is_empty(), "no qemu:///system unless asked for");
+        assert_eq!(s.sources().iter().map(Source::name).collect::<Vec<_>>(), ["/run/lxd.socket"]);
+        let config = parse_config(r#"{"uris": ["qemu:///system"], "lxd": ["lab=/run/lxd.socket"]}"#).unwrap();
+        let s = Settings::merge(args(&["--list", "--trusted-uri", "lab=/run/lxd.socket"]), config, no_env).unwrap();
+        assert_eq!(s.sources().iter().map(Source::name).collect::<Vec<_>>(), ["qemu:///system", "lab=/run/lxd.socket"]);
+        assert_eq!(s.unread_trusted_uris().count(), 0);
+        let plain =
+            Settings::merge(args(&["--list", "--uri", "qemu:///system"]), ConfigFile::default(), no_env).unwrap();
+        assert_ne!(s.cache_key(), plain.cache_key());
+        let relative = Settings::merge(args(&["--list", "--lxd", "lxd.socket"]), ConfigFile::default(), no_env);
+        assert!(relative.unwrap_err().to_string().starts_with("lxd: "));
     }
 
     #[test]

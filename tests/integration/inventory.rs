@@ -532,7 +532,7 @@ fn ping_over_ssh(bed: &Bed, inventory: &str, limit: &str) -> Output {
 }
 
 /// A collection tree holding only the plugin and the executable in `libexec/`.
-fn assemble_collection(executable: &PathBuf) -> PathBuf {
+pub(crate) fn assemble_collection(executable: &PathBuf) -> PathBuf {
     let root = bed::tempdir();
     let collection = root.join("ansible_collections/virtfarm/libvirt");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../collection/plugins/inventory/libvirt_leases.py");
@@ -545,7 +545,7 @@ fn assemble_collection(executable: &PathBuf) -> PathBuf {
     root
 }
 
-fn stdout_json(output: &Output) -> Value {
+pub(crate) fn stdout_json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}):\nstdout: {}\nstderr: {}",
@@ -555,7 +555,7 @@ fn stdout_json(output: &Output) -> Value {
     })
 }
 
-fn group(inventory: &Value, name: &str) -> Vec<String> {
+pub(crate) fn group(inventory: &Value, name: &str) -> Vec<String> {
     serde_json::from_value(inventory[name]["hosts"].clone()).unwrap_or_default()
 }
 

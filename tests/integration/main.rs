@@ -27,6 +27,8 @@ mod idempotency;
 mod inventory;
 /// kvm_provision: define, start, change, stop and remove VMs.
 mod kvm_provision;
+/// LXD containers in the inventory beside libvirt domains, reached through community.general.lxd.
+mod lxd;
 /// The collection's Molecule scenario.
 mod molecule;
 /// The shipped binaries on older systems: glibc and libvirt symbol versions, a Debian 11 root.

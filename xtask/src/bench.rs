@@ -7,6 +7,7 @@
 
 mod cache;
 mod inventory;
+mod lxd;
 mod measure;
 mod per_task;
 mod provision;
@@ -180,10 +181,11 @@ pub fn run(root: &Path, bed_json: &Path, fleet_json: &Path, quick: bool, only: &
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
     let mut failures = Vec::new();
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("binary sizes", binary_sizes),
         ("per-task cost", per_task::run),
         ("inventory", inventory::run),
+        ("lxd", lxd::run),
         ("provisioning", provision::run),
         ("snapshots", provision::snapshots),
         ("guest_provision cache", cache::run),

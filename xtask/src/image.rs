@@ -3,7 +3,8 @@
 //! The bootable disk is what users bring; the direct-kernel image boots faster (no firmware, no
 //! boot loader, no first-boot cloud-init), for the tests that boot many guests. A bullseye root
 //! directory, built and cached the same way, is where the tests run the shipped binaries on an
-//! older glibc.
+//! older glibc. The LXD images (xtask/guest/build-lxd-images.sh) are made from busybox-static
+//! and that bullseye root.
 
 use std::path::{Path, PathBuf};
 
@@ -61,10 +62,11 @@ pub fn content_key(files: &[&Path]) -> Result<String> {
 
 /// The cached images for the current recipes, built first (side by side) when there are none.
 pub fn ensure(root: &Path) -> Result<GuestImage> {
+    let debootstrap = |recipe, prefix, product| cached(root, recipe, prefix, product, || Ok(vec![apt::mirror()?]));
     let (dir, bootable, bullseye) = std::thread::scope(|scope| {
-        let bootable = scope.spawn(|| cached(root, "build-bootable-image.sh", "bookworm-bootable", "bootable.qcow2"));
-        let bullseye = scope.spawn(|| cached(root, "build-bullseye-root.sh", "bullseye-root", "root/usr/bin/python3"));
-        let direct = cached(root, "build-image.sh", "bookworm", BASE_VOLUME);
+        let bootable = scope.spawn(|| debootstrap("build-bootable-image.sh", "bookworm-bootable", "bootable.qcow2"));
+        let bullseye = scope.spawn(|| debootstrap("build-bullseye-root.sh", "bullseye-root", "root/usr/bin/python3"));
+        let direct = debootstrap("build-image.sh", "bookworm", BASE_VOLUME);
         let joined = |build: std::thread::ScopedJoinHandle<'_, Result<PathBuf>>, what: &str| {
             build.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the {what}'s build panicked")))
         };
@@ -73,8 +75,25 @@ pub fn ensure(root: &Path) -> Result<GuestImage> {
     Ok(GuestImage { dir: dir?, bootable: bootable?.join("bootable.qcow2"), bullseye_root: bullseye?.join("root") })
 }
 
-/// The directory a recipe in xtask/guest builds `product` into, keyed on the recipe's content.
-fn cached(root: &Path, recipe: &str, prefix: &str, product: &str) -> Result<PathBuf> {
+/// The directory of the LXD images (busybox.tar.gz, python.tar), built from the bullseye root.
+pub fn ensure_lxd(root: &Path, image: &GuestImage) -> Result<PathBuf> {
+    // The bullseye root's directory name carries its recipe's key: a new root, new images.
+    let bullseye =
+        image.bullseye_root.parent().and_then(Path::file_name).context("bullseye root without a directory")?;
+    let prefix = format!("lxd-{}", bullseye.to_string_lossy());
+    let root_arg = image.bullseye_root.to_str().context("non-UTF-8 path")?.to_string();
+    cached(root, "build-lxd-images.sh", &prefix, "python.tar", || Ok(vec![root_arg]))
+}
+
+/// The directory a recipe in xtask/guest builds `product` into, keyed on the recipe's content;
+/// the recipe gets the directory and `args` (asked for only when it runs).
+fn cached(
+    root: &Path,
+    recipe: &str,
+    prefix: &str,
+    product: &str,
+    args: impl FnOnce() -> Result<Vec<String>>,
+) -> Result<PathBuf> {
     let recipe = root.join("xtask/guest").join(recipe);
     let key = content_key(&[&recipe])?;
     let dir = setup::cache_dir().join(format!("images/{prefix}-{key}"));
@@ -82,15 +101,14 @@ fn cached(root: &Path, recipe: &str, prefix: &str, product: &str) -> Result<Path
         eprintln!("guest image: cached at {}", dir.display());
         return Ok(dir);
     }
-    let mirror = apt::mirror()?;
+    let args = args()?;
     let building = dir.with_extension("building");
     let _ = std::fs::remove_dir_all(&building);
     std::fs::create_dir_all(&building)?;
     let started = std::time::Instant::now();
-    sh::run(
-        "bash",
-        &[recipe.to_str().context("non-UTF-8 path")?, building.to_str().context("non-UTF-8 path")?, &mirror],
-    )?;
+    let mut command = vec![recipe.to_str().context("non-UTF-8 path")?, building.to_str().context("non-UTF-8 path")?];
+    command.extend(args.iter().map(String::as_str));
+    sh::run("bash", &command)?;
     // Only a complete build gets the final name: an interrupted one is never mistaken for a cache hit.
     std::fs::rename(&building, &dir)?;
     eprintln!("guest image: built in {:.0} s at {}", started.elapsed().as_secs_f64(), dir.display());

@@ -5,6 +5,7 @@
 //! - `cargo xtask collection`: release binaries into the Galaxy collection tarball, installed.
 //! - `cargo xtask bed up|down`: the libvirt test bed in its own network namespace.
 //! - `cargo xtask fleet up|down`: a second hypervisor next to the bed (see fleet.rs).
+//! - `cargo xtask lxd up|down`: the bed's LXD daemon alone (`bed up` starts it too; see lxd.rs).
 //! - `cargo xtask test`: everything above, then every test, then the bed down.
 //! - `cargo xtask demo`: the collection as a user meets it, on this host's libvirt.
 //! - `cargo xtask fuzz [seconds]`: every fuzz target for `seconds` each (see fuzz.rs).
@@ -18,6 +19,7 @@ mod demo;
 mod fleet;
 mod fuzz;
 mod image;
+mod lxd;
 mod portable;
 mod setup;
 mod sh;
@@ -35,15 +37,18 @@ fn main() -> Result<()> {
         ["image"] => setup::packages().and(image::ensure(&root).map(drop)),
         ["collection"] => setup::packages().and_then(|()| collection::build_and_install(&root, &setup::venv(&root)?)).map(drop),
         ["bed", "up"] => bed_up(&root).map(drop),
-        // The fleet's daemon would keep the next `bed up` from starting: it goes first.
-        ["bed", "down"] => fleet::down().and(bed::down()),
+        // The fleet's daemon would keep the next `bed up` from starting: it goes first; LXD
+        // goes before the namespace it lives in.
+        ["bed", "down"] => fleet::down().and(lxd::down()).and(bed::down()),
         ["fleet", "up"] => setup::packages().and_then(|()| fleet::up(&image::ensure(&root)?)).map(drop),
         ["fleet", "down"] => fleet::down(),
+        ["lxd", "up"] => setup::packages().and_then(|()| lxd::up(&image::ensure_lxd(&root, &image::ensure(&root)?)?)),
+        ["lxd", "down"] => lxd::down(),
         ["test", rest @ ..] => test(&root, rest),
         ["demo"] => demo::run(&root),
         ["fuzz", rest @ ..] if rest.len() <= 1 => fuzz::run(&root, fuzz::seconds(rest.first().copied())?),
         ["bench", rest @ ..] => bench(&root, rest),
-        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | fleet up | fleet down | test [cargo test filters] | demo | fuzz [seconds] | bench [--quick] [section…]"),
+        _ => bail!("usage: cargo xtask setup | image | collection | bed up | bed down | fleet up | fleet down | lxd up | lxd down | test [cargo test filters] | demo | fuzz [seconds] | bench [--quick] [section…]"),
     }
 }
 
@@ -57,7 +62,9 @@ fn bed_up(root: &Path) -> Result<PathBuf> {
     let venv = setup::venv(root)?;
     let image = image::ensure(root)?;
     let collections = collection::build_and_install(root, &venv)?;
-    bed::up(&image, &venv, &collections)
+    let bed_json = bed::up(&image, &venv, &collections)?;
+    lxd::up(&image::ensure_lxd(root, &image)?)?;
+    Ok(bed_json)
 }
 
 /// The benchmarks on the bed and the second hypervisor, both left up for the next run.
@@ -100,8 +107,11 @@ fn test(root: &Path, filters: &[&str]) -> Result<()> {
             &["test", "-p", "virtfarm-tests", "--test", "integration", "--", "--include-ignored", "--exact", restart],
         )
     });
-    let teardown =
-        if std::env::var_os("VIRTFARM_KEEP_BED").is_some() { Ok(()) } else { fleet::down().and(bed::down()) };
+    let teardown = if std::env::var_os("VIRTFARM_KEEP_BED").is_some() {
+        Ok(())
+    } else {
+        fleet::down().and(lxd::down()).and(bed::down())
+    };
     eprintln!("xtask test: {:.0} s in all", started.elapsed().as_secs_f64());
     result.and(teardown)
 }

@@ -1,5 +1,5 @@
 //! Installs what the project needs on a Debian 12 host: libvirt, QEMU, dnsmasq, debootstrap,
-//! and a Python venv with ansible-core. Idempotent: a second run installs nothing.
+//! LXD, and a Python venv with ansible-core. Idempotent: a second run installs nothing.
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +37,9 @@ const PACKAGES: &[&str] = &[
     // which makes a TPM's state when its domain first starts.
     "swtpm",
     "swtpm-tools",
+    // The bed's LXD daemon and its client, which the community.general.lxd connection runs.
+    "lxd",
+    "lxd-client",
     // The libvirt link stubs (cc) and the check of the shipped binaries' symbol versions (objdump).
     "gcc",
     "binutils",

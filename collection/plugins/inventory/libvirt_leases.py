@@ -6,7 +6,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 name: libvirt_leases
-short_description: libvirt domains, with the address Ansible reaches each one at
+short_description: libvirt domains and LXD instances, with the address Ansible reaches each one at
 version_added: 0.1.0
 author:
   - virtfarm maintainers (@virtfarm)
@@ -29,6 +29,20 @@ description:
     C(ansible_); the other variables of the metadata only from a URI in O(trusted_uris).
   - Secrets (variables named like passwords, passphrases, tokens, private keys) are never listed, trusted
     or not.
+  - With O(lxd), the instances of LXD servers too, read through LXD's REST API on its unix socket or over HTTPS
+    (one request per server, in parallel with the URIs and bounded by the same O(timeout)). Each is reached through the
+    C(community.general.lxd) connection by its name, with C(ansible_connection=community.general.lxd),
+    C(ansible_lxd_host) (the instance; C(ansible_host) holds its first global IPv4 address),
+    C(ansible_lxd_remote) when the server is named C(REMOTE=SOCKET), C(ansible_lxd_project) outside the
+    C(default) project. Variables C(lxd_server), C(lxd_state), C(lxd_type), C(lxd_profiles), C(lxd_project),
+    C(lxd_location) (the cluster member), C(lxd_addresses) (interface, family, address), C(lxd_user) (the
+    C(user.*) keys without C(user.)), and each C(user.KEY) as the variable C(KEY), under the same rule as domain
+    metadata (O(trusted_uris)).
+  - LXD groups by state (C(running), C(stopped), C(frozen)), type (C(lxd_container), C(lxd_virtual_machine)),
+    C(profile_NAME), C(project_NAME), C(location_MEMBER), C(uri_SOURCE), and the comma-separated groups of
+    C(user.ansible.groups).
+  - A host name that an earlier source already listed (a domain and an instance both called C(web1)) is kept
+    for the first; the later one is listed as C(NAME_SOURCE), with a warning.
   - The config file name must end with C(libvirt_leases.yml) or C(libvirt_leases.yaml).
 requirements:
   - "On the controller: x86_64 Linux with glibc 2.28 or newer (RHEL, Rocky and Alma 8, Debian 10, Ubuntu 20.04 and newer)."
@@ -48,6 +62,22 @@ options:
       - libvirt URIs to read, for example V(qemu:///system) or V(qemu+ssh://root@host1/system).
       - When empty, the executable takes them from E(LIBVIRT_INVENTORY_URIS) (comma separated), then
         E(LIBVIRT_DEFAULT_URI), then uses V(qemu:///system).
+    type: list
+    elements: str
+    default: []
+  lxd:
+    description:
+      - LXD servers to read, each the path of its unix socket, optionally C(unix://) in front and C(REMOTE=)
+        before that, for example V(/var/lib/lxd/unix.socket) (Debian's C(lxd)), V(/var/snap/lxd/common/lxd/unix.socket),
+        or V(lab=/var/lib/lxd/unix.socket); or C(REMOTE=https://HOST[:PORT]) (port 8443 by default) for a remote
+        server or a cluster member.
+      - Over HTTPS the executable authenticates as the C(lxc) client does, with its files for REMOTE, namely the client
+        certificate C(client.crt) and C(client.key), and the server's certificate pinned in C(servercerts/REMOTE.crt)
+        (what C(lxc remote add REMOTE https://HOST) stores), in E(LXD_CONF), else C(~/.config/lxc).
+      - REMOTE is the name the C(lxc) client on the controller knows the server by, which the connection plugin
+        uses (C(ansible_lxd_remote)); without it the plugin uses C(lxc)'s C(local) remote, which must be the same
+        server.
+      - When set and O(uris) is empty, no libvirt URI is read unless E(LIBVIRT_INVENTORY_URIS) names some.
     type: list
     elements: str
     default: []
@@ -94,7 +124,7 @@ options:
     elements: str
     default: []
   timeout:
-    description: Seconds to wait for each URI before reporting it as failed.
+    description: Seconds to wait for each URI or LXD server before reporting it as failed.
     type: float
     default: 10
   executable:
@@ -128,6 +158,16 @@ cache: true
 cache_plugin: ansible.builtin.jsonfile
 cache_connection: ~/.cache/virtfarm-inventory
 cache_timeout: 300
+---
+# lxd.libvirt_leases.yml: the VMs of this host and the containers of its LXD, in one inventory;
+# `ansible all -i lxd.libvirt_leases.yml -m ping` reaches the containers with community.general.lxd
+# (the lxc client), no ssh.
+plugin: virtfarm.libvirt.libvirt_leases
+uris: [qemu:///system]
+lxd: [/var/lib/lxd/unix.socket]
+keyed_groups:
+  - key: lxd_user.tier | default('none')
+    prefix: tier
 """
 
 import hashlib
@@ -172,6 +212,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         command = [self.get_option("executable") or BUNDLED_EXECUTABLE, "--list"]
         for uri in self.get_option("uris"):
             command += ["--uri", uri]
+        for server in self.get_option("lxd"):
+            command += ["--lxd", server]
         for uri in self.get_option("trusted_uris"):
             command += ["--trusted-uri", uri]
         for network in self.get_option("networks"):
