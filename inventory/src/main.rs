@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use settings::{Mode, Settings};
 
 fn main() -> ExitCode {
+    virtfarm_libvirt::ssh_reuse::enable();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
