@@ -21,6 +21,7 @@ use settings::{Mode, Settings};
 use sources::{Found, Source};
 
 fn main() -> ExitCode {
+    virtfarm_libvirt::ssh_reuse::enable();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -14,9 +14,13 @@ use serde_json::{json, Value};
 
 /// What `fleet.json` says about the second hypervisor.
 #[derive(Debug, Deserialize)]
-struct Fleet {
+pub(crate) struct Fleet {
     /// Its URI from the bed's namespace (libvirt over ssh).
     uri: String,
+    /// Its sshd's address.
+    pub(crate) address: String,
+    /// The key its sshd accepts for root.
+    pub(crate) ssh_key: PathBuf,
     /// Its socket from this host, for checks that need no ssh.
     local_uri: String,
     /// The directory holding its sockets and pid files.
@@ -25,7 +29,7 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn get() -> Fleet {
+    pub(crate) fn get() -> Fleet {
         let run_dir = PathBuf::from("/run/virtfarm-fleet");
         let path = run_dir.join("fleet.json");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
@@ -34,7 +38,7 @@ impl Fleet {
         Fleet { run_dir, ..serde_json::from_str(&text).unwrap() }
     }
 
-    fn pid(&self, daemon: &str) -> String {
+    pub(crate) fn pid(&self, daemon: &str) -> String {
         std::fs::read_to_string(self.run_dir.join(format!("{daemon}.pid"))).unwrap().trim().to_string()
     }
 
@@ -66,7 +70,7 @@ fn virsh(uri: &str, args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn wait_until(bound: Duration, what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(bound: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + bound;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -39,3 +39,5 @@ mod roles;
 mod sequence;
 /// snapshot_libvirt: internal and external snapshots, groups, the backing-file mode.
 mod snapshot_libvirt;
+/// The ssh connection that tasks against one `qemu+ssh://` hypervisor share, counted on its sshd.
+mod ssh_reuse;

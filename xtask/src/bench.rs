@@ -5,6 +5,7 @@
 //! figures are medians of repetitions, each of ours paired with the peer's run right after it.
 //! Domains and volumes made here are named `bn-…` and removed at the end of their section.
 
+mod boot;
 mod cache;
 mod inventory;
 mod lxd;

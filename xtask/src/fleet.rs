@@ -178,6 +178,11 @@ fn start_daemons(keys: &Keys) -> Result<()> {
 }
 
 /// The harness's own sshd: root by key only, listening on the veth address alone.
+///
+/// Its sessions start with `SHLVL=1`, so root's login shell (bash, which sshd runs for every
+/// command) skips `~/.bashrc`: the remote host is this machine, whose root `~/.bashrc` belongs
+/// to the build machine (0.2 s of `pyenv init` here) and not to a hypervisor; it would add
+/// that to every ssh task of the figures, ours and the peers'.
 fn write_sshd_config(keys: &Keys) -> Result<PathBuf> {
     let authorized = state_dir().join("authorized_keys");
     std::fs::copy(keys.client.with_extension("pub"), &authorized)?;
@@ -187,7 +192,7 @@ fn write_sshd_config(keys: &Keys) -> Result<PathBuf> {
         format!(
             "ListenAddress {ADDRESS_FLEET}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile {}/sshd.pid\n\
              PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             UsePAM no\nStrictModes no\n",
+             UsePAM no\nStrictModes no\nSetEnv SHLVL=1\n",
             keys.host.display(),
             authorized.display(),
             run_dir().display(),

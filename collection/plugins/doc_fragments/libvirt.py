@@ -16,6 +16,12 @@ options:
     description:
       - libvirt connection URI, for example V(qemu:///system) or V(qemu+ssh://root@host/system).
       - Everything goes through libvirt's API, so a remote URI works as a local one does.
+      - "With libvirt's ssh transport (V(qemu+ssh://...)), tasks against the same host share one ssh connection:
+        the first opens it, later tasks and parallel forks use it, and it closes 30 seconds after its last task.
+        ssh runs as the user's own, with their C(~/.ssh/config), keys, known_hosts and jump hosts; the module
+        only adds C(ControlMaster), C(ControlPath) (a socket in C(~/.ansible/cp)) and C(ControlPersist).
+        To turn this off, name the ssh program in the URI yourself, for example V(qemu+ssh://root@host/system?command=ssh);
+        a URI with its own C(command=) is used as it is."
     type: str
     default: qemu:///system
 """

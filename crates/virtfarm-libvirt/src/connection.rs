@@ -4,6 +4,7 @@ use virt::connect::Connect;
 
 use crate::capabilities::HostCapabilities;
 use crate::error::{Doing, Error, Result};
+use crate::ssh_reuse;
 use crate::vm::Vm;
 
 /// An open connection to a libvirt daemon (`qemu:///system`, `qemu+ssh://host/system`, ...).
@@ -36,11 +37,11 @@ impl DomainType {
 }
 
 impl Hypervisor {
-    /// Connects read-write to `uri`.
+    /// Connects read-write to `uri`, over a shared ssh connection where [`ssh_reuse`] allows.
     pub fn open(uri: &str) -> Result<Self> {
         // libvirt prints every error to stderr by default; ours are returned, not printed.
         virt::error::clear_error_callback();
-        let conn = Connect::open(Some(uri)).doing(|| format!("connecting to {uri}"))?;
+        let conn = Connect::open(Some(&ssh_reuse::connect_uri(uri))).doing(|| format!("connecting to {uri}"))?;
         Ok(Hypervisor { conn, uri: uri.to_string() })
     }
 

@@ -37,6 +37,7 @@ pub mod power;
 pub mod provision;
 pub mod scan;
 pub mod snapshot;
+pub mod ssh_reuse;
 pub mod storage;
 pub mod validate;
 pub mod vm;

@@ -90,7 +90,20 @@ pub struct Readiness {
     pub timeout: Duration,
 }
 
-const POLL: Duration = Duration::from_millis(500);
+/// How often a wait asks again. libvirt 9.0 has no event for a DHCP lease, and nothing tells
+/// when sshd starts listening, so the waits poll; a guest that became ready waits half this
+/// on average to be seen (the bench's boot-to-sshd figures). Each poll is a libvirt call or
+/// two and a connection that a closed port refuses at once.
+const POLL: Duration = Duration::from_millis(100);
+
+/// How long a connection attempt may take: an address that does not answer is not up yet.
+const CONNECT: Duration = Duration::from_secs(2);
+
+/// How long a port that accepted a connection gets to send its banner. sshd sends it from a
+/// child it forks and re-executes for every connection, which takes seconds in a loaded
+/// emulated guest (the bench saw 2 s probes fail for minutes after sshd started); a probe that
+/// gives up sooner only makes it start over.
+const BANNER_WAIT: Duration = Duration::from_secs(30);
 
 /// The instant `timeout` from now; a timeout too large for the clock (a user may give any
 /// number of seconds) ends in a century instead of overflowing.
@@ -121,7 +134,7 @@ pub fn wait_ready(hypervisor: &Hypervisor, vm: &Vm, baseline: &LeaseBaseline, re
             Signal::Ssh => match &address {
                 Some((ip, _)) => {
                     missing = format!("an SSH banner on {ip}:22");
-                    ssh_banner(ip, POLL.max(Duration::from_secs(2)))
+                    ssh_banner(ip, CONNECT, BANNER_WAIT.min(deadline.saturating_duration_since(Instant::now())))
                 }
                 None => false,
             },
@@ -176,20 +189,21 @@ fn find_address(
     Ok(None)
 }
 
-/// True when `ip:22` accepts a connection and sends an `SSH-` banner within `timeout`.
-pub fn ssh_banner(ip: &str, timeout: Duration) -> bool {
-    ip.parse::<std::net::IpAddr>().is_ok() && answers(ip, 22, b"SSH-", timeout)
+/// True when `ip:22` accepts a connection within `connect` and sends an `SSH-` banner within
+/// `banner_wait`.
+pub fn ssh_banner(ip: &str, connect: Duration, banner_wait: Duration) -> bool {
+    ip.parse::<std::net::IpAddr>().is_ok() && answers(ip, 22, b"SSH-", connect, banner_wait)
 }
 
-/// True when some address of `host` accepts a connection on `port` within `timeout` and sends
-/// `banner` first (any banner, when it is empty).
-pub fn answers(host: &str, port: u16, banner: &[u8], timeout: Duration) -> bool {
+/// True when some address of `host` accepts a connection on `port` within `connect` and sends
+/// `banner` first (any banner, when it is empty) within `banner_wait`.
+pub fn answers(host: &str, port: u16, banner: &[u8], connect: Duration, banner_wait: Duration) -> bool {
     let Ok(addresses) = (host, port).to_socket_addrs() else { return false };
     addresses.into_iter().any(|address| {
-        let Ok(mut stream) = TcpStream::connect_timeout(&address, timeout) else { return false };
+        let Ok(mut stream) = TcpStream::connect_timeout(&address, connect) else { return false };
         let mut received = vec![0u8; banner.len()];
         banner.is_empty()
-            || (stream.set_read_timeout(Some(timeout)).is_ok()
+            || (stream.set_read_timeout(Some(banner_wait)).is_ok()
                 && stream.read_exact(&mut received).is_ok()
                 && received == banner)
     })
@@ -217,17 +231,16 @@ fn with_banner(banner: &str) -> String {
     }
 }
 
-/// Waits until `host:port` [`answers`] with `banner` within `timeout`, asking again every half
-/// second; the seconds it took.
+/// Waits until `host:port` [`answers`] with `banner` within `timeout`, asking again every
+/// `POLL`; the seconds it took.
 pub fn until_answers(host: &str, port: u16, banner: &str, timeout: Duration) -> Result<f64, NoAnswer> {
     let started = Instant::now();
     let deadline = deadline(timeout);
     loop {
         // Each attempt is bounded too, so that a host that drops packets cannot hold the wait.
-        let attempt = Duration::from_secs(2)
-            .min(deadline.saturating_duration_since(Instant::now()))
-            .max(Duration::from_millis(100));
-        if answers(host, port, banner.as_bytes(), attempt) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let bounded = |most: Duration| most.min(left).max(Duration::from_millis(100));
+        if answers(host, port, banner.as_bytes(), bounded(CONNECT), bounded(BANNER_WAIT)) {
             return Ok(started.elapsed().as_secs_f64());
         }
         if Instant::now() >= deadline {
@@ -294,11 +307,11 @@ mod tests {
             }
         });
         let timeout = Duration::from_secs(5);
-        assert!(answers("localhost", port, b"SSH-", timeout));
-        assert!(answers("127.0.0.1", port, b"", timeout));
-        assert!(!answers("127.0.0.1", port, b"HTTP", timeout));
+        assert!(answers("localhost", port, b"SSH-", timeout, timeout));
+        assert!(answers("127.0.0.1", port, b"", timeout, timeout));
+        assert!(!answers("127.0.0.1", port, b"HTTP", timeout, timeout));
         server.join().unwrap();
-        assert!(!ssh_banner("not-an-address", timeout), "a lease gives an address, never a name");
+        assert!(!ssh_banner("not-an-address", timeout, timeout), "a lease gives an address, never a name");
     }
 
     #[test]

@@ -54,6 +54,7 @@ fn guest_provision(module: &Module, step: Step) -> Result<Response> {
 }
 
 fn main() {
+    virtfarm_libvirt::ssh_reuse::enable();
     ansible_module::run_parsed(
         args::spec(),
         |module| args::to_step(module.params()),

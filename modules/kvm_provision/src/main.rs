@@ -17,6 +17,7 @@ use virtfarm_libvirt::provision;
 use crate::definition::Parsed;
 
 fn main() {
+    virtfarm_libvirt::ssh_reuse::enable();
     ansible_module::run_parsed(definition::spec(), parse, run)
 }
 

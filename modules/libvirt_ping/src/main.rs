@@ -30,5 +30,6 @@ fn ping(module: &Module) -> anyhow::Result<Response> {
 }
 
 fn main() {
+    virtfarm_libvirt::ssh_reuse::enable();
     ansible_module::run(spec(), ping)
 }

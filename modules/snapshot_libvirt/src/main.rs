@@ -22,5 +22,6 @@ fn snapshot_libvirt(module: &Module, call: Call) -> Result<Response, Error> {
 }
 
 fn main() {
+    virtfarm_libvirt::ssh_reuse::enable();
     ansible_module::run_parsed(args::spec(), |module| args::to_call(module.params()), snapshot_libvirt)
 }

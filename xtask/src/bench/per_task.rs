@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::measure::{seconds, Row, Samples};
 use super::{path_str, Bench};
+use crate::sh;
 
 /// The idle domain whose state the domain-level tasks read, on both hypervisors.
 const DOMAIN: &str = "bn-state";
@@ -34,6 +35,9 @@ enum Uri {
     System,
     /// The fleet's daemon through libvirt's ssh transport, from the controller.
     QemuSsh,
+    /// The same with `command=ssh`: our binaries' shared ssh connection turned off, so every
+    /// task opens an ssh session of its own.
+    QemuSshUnshared,
 }
 
 /// One playbook to time: a task template repeated, run on a target against a URI.
@@ -87,6 +91,20 @@ const PAIRS: &[Pair] = &[
         goal: None,
     },
     Pair {
+        figure: "controller against qemu+ssh://remote, one ssh session per task (command=ssh) vs the peer pipelined over ssh",
+        ours: timed("ours_ping", Target::Local, Uri::QemuSshUnshared),
+        peer_name: "community.libvirt.virt list_vms over ssh, pipelined",
+        peer: timed("peer_list_vms", Target::Ssh, Uri::System),
+        goal: None,
+    },
+    Pair {
+        figure: "controller against qemu+ssh://remote, shared ssh connection vs the peer pipelined over ssh",
+        ours: timed("ours_ping", Target::Local, Uri::QemuSsh),
+        peer_name: "community.libvirt.virt list_vms over ssh, pipelined",
+        peer: timed("peer_list_vms", Target::Ssh, Uri::System),
+        goal: Some(0.5),
+    },
+    Pair {
         figure: "libvirt_ping on the controller against qemu+ssh:// vs on the remote over ssh",
         ours: timed("ours_ping", Target::Local, Uri::QemuSsh),
         peer_name: "virtfarm libvirt_ping over ssh",
@@ -108,7 +126,7 @@ pub fn run(bench: &Bench) -> Result<Vec<Row>> {
     bench.remove_domain(&fleet_local, DOMAIN);
     let (ours, peers) = measured?;
     let section = if bench.quick { SECTION_QUICK } else { SECTION };
-    Ok(PAIRS
+    let mut rows: Vec<Row> = PAIRS
         .iter()
         .zip(ours.into_iter().zip(peers))
         .map(|(pair, (ours, peer))| {
@@ -118,7 +136,33 @@ pub fn run(bench: &Bench) -> Result<Vec<Row>> {
                 None => row,
             }
         })
-        .collect())
+        .collect();
+    rows.push(Row::ours(section, REMOTE_COMMAND, "s", remote_command(bench)?));
+    Ok(rows)
+}
+
+const REMOTE_COMMAND: &str =
+    "the remote host's part of any ssh task: `ssh host true` over a shared connection (its login shell starting)";
+
+/// Seconds per `true` run over a shared ssh connection to the remote host: what its side costs
+/// every task that runs over ssh, ours (`virt-ssh-helper`) and the peer's (Python), whatever
+/// the client does.
+fn remote_command(bench: &Bench) -> Result<Samples> {
+    let control = bench.work.join("cp");
+    std::fs::create_dir_all(&control)?;
+    let control_path = format!("ControlPath={}/%C", control.display());
+    let target = format!("root@{}", bench.fleet("address")?);
+    #[rustfmt::skip]
+    let args = ["netns", "exec", bench.bed("netns")?, "timeout", "30", "ssh", "-i", bench.fleet("ssh_key")?,
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        "-o", "BatchMode=yes", "-o", "ControlMaster=auto", "-o", &control_path, "-o", "ControlPersist=5",
+        &target, "true"];
+    sh::output("ip", &args)?;
+    let mut samples = Samples::default();
+    for _ in 0..10 {
+        samples.push(seconds(|| sh::output("ip", &args).map(drop))?);
+    }
+    Ok(samples)
 }
 
 /// Each pair's samples (ours, peer's); each distinct run is timed once per repetition.
@@ -189,8 +233,9 @@ fn time_playbook(
         Target::Ssh => &inventories.ssh,
     };
     let uri = match uri {
-        Uri::System => "qemu:///system",
-        Uri::QemuSsh => bench.fleet("uri")?,
+        Uri::System => "qemu:///system".to_string(),
+        Uri::QemuSsh => bench.fleet("uri")?.to_string(),
+        Uri::QemuSshUnshared => format!("{}&command=ssh", bench.fleet("uri")?),
     };
     let extra = json!({ "bench_uri": uri, "bench_domain": DOMAIN }).to_string();
     let args = ["-i", path_str(inventory)?, path_str(&playbook)?, "-e", &extra];

@@ -2,6 +2,8 @@
 //!
 //! - N = 1, 2, 4 guests to ready (`wait: ssh`, checked from the bed's namespace) in one
 //!   kvm_provision call against N calls one after the other, as a loop over the module would.
+//!   The one call is watched (see boot.rs): per guest, its own power-on to sshd against
+//!   power-on to the call's return, and what the call adds on top.
 //! - Linked clone against `clone: full`: time of the call (defined, not started) and the blocks
 //!   the new disk takes.
 //! - Snapshots (their own section) on four guests provisioned in one call: internal with memory
@@ -10,13 +12,16 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 
+use super::boot;
 use super::measure::{seconds, Row, Samples};
 use super::Bench;
 
 const PROVISION: &str = "Provisioning (kvm_provision, wait: ssh, 1 vCPU, 384 MiB, TCG)";
+const BOOT: &str =
+    "Boot to sshd (host clock: libvirt's started event, the serial console's \"Started ssh.service\" line)";
 const CLONES: &str = "Disks (kvm_provision state=present, the guest image as base)";
 const SNAPSHOTS: &str = "Snapshots (snapshot_libvirt on running guests)";
 const COUNTS: [usize; 3] = [1, 2, 4];
@@ -29,8 +34,10 @@ pub fn run(bench: &Bench) -> Result<Vec<Row>> {
     for count in COUNTS {
         let together = names("bn-p", count);
         eprintln!("bench: {count} guest(s) to ready in one call");
-        let one_call = timed_provision(bench, &together, |names| provision(bench, names));
         remove(bench, &together);
+        let watched = boot::watch(bench.bed("uri")?, &together, || provision(bench, &together));
+        remove(bench, &together);
+        let one_call = watched.as_ref().map(|w| (w.returned - w.started).as_secs_f64()).map_err(|e| anyhow!("{e:#}"));
         let apart = names("bn-s", count);
         eprintln!("bench: {count} guest(s) to ready in {count} calls");
         let separate = timed_provision(bench, &apart, |names| {
@@ -41,8 +48,47 @@ pub fn run(bench: &Bench) -> Result<Vec<Row>> {
             Row::ours(PROVISION, format!("{count} guest(s) to ready in one call"), "s", Samples(vec![one_call?]))
                 .against(format!("{count} separate calls"), Samples(vec![separate?])),
         );
+        rows.extend(boot_rows(count, &watched?));
     }
     Ok(rows)
+}
+
+/// Per guest of a call: power-on to sshd started (the guest's own boot) beside power-on to the
+/// call's return (ready as reported), and what the call adds after sshd (negative when the
+/// call saw sshd answer before systemd printed its line); per call, what it takes beyond its
+/// slowest guest's boot.
+fn boot_rows(count: usize, watched: &boot::Watched) -> Vec<Row> {
+    let one = |seconds: f64| Samples(vec![seconds]);
+    let returned = watched.at(watched.returned);
+    let mut rows = Vec::new();
+    for boot in &watched.boots {
+        let figure = |what: &str| format!("{count} in one call, {}: {what}", boot.name);
+        let (power_on, sshd) = (watched.at(boot.power_on), watched.at(boot.sshd_started));
+        rows.push(
+            Row::ours(BOOT, figure("power-on to ready reported"), "s", one(returned - power_on))
+                .against("power-on to sshd started (serial console)", one(sshd - power_on)),
+        );
+        rows.push(Row::ours(BOOT, figure("ready reported after sshd started"), "s", one(returned - sshd)).goal(1.0));
+    }
+    let boot_seconds = |b: &boot::Boot| watched.at(b.sshd_started) - watched.at(b.power_on);
+    let slowest = watched.boots.iter().map(boot_seconds).fold(0.0, f64::max);
+    let first_power_on = watched.boots.iter().map(|b| watched.at(b.power_on)).fold(f64::INFINITY, f64::min);
+    rows.push(Row::ours(
+        BOOT,
+        format!("{count} in one call: call start to first power-on (define, clone)"),
+        "s",
+        one(first_power_on),
+    ));
+    rows.push(
+        Row::ours(
+            BOOT,
+            format!("{count} in one call: call time beyond its slowest guest's power-on to sshd"),
+            "s",
+            one(returned - slowest),
+        )
+        .goal(1.0),
+    );
+    rows
 }
 
 /// Snapshot figures on four running guests provisioned for them in one call.
@@ -58,12 +104,15 @@ fn names(prefix: &str, count: usize) -> Vec<String> {
 }
 
 /// Arguments every guest of the bed needs: the base image, direct kernel boot, the bed network.
+///
+/// No getty on the serial console: systemd stops printing unit status to a console a getty
+/// runs on, and the boot figures read sshd's start from that status (see boot.rs).
 pub(super) fn base_args(bench: &Bench) -> Result<Value> {
     Ok(json!({
         "uri": bench.bed("uri")?, "image": bench.bed("base_volume")?, "image_pool": bench.bed("images_pool")?,
         "pool": bench.bed("disks_pool")?, "memory": 384, "vcpus": 1, "networks": [bench.bed("network")?],
         "domain_type": "qemu",
-        "kernel": { "path": bench.bed("kernel")?, "initrd": bench.bed("initrd")?, "cmdline": "root=/dev/vda rw console=ttyS0 net.ifnames=0" },
+        "kernel": { "path": bench.bed("kernel")?, "initrd": bench.bed("initrd")?, "cmdline": "root=/dev/vda rw console=ttyS0 net.ifnames=0 systemd.mask=serial-getty@ttyS0.service" },
     }))
 }
 
