@@ -140,6 +140,14 @@ pub fn wait_ready(hypervisor: &Hypervisor, vm: &Vm, baseline: &LeaseBaseline, re
             },
         };
         if ready {
+            if let Some((ip, source @ IpSource::Agent)) = &mut address {
+                // The agent can report the address before libvirt records the lease that gave
+                // it: the lease, the NIC's own record, names the source when it says the same.
+                let lease = find_address(hypervisor, vm, network_nic.as_ref(), baseline, Signal::Lease)?;
+                if lease.is_some_and(|(leased, _)| leased == *ip) {
+                    *source = IpSource::Lease;
+                }
+            }
             let (ip, ip_source) = address.map_or((None, None), |(ip, source)| (Some(ip), Some(source)));
             return Ok(Ready { ip, ip_source, seconds: started.elapsed().as_secs_f64() });
         }
