@@ -86,7 +86,7 @@ fn fresh_inventory(settings: &Settings) -> anyhow::Result<Value> {
     }
     if scans.is_empty() && listings.is_empty() {
         let names: Vec<&str> = sources.iter().map(Source::name).collect();
-        bail!("no source could be read ({})", names.join(", "));
+        bail!("no libvirt URI or LXD server could be read ({})", names.join(", "));
     }
     for uri in settings.unread_trusted_uris() {
         eprintln!("libvirt_inventory: warning: trusted_uris: {uri} is not one of the URIs read (compared as written)");

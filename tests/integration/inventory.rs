@@ -119,7 +119,7 @@ fn inventory_of_leased_agent_only_and_shut_off_guests() {
     std::fs::write(&config, unreachable_only).expect("write the plugin config");
     let failed = ansible(bed, "ansible-inventory", &["-i", config_arg, "--list"], &[], Some(&collection));
     let stderr = String::from_utf8_lossy(&failed.stderr);
-    assert!(!failed.status.success() && stderr.contains("no libvirt URI could be read"), "{stderr}");
+    assert!(!failed.status.success() && stderr.contains("no libvirt URI or LXD server could be read"), "{stderr}");
     let bad_json = collection.join("bad.json");
     std::fs::write(&bad_json, r#"{"uri": "qemu:///system"}"#).expect("write the config");
     let run = inventory_exe(bed, &["--list", "--config", bad_json.to_str().expect("UTF-8")], &[]);
