@@ -556,10 +556,11 @@ impl World {
         }
     }
 
-    /// True when the level's file exists and the next run of the backing-file mode keeps it.
-    /// A run killed while saving leaves the `.saving` marker: beside a disk that does not sit
-    /// on the level the copy may be partial, and the next run removes it; once the disk sits
-    /// on the level (the overlay was made, only the marker was left) the save is finished.
+    /// True when the level's file exists and the next run of the backing-file mode keeps it,
+    /// as `backing_file::repair` decides. A run killed while saving leaves the `.saving`
+    /// marker: beside a disk that does not sit on the level the copy may be partial, and the
+    /// next run removes it; once the disk sits on the level (only the marker was left), or its
+    /// file is gone (it goes only once the copy is whole), the level is kept.
     fn level_saved(&self, vm: usize, level: &Option<String>) -> bool {
         let file = self.level_path(vm, level);
         if !Path::new(&file).exists() {
@@ -569,7 +570,7 @@ impl World {
             return true;
         }
         let disk = self.disk_path(vm);
-        Path::new(&disk).exists() && qcow2(Path::new(&disk)).is_ok_and(|d| d.backing.as_deref() == Some(file.as_str()))
+        !Path::new(&disk).exists() || qcow2(Path::new(&disk)).is_ok_and(|d| d.backing.as_deref() == Some(file.as_str()))
     }
 
     /// True when a killed run of the backing-file mode removed the disk's file and was killed
