@@ -149,18 +149,25 @@ pub struct Address {
 }
 
 impl Instance {
-    /// The state in lower case, as a group name: `running`, `stopped`, `frozen`.
+    /// The state in lower case, as a group name: `running`, `stopped`, `frozen`. It goes out
+    /// unmarked, so a status that is not one word (the server's text, which a template could
+    /// hide in) is `unknown`.
     pub fn state_name(&self) -> String {
-        self.status.to_ascii_lowercase()
+        if !self.status.is_empty() && self.status.chars().all(|c| c.is_ascii_alphabetic()) {
+            self.status.to_ascii_lowercase()
+        } else {
+            "unknown".to_string()
+        }
     }
 
-    /// Every global address, by interface: (interface, family, address).
+    /// Every global IPv4 and IPv6 address, by interface: (interface, family, address). The
+    /// family goes out unmarked: only LXD's two are kept.
     pub fn addresses(&self) -> Vec<(&str, &str, &str)> {
         let nics = self.state.as_ref().and_then(|s| s.network.as_ref());
         nics.into_iter()
             .flatten()
             .flat_map(|(nic, n)| n.addresses.iter().map(move |a| (nic.as_str(), a)))
-            .filter(|(_, a)| a.scope == "global")
+            .filter(|(_, a)| a.scope == "global" && matches!(a.family.as_str(), "inet" | "inet6"))
             .map(|(nic, a)| (nic, a.family.as_str(), a.address.as_str()))
             .collect()
     }
@@ -285,6 +292,8 @@ mod tests {
         assert_eq!(c1.reachable_address(false).as_deref(), Some("10.81.0.5"));
         assert_eq!(c1.addresses().len(), 2, "no loopback");
         assert_eq!(c1.user_config().collect::<Vec<_>>(), [("role", "db")]);
+        let templated = Instance { status: "{{ lookup('pipe', 'id') }}".into(), ..Default::default() };
+        assert_eq!(templated.state_name(), "unknown");
         let stopped = Instance { status: "Stopped".into(), ..Default::default() };
         assert_eq!((stopped.reachable_address(true), stopped.state_name().as_str()), (None, "stopped"));
         let v6_only = Nic {
