@@ -47,8 +47,9 @@ struct Args {
     /// A libvirt URI to read; repeat for several [env: LIBVIRT_INVENTORY_URIS (comma separated), then LIBVIRT_DEFAULT_URI].
     #[arg(long = "uri", value_name = "URI")]
     uris: Vec<String>,
-    /// An LXD server to read, `[REMOTE=]SOCKET_PATH`: REMOTE is the name of the server for the
-    /// `lxc` client on the controller (`ansible_lxd_remote`); repeat for several.
+    /// An LXD server to read, `[REMOTE=]SOCKET_PATH` or `REMOTE=https://HOST[:PORT]`: REMOTE is
+    /// the name of the server for the `lxc` client on the controller (`ansible_lxd_remote`),
+    /// whose certificates HTTPS uses; repeat for several.
     #[arg(long = "lxd", value_name = "SERVER")]
     lxd: Vec<String>,
     /// A libvirt network whose NIC gives `ansible_host` when a domain has several; repeatable.
