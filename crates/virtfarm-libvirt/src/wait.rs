@@ -105,6 +105,15 @@ const CONNECT: Duration = Duration::from_secs(2);
 /// gives up sooner only makes it start over.
 const BANNER_WAIT: Duration = Duration::from_secs(30);
 
+/// The bounds of one probe of a port before `deadline`: [`CONNECT`] and [`BANNER_WAIT`], each
+/// cut to the time left (at least 100 ms), so that a host that drops packets or a slow banner
+/// cannot hold a wait past its deadline.
+fn attempt_bounds(deadline: Instant) -> (Duration, Duration) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let bounded = |most: Duration| most.min(left).max(Duration::from_millis(100));
+    (bounded(CONNECT), bounded(BANNER_WAIT))
+}
+
 /// The instant `timeout` from now; a timeout too large for the clock (a user may give any
 /// number of seconds) ends in a century instead of overflowing.
 pub fn deadline(timeout: Duration) -> Instant {
@@ -134,7 +143,8 @@ pub fn wait_ready(hypervisor: &Hypervisor, vm: &Vm, baseline: &LeaseBaseline, re
             Signal::Ssh => match &address {
                 Some((ip, _)) => {
                     missing = format!("an SSH banner on {ip}:22");
-                    ssh_banner(ip, CONNECT, BANNER_WAIT.min(deadline.saturating_duration_since(Instant::now())))
+                    let (connect, banner_wait) = attempt_bounds(deadline);
+                    ssh_banner(ip, connect, banner_wait)
                 }
                 None => false,
             },
@@ -245,10 +255,8 @@ pub fn until_answers(host: &str, port: u16, banner: &str, timeout: Duration) -> 
     let started = Instant::now();
     let deadline = deadline(timeout);
     loop {
-        // Each attempt is bounded too, so that a host that drops packets cannot hold the wait.
-        let left = deadline.saturating_duration_since(Instant::now());
-        let bounded = |most: Duration| most.min(left).max(Duration::from_millis(100));
-        if answers(host, port, banner.as_bytes(), bounded(CONNECT), bounded(BANNER_WAIT)) {
+        let (connect, banner_wait) = attempt_bounds(deadline);
+        if answers(host, port, banner.as_bytes(), connect, banner_wait) {
             return Ok(started.elapsed().as_secs_f64());
         }
         if Instant::now() >= deadline {
