@@ -37,9 +37,7 @@ fn main() -> Result<()> {
         ["image"] => setup::packages().and(image::ensure(&root).map(drop)),
         ["collection"] => setup::packages().and_then(|()| collection::build_and_install(&root, &setup::venv(&root)?)).map(drop),
         ["bed", "up"] => bed_up(&root).map(drop),
-        // The fleet's daemon would keep the next `bed up` from starting: it goes first; LXD
-        // goes before the namespace it lives in.
-        ["bed", "down"] => fleet::down().and(lxd::down()).and(bed::down()),
+        ["bed", "down"] => bed_down(),
         ["fleet", "up"] => setup::packages().and_then(|()| fleet::up(&image::ensure(&root)?)).map(drop),
         ["fleet", "down"] => fleet::down(),
         ["lxd", "up"] => setup::packages().and_then(|()| lxd::up(&image::ensure_lxd(&root, &image::ensure(&root)?)?)),
@@ -65,6 +63,12 @@ fn bed_up(root: &Path) -> Result<PathBuf> {
     let bed_json = bed::up(&image, &venv, &collections)?;
     lxd::up(&image::ensure_lxd(root, &image)?)?;
     Ok(bed_json)
+}
+
+/// The bed and what lives in it, down. The fleet's daemon would keep the next `bed up` from
+/// starting: it goes first; LXD goes before the namespace it lives in.
+fn bed_down() -> Result<()> {
+    fleet::down().and(lxd::down()).and(bed::down())
 }
 
 /// The benchmarks on the bed and the second hypervisor, both left up for the next run.
@@ -108,11 +112,7 @@ fn test(root: &Path, filters: &[&str]) -> Result<()> {
             &["test", "-p", "virtfarm-tests", "--test", "integration", "--", "--include-ignored", "--exact", restart],
         )
     });
-    let teardown = if std::env::var_os("VIRTFARM_KEEP_BED").is_some() {
-        Ok(())
-    } else {
-        fleet::down().and(lxd::down()).and(bed::down())
-    };
+    let teardown = if std::env::var_os("VIRTFARM_KEEP_BED").is_some() { Ok(()) } else { bed_down() };
     eprintln!("xtask test: {:.0} s in all", started.elapsed().as_secs_f64());
     result.and(teardown)
 }
