@@ -1300,23 +1300,22 @@ impl World {
                         if inner.vms().iter().any(|&vm| self.disk_moved_into_a_level(vm)) {
                             // Nothing but the backing-file mode can use the VM until it runs
                             // again: as a user would, run the killed step again.
-                            let Ran::Done(reply) = self.run_module(module, &args, None) else {
-                                unreachable!("not killed")
-                            };
-                            self.last_reply = reply.to_string();
-                            return self.settle(inner, expect, after, &reply);
+                            return self.run_to_the_end(inner, expect, after);
                         }
                         self.reconcile(&before, &after, &inner.vms())
                     }
                 }
             }
-            _ => {
-                let (module, args) = self.module_call(&op).expect("a module step");
-                let Ran::Done(reply) = self.run_module(module, &args, None) else { unreachable!("not killed") };
-                self.last_reply = reply.to_string();
-                self.settle(&op, expect, after, &reply)
-            }
+            _ => self.run_to_the_end(&op, expect, after),
         }
+    }
+
+    /// Runs the module step `op` to its end and settles it against the model's expectation.
+    fn run_to_the_end(&mut self, op: &Op, expect: Expect, after: Vec<VmModel>) -> Result<(), Violation> {
+        let (module, args) = self.module_call(op).expect("a module step");
+        let Ran::Done(reply) = self.run_module(module, &args, None) else { unreachable!("not killed") };
+        self.last_reply = reply.to_string();
+        self.settle(op, expect, after, &reply)
     }
 
     /// Compares a finished run with the expectation and moves the model on.
