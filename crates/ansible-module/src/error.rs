@@ -162,6 +162,15 @@ pub enum Error {
         message: String,
     },
 
+    /// `NAME: REASON`: a value the spec let through and a module's own rule refused.
+    #[error("{name}: {reason}")]
+    Invalid {
+        /// The option, by its full path.
+        name: String,
+        /// Why the rule refused the value.
+        reason: String,
+    },
+
     /// `parameter 'NAME' has no value` (a module bug: a getter for a
     /// required value on an option that is neither required nor defaulted)
     #[error("parameter '{0}' has no value")]

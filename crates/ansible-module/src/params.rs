@@ -135,6 +135,40 @@ impl Params {
         qualified(&self.path, name)
     }
 
+    /// `value`, option `name`'s, through the module's own `rule`; a refusal is
+    /// [`Error::Invalid`], naming the option by its full path.
+    pub fn checked<T, U, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        value: T,
+        rule: impl FnOnce(T) -> Result<U, E>,
+    ) -> Result<U, Error> {
+        rule(value).map_err(|reason| self.invalid(name, reason))
+    }
+
+    /// A `str` option that may be unset, through the module's own `rule` when set.
+    pub fn opt_str_checked<'a, U, E: std::fmt::Display>(
+        &'a self,
+        name: &str,
+        rule: impl FnOnce(&'a str) -> Result<U, E>,
+    ) -> Result<Option<U>, Error> {
+        self.opt_str(name)?.map(|value| self.checked(name, value, rule)).transpose()
+    }
+
+    /// An `int` option through the module's own `rule`.
+    pub fn int_checked<U, E: std::fmt::Display>(
+        &self,
+        name: &str,
+        rule: impl FnOnce(i64) -> Result<U, E>,
+    ) -> Result<U, Error> {
+        self.checked(name, self.int(name)?, rule)
+    }
+
+    /// [`Error::Invalid`] for option `name`: a module's own rule refused its value.
+    pub fn invalid(&self, name: &str, reason: impl std::fmt::Display) -> Error {
+        Error::Invalid { name: self.name_of(name), reason: reason.to_string() }
+    }
+
     /// All parameters as a serde type, for modules that parse in two steps:
     /// the spec checks what the user wrote, the type carries the meaning.
     /// Unset options are `null`, which suits `Option` fields.
@@ -193,6 +227,21 @@ mod tests {
             "note": null,
             "cloud_init": {"user": "ops", "shell": null},
         }))
+    }
+
+    #[test]
+    fn a_modules_own_rule_names_the_option_by_its_full_path() {
+        let p = sample();
+        let short = |text: &str| if text.len() <= 4 { Ok(text.len()) } else { Err(format!("{text:?} is too long")) };
+        assert_eq!(p.opt_str_checked("note", short).unwrap(), None);
+        let cloud_init = p.dict("cloud_init").unwrap();
+        assert_eq!(cloud_init.opt_str_checked("user", short).unwrap(), Some(3));
+        assert_eq!(p.opt_str_checked("name", short).unwrap_err().to_string(), "name: \"web01\" is too long");
+        let even = |n: i64| if n % 2 == 0 { Ok(n / 2) } else { Err("must be even") };
+        assert_eq!(p.int_checked("memory", even).unwrap(), 1024);
+        let err = cloud_init.checked("shell", 3, even).unwrap_err();
+        assert_eq!(err.to_string(), "cloud_init.shell: must be even");
+        assert!(p.int_checked("name", even).is_err(), "the getter's own error comes first");
     }
 
     #[test]

@@ -98,7 +98,7 @@ fn read_step(params: &Params, errors: &mut ArgumentErrors) -> Option<Step> {
     Some(match errors.check(params.str("state"))? {
         "phases" => Step::Phases(errors.check(phase_query(params))?),
         "reachable" => {
-            let port = errors.check(bounded::<u16>(params, "port", "between 0 and 65535"));
+            let port = errors.check(params.int_checked("port", |port| within::<u16>(port, "between 0 and 65535")));
             let host = errors.check(params.str("host"));
             let banner = errors.check(params.opt_str("banner"));
             let timeout = errors.check(seconds(params, "timeout"));
@@ -107,8 +107,7 @@ fn read_step(params: &Params, errors: &mut ArgumentErrors) -> Option<Step> {
             Step::Reachable { host: host?.to_string(), port, banner, timeout: timeout? }
         }
         "started" => {
-            let wait =
-                errors.check(params.str("wait")).and_then(|wait| errors.check(rule("wait", validate::wait(wait))));
+            let wait = errors.check(params.str("wait").and_then(|wait| params.checked("wait", wait, validate::wait)));
             let timeout = errors.check(seconds(params, "timeout"));
             let (wait, timeout) = (wait?, timeout?);
             Step::Started(wait.map(|signal| Readiness { signal, timeout }))
@@ -125,7 +124,8 @@ fn read_step(params: &Params, errors: &mut ArgumentErrors) -> Option<Step> {
             Step::CacheSaved { names: names?, quiesce: quiesce? }
         }
         "stopped" => {
-            let retry_count = errors.check(bounded::<u32>(params, "retry_count", "0 or more"));
+            let retry_count =
+                errors.check(params.int_checked("retry_count", |count| within::<u32>(count, "0 or more")));
             let retry_delay = errors.check(seconds(params, "retry_delay"));
             let (retry_count, retry_delay) = (retry_count?, retry_delay?);
             // Asked every `retry_delay`, forced after `retry_count` requests.
@@ -187,7 +187,7 @@ fn cache_names(params: &Params, errors: &mut ArgumentErrors) -> Option<CacheName
         !auto
     });
     let names = CacheNames::new(project?, revision.unwrap_or_default());
-    errors.check(validate::snapshot_name(&names.clean).map_err(|e| anyhow!("project_id: {e}")))?;
+    errors.check(params.checked("project_id", names.clean.as_str(), validate::snapshot_name))?;
     revision?;
     // The init snapshot's name adds the revision to a project that is fine on its own.
     errors.check(validate::snapshot_name(&names.init).map_err(|e| anyhow!("project_id or revision: {e}")))?;
@@ -195,19 +195,13 @@ fn cache_names(params: &Params, errors: &mut ArgumentErrors) -> Option<CacheName
 }
 
 /// A timeout; 0 means look once.
-fn seconds(params: &Params, name: &str) -> Result<Duration> {
-    rule(name, validate::timeout(params.int(name)?, ZeroSeconds::NoWait))
+fn seconds(params: &Params, name: &str) -> Result<Duration, ansible_module::Error> {
+    params.int_checked(name, |value| validate::timeout(value, ZeroSeconds::NoWait))
 }
 
-/// A value checked by its rule in [`validate`], the error naming `name` in this module's words.
-fn rule<T>(name: &str, checked: Result<T, validate::Invalid>) -> Result<T> {
-    checked.map_err(|e| anyhow!("{name} {e}"))
-}
-
-/// An `int` option whose values must fit `T`, which `range` says in words.
-fn bounded<T: TryFrom<i64>>(params: &Params, name: &str, range: &str) -> Result<T> {
-    let value = params.int(name)?;
-    T::try_from(value).map_err(|_| anyhow!("{name} must be {range}, got {value}"))
+/// `value` if it fits `T`, whose `range` this says in words.
+fn within<T: TryFrom<i64>>(value: i64, range: &str) -> Result<T, String> {
+    T::try_from(value).map_err(|_| format!("must be {range}, got {value}"))
 }
 
 #[cfg(test)]
@@ -267,7 +261,7 @@ mod tests {
         let reply = reply(json!({"state": "reachable", "host": "localhost", "port": 70000, "timeout": -1}));
         assert_eq!(
             reply["argument_errors"],
-            json!(["port must be between 0 and 65535, got 70000", "timeout must be 0 or more seconds, got -1"]),
+            json!(["port: must be between 0 and 65535, got 70000", "timeout: must be 0 or more seconds, got -1"]),
             "{reply}"
         );
         let msg = failure(json!({"state": "cache_prepared", "name": "vm", "project_id": "p", "revision": "auto",
@@ -282,7 +276,7 @@ mod tests {
             reply["argument_errors"],
             json!([
                 "value of wait must be one of: none, lease, agent, ssh, address, got: forever",
-                "port must be between 0 and 65535, got 70000",
+                "port: must be between 0 and 65535, got 70000",
             ]),
             "{reply}"
         );

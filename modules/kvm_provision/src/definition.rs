@@ -4,7 +4,6 @@
 //! Top-level VM keys are defaults for every item of `vms`; an item overrides them key by key.
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use ansible_module::{ArgSpec, ArgumentErrors, Opt, Params, Type};
 use anyhow::{anyhow, bail, Result};
@@ -148,10 +147,11 @@ fn read(params: &Params, module: &str, errors: &mut ArgumentErrors) -> Option<Pa
         "absent" => State::Absent,
         _ => State::Running,
     });
-    let wait =
-        errors.check(params.str("wait")).and_then(|wait| errors.check(checked_value("wait", wait, validate::wait)));
-    let wait_timeout = errors.check(seconds(params, "wait_timeout"));
-    let stop_timeout = errors.check(seconds(params, "stop_timeout"));
+    let wait = errors.check(params.str("wait").and_then(|wait| params.checked("wait", wait, validate::wait)));
+    // 0: do not wait (`wait_timeout`), or force off at once (`stop_timeout`).
+    let seconds = |name| params.int_checked(name, |value| validate::timeout(value, ZeroSeconds::NoWait));
+    let wait_timeout = errors.check(seconds("wait_timeout"));
+    let stop_timeout = errors.check(seconds("stop_timeout"));
     let remove_storage = errors.check(params.bool("remove_storage"));
     let stem = errors.check(params.opt_str("stem"))?;
     let no_images = Map::new();
@@ -229,16 +229,6 @@ fn read(params: &Params, module: &str, errors: &mut ArgumentErrors) -> Option<Pa
     Some(Parsed { request, warnings, deprecations })
 }
 
-/// A timeout; 0 means do not wait (`wait_timeout`) or force off at once (`stop_timeout`).
-fn seconds(params: &Params, name: &str) -> Result<Duration> {
-    checked_value(name, params.int(name)?, |value| validate::timeout(value, ZeroSeconds::NoWait))
-}
-
-/// A value checked by its rule in [`validate`], the error naming `field`.
-fn checked_value<T, U>(field: &str, value: T, rule: impl FnOnce(T) -> Result<U, validate::Invalid>) -> Result<U> {
-    rule(value).map_err(|e| anyhow!("{field}: {e}"))
-}
-
 /// An item of `vms`: a dictionary, a pool spec string (`"3"`, `"18:bookworm"`) with `stem`, or a VM name.
 fn pool_item(path: &str, item: Value, stem: Option<&str>, images: &Map<String, Value>) -> Result<Map<String, Value>> {
     let spec = match item {
@@ -272,23 +262,10 @@ fn pool_item(path: &str, item: Value, stem: Option<&str>, images: &Map<String, V
     Ok(map)
 }
 
-/// Checks the name of a libvirt object (pool, network, volume, bridge).
-fn check_object_name(field: &str, name: &str) -> Result<()> {
-    checked_value(field, name, validate::object_name).map(drop)
-}
-
-/// Checks a file path on the hypervisor.
-fn check_path(field: &str, path: &str) -> Result<()> {
-    checked_value(field, path, validate::host_path).map(drop)
-}
-
-/// Checks free text that ends up in the domain XML or the seed.
-fn check_text(field: &str, text: &str) -> Result<()> {
-    checked_value(field, text, validate::xml_text).map(drop)
-}
-
-/// Checks every string of an item that the other checks do not look at.
+/// Checks every string of an item, free text that ends up in the domain XML or the seed,
+/// beside what the other checks look at.
 fn check_texts(path: &str, value: &Value) -> Result<()> {
+    let check_text = |name: &str, text: &str| validate::xml_text(text).map(drop).map_err(|e| anyhow!("{name}: {e}"));
     match value {
         Value::String(text) => check_text(path, text),
         Value::Array(items) => {
@@ -335,11 +312,11 @@ fn parse_vm(
         errors.check(fields.opt_str(option)).map(|value| value.unwrap_or(default).to_string())
     };
     let name = errors.check(fields.str("name"))?.to_string();
-    errors.check(checked_value(&fields.name_of("name"), name.as_str(), validate::vm_name));
+    errors.check(fields.checked("name", name.as_str(), validate::vm_name));
     let uri = text(errors, "uri", "qemu:///system")?;
-    errors.check(checked_value(&fields.name_of("uri"), uri.as_str(), validate::uri));
+    errors.check(fields.checked("uri", uri.as_str(), validate::uri));
     let pool = text(errors, "pool", "default")?;
-    errors.check(check_object_name(&fields.name_of("pool"), &pool));
+    errors.check(fields.checked("pool", pool.as_str(), validate::object_name));
     let domain_type = errors.check(fields.opt_str("domain_type")).map(|kind| kind.map(str::to_string));
     let metadata = parse_metadata(&fields, errors);
     if let Some(xml) = errors.check(fields.opt_str("xml"))? {
@@ -390,7 +367,7 @@ fn parse_vm(
     let kernel = errors.check(
         fields.opt_dict("kernel").map_err(anyhow::Error::from).and_then(|k| k.map(|k| parse_kernel(&k)).transpose()),
     );
-    let emulator = errors.check(checked(&fields, "emulator", check_path));
+    let emulator = errors.check(owned(fields.opt_str_checked("emulator", validate::host_path)));
     let firmware = errors.check(parse_firmware(&fields, deprecations));
     // The model is the hypervisor's to offer: chosen when the domain capabilities are read.
     let tpm = errors.check(fields.opt_bool("tpm")).map(|tpm| (tpm == Some(true)).then(Tpm::default));
@@ -435,16 +412,13 @@ fn parse_vm(
 /// it used to be, with a deprecation.
 fn parse_firmware(fields: &Params, deprecations: &mut Vec<String>) -> Result<Firmware> {
     let name = |option| fields.name_of(option);
-    let loader = fields.opt_str("loader")?;
-    if let Some(path) = loader {
-        check_path(&name("loader"), path)?;
-    }
+    let loader = fields.opt_str_checked("loader", validate::host_path)?;
     let firmware = match (fields.opt_str("firmware")?, loader) {
         (None | Some("bios"), None) => Firmware::Bios,
         (Some("efi"), None) => Firmware::Efi { secure_boot: fields.opt_bool("secure_boot")?.unwrap_or(false) },
         (None | Some("efi"), Some(path)) => Firmware::Loader(path.to_string()),
         (Some(path), None) if path.starts_with('/') => {
-            check_path(&name("firmware"), path)?;
+            fields.checked("firmware", path, validate::host_path)?;
             deprecations.push(format!("{}: a loader path here is deprecated; give it as loader", name("firmware")));
             Firmware::Loader(path.to_string())
         }
@@ -522,10 +496,7 @@ fn metadata_entry(metadata: &mut InstanceMetadata, name: &str, key: &str, value:
 }
 
 fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
-    let upload = fields.opt_str("image_upload")?;
-    if let Some(file) = upload {
-        check_path(&fields.name_of("image_upload"), file)?;
-    }
+    let upload = fields.opt_str_checked("image_upload", validate::host_path)?;
     // An imported volume is named after its file unless image names it.
     let file_name = upload.and_then(|file| file.rsplit('/').next()).filter(|name| !name.is_empty());
     let Some(image) = fields.opt_str("image")?.or(file_name) else {
@@ -539,15 +510,9 @@ fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
     if upload.is_some() && image.starts_with('/') {
         bail!("{}: with image_upload, image names the volume to import into, not a path", fields.name_of("image"));
     }
-    if image.starts_with('/') {
-        check_path(&fields.name_of("image"), image)?;
-    } else {
-        check_object_name(&fields.name_of("image"), image)?;
-    }
-    let image_pool = fields.opt_str("image_pool")?.map(str::to_string);
-    if let Some(pool) = &image_pool {
-        check_object_name(&fields.name_of("image_pool"), pool)?;
-    }
+    let rule = if image.starts_with('/') { validate::host_path } else { validate::object_name };
+    fields.checked("image", image, rule)?;
+    let image_pool = owned(fields.opt_str_checked("image_pool", validate::object_name))?;
     let mode = match fields.opt_str("clone")? {
         Some("full") => CloneMode::Full,
         _ => CloneMode::Linked,
@@ -556,10 +521,9 @@ fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {
     Ok(Some(RootDisk { image: image.to_string(), upload: upload.map(str::to_string), image_pool, size, mode }))
 }
 
-/// Option `option` of `params` if set, checked by `check`, which is given its full name.
-fn checked(params: &Params, option: &str, check: fn(&str, &str) -> Result<()>) -> Result<Option<String>> {
-    let value = params.opt_str(option)?;
-    value.map(|v| check(&params.name_of(option), v).map(|()| v.to_string())).transpose()
+/// A checked text option, owned.
+fn owned(text: Result<Option<&str>, ansible_module::Error>) -> Result<Option<String>, ansible_module::Error> {
+    text.map(|text| text.map(str::to_string))
 }
 
 /// Disks attached as they are (ansible_farm's `vm.disks`, or `disks` in the native form);
@@ -567,8 +531,8 @@ fn checked(params: &Params, option: &str, check: fn(&str, &str) -> Result<()>) -
 fn parse_disks(fields: &Params, errors: &mut ArgumentErrors) -> Option<Vec<DiskDevice>> {
     let mut disks = Some(Vec::new());
     for disk in errors.check(fields.dicts("disks"))? {
-        let path = errors.check(checked(&disk, "path", check_path));
-        let target = errors.check(checked(&disk, "target", check_object_name));
+        let path = errors.check(owned(disk.opt_str_checked("path", validate::host_path)));
+        let target = errors.check(owned(disk.opt_str_checked("target", validate::object_name)));
         let format = errors.check(disk.str("format"));
         let device = match (path, target, format) {
             (Some(Some(path)), Some(Some(target)), Some(format)) => {
@@ -614,8 +578,8 @@ fn parse_nic(
     errors: &mut ArgumentErrors,
 ) -> Option<(NicDevice, Option<NetworkWant>)> {
     let mac = errors.check(nic_mac(nic, index, vm_name));
-    let network = errors.check(checked(nic, "network", check_object_name));
-    let bridge = errors.check(checked(nic, "bridge", check_object_name));
+    let network = errors.check(owned(nic.opt_str_checked("network", validate::object_name)));
+    let bridge = errors.check(owned(nic.opt_str_checked("bridge", validate::object_name)));
     let kind = errors.check(nic.opt_str("type"));
     let source = match (kind, network, bridge) {
         (Some(kind), Some(network), Some(bridge)) => match (kind, network, bridge) {
@@ -633,7 +597,7 @@ fn parse_nic(
         ip.map(|ip| ip.parse::<Ipv4Addr>().map_err(|_| anyhow!("{}: {ip:?} is not an IPv4 address", nic.name_of("ip"))))
             .transpose()
     }));
-    let hostname = errors.check(checked(nic, "hostname", check_object_name));
+    let hostname = errors.check(owned(nic.opt_str_checked("hostname", validate::object_name)));
     let subnet = errors.check(nic.opt_str("subnet").map_err(anyhow::Error::from).and_then(|subnet| {
         subnet
             .map(|s| {
@@ -642,7 +606,7 @@ fn parse_nic(
             })
             .transpose()
     }));
-    let bridge_name = errors.check(checked(nic, "bridge_name", check_object_name));
+    let bridge_name = errors.check(owned(nic.opt_str_checked("bridge_name", validate::object_name)));
     let (source, mac, ip, hostname, subnet, bridge_name) = (source?, mac?, ip?, hostname?, subnet?, bridge_name?);
     let want = match &source {
         NicSource::Network(network) => {
@@ -671,7 +635,7 @@ fn parse_cloud_init(given: &Params, vm_name: &str) -> Result<CloudInit> {
     let texts =
         |key: &str| -> Result<Vec<String>> { Ok(given.list_of_str(key)?.into_iter().map(str::to_string).collect()) };
     let hostname = text("hostname")?.unwrap_or_else(|| vm_name.to_string());
-    check_object_name(&given.name_of("hostname"), &hostname)?;
+    given.checked("hostname", hostname.as_str(), validate::object_name)?;
     Ok(CloudInit {
         instance_id: vm_name.to_string(),
         hostname: Some(hostname),
@@ -690,8 +654,8 @@ fn parse_cloud_init(given: &Params, vm_name: &str) -> Result<CloudInit> {
 fn parse_filesystems(fields: &Params, errors: &mut ArgumentErrors) -> Option<Vec<Share>> {
     let mut shares = Some(Vec::new());
     for share in errors.check(fields.dicts("filesystems"))? {
-        let source = errors.check(checked(&share, "source", check_path));
-        let tag = errors.check(checked(&share, "target", check_object_name));
+        let source = errors.check(owned(share.opt_str_checked("source", validate::host_path)));
+        let tag = errors.check(owned(share.opt_str_checked("target", validate::object_name)));
         let share = match (source, tag) {
             (Some(Some(source)), Some(Some(tag))) => Some(Share { source, tag }),
             _ => None,
@@ -705,10 +669,7 @@ fn parse_filesystems(fields: &Params, errors: &mut ArgumentErrors) -> Option<Vec
 }
 
 fn parse_kernel(kernel: &Params) -> Result<DirectKernel> {
-    let path = |option: &str| -> Result<Option<String>> {
-        let value = kernel.opt_str(option)?;
-        value.map(|p| check_path(&kernel.name_of(option), p).map(|()| p.to_string())).transpose()
-    };
+    let path = |option: &str| owned(kernel.opt_str_checked(option, validate::host_path));
     Ok(DirectKernel {
         kernel: path("path")?.unwrap_or_default(),
         initrd: path("initrd")?,

@@ -1,10 +1,12 @@
 //! The module's options: the argument spec, and the second stage of parsing that turns
 //! validated params into the library's typed request.
 
+use std::time::Duration;
+
 use ansible_module::{ArgSpec, ArgumentErrors, Opt, Params, Type};
 use virtfarm_libvirt::snapshot::orchestrate::{AfterRevert, Domain, Request};
 use virtfarm_libvirt::snapshot::CreateOptions;
-use virtfarm_libvirt::validate::WAIT_CHOICES;
+use virtfarm_libvirt::validate::{self, ZeroSeconds, WAIT_CHOICES};
 
 use crate::request::{self, Call};
 
@@ -79,17 +81,14 @@ fn read_call(params: &Params, errors: &mut ArgumentErrors) -> Option<Call> {
     }
     let requested = errors.check(params.str("type")).and_then(|kind| errors.check(request::parse_type(kind)));
     let shutdown_first = match errors.check(params.bool("shutdown_first")) {
-        Some(true) => errors
-            .check(params.int("shutdown_timeout"))
-            .and_then(|timeout| errors.check(request::seconds("shutdown_timeout", timeout)))
-            .map(Some),
+        Some(true) => errors.check(params.int_checked("shutdown_timeout", seconds)).map(Some),
         Some(false) => Some(None),
         None => None,
     };
-    let wait = after.as_ref().and_then(|after| errors.check(after.str("wait")));
-    let wait = wait.and_then(|wait| errors.check(request::parse_wait(wait)));
-    let timeout = after.as_ref().and_then(|after| errors.check(after.int("timeout")));
-    let timeout = timeout.and_then(|timeout| errors.check(request::seconds("after_revert.timeout", timeout)));
+    let wait = after
+        .as_ref()
+        .and_then(|after| errors.check(after.str("wait").and_then(|wait| after.checked("wait", wait, validate::wait))));
+    let timeout = after.as_ref().and_then(|after| errors.check(after.int_checked("timeout", seconds)));
     let sync_clock = after.as_ref().and_then(|after| errors.check(after.bool("sync_clock")));
     let memory = errors.check(params.opt_bool("memory"));
     let quiesce = errors.check(params.bool("quiesce"));
@@ -103,6 +102,11 @@ fn read_call(params: &Params, errors: &mut ArgumentErrors) -> Option<Call> {
         after_revert: AfterRevert { sync_clock: sync_clock?, wait: wait?, timeout: timeout? },
     };
     Some(Call { request, domains_option })
+}
+
+/// A duration in seconds: each of this module's bounds a wait that must happen.
+fn seconds(value: i64) -> Result<Duration, validate::Invalid> {
+    validate::timeout(value, ZeroSeconds::Refused)
 }
 
 #[cfg(test)]

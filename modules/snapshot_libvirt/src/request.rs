@@ -1,13 +1,11 @@
 //! The validated request: what the user asked for, in domain terms, every value checked.
 
-use std::time::Duration;
-
 use serde_json::{Map, Value};
 
+use ansible_module::Error;
 use virtfarm_libvirt::snapshot::orchestrate::{Domain, Mode, Request, State};
 use virtfarm_libvirt::snapshot::Requested;
-use virtfarm_libvirt::validate::{self, ZeroSeconds};
-use virtfarm_libvirt::wait::Signal;
+use virtfarm_libvirt::validate;
 
 /// One validated call of the module: the library's request, and the option its domains came
 /// from (`name`, `names` or `placement`), for error messages.
@@ -19,27 +17,13 @@ pub struct Call {
     pub domains_option: &'static str,
 }
 
-/// A rejected value, with the option it belongs to.
-#[derive(Debug, PartialEq, Eq)]
-pub struct BadOption {
-    /// The option's name as the user writes it.
-    pub option: &'static str,
-    /// What is wrong with it.
-    pub problem: String,
-}
-
-impl std::fmt::Display for BadOption {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.option, self.problem)
-    }
-}
-
-fn bad(option: &'static str, problem: impl Into<String>) -> BadOption {
-    BadOption { option, problem: problem.into() }
+/// A value this module's own rules refused, naming `option`.
+fn bad(option: &str, problem: impl Into<String>) -> Error {
+    Error::Invalid { name: option.to_string(), reason: problem.into() }
 }
 
 /// Reads a `state` choice.
-pub fn parse_state(value: &str) -> Result<State, BadOption> {
+pub fn parse_state(value: &str) -> Result<State, Error> {
     match value {
         "present" => Ok(State::Present),
         "absent" => Ok(State::Absent),
@@ -50,7 +34,7 @@ pub fn parse_state(value: &str) -> Result<State, BadOption> {
 }
 
 /// Reads a `type` choice.
-pub fn parse_type(value: &str) -> Result<Requested, BadOption> {
+pub fn parse_type(value: &str) -> Result<Requested, Error> {
     match value {
         "auto" => Ok(Requested::Auto),
         "internal" => Ok(Requested::Internal),
@@ -59,13 +43,8 @@ pub fn parse_type(value: &str) -> Result<Requested, BadOption> {
     }
 }
 
-/// Reads an `after_revert.wait` choice.
-pub fn parse_wait(value: &str) -> Result<Option<Signal>, BadOption> {
-    validate::wait(value).map_err(|e| bad("after_revert.wait", e.to_string()))
-}
-
 /// Checks the domain list: at least one, no empty or repeated names, a URI for each.
-pub fn check_domains(option: &'static str, domains: &[Domain]) -> Result<(), BadOption> {
+pub fn check_domains(option: &str, domains: &[Domain]) -> Result<(), Error> {
     if domains.is_empty() {
         return Err(bad(option, "names at least one domain"));
     }
@@ -83,7 +62,7 @@ pub fn check_domains(option: &'static str, domains: &[Domain]) -> Result<(), Bad
 }
 
 /// Reads `placement: {domain: uri}` (what kvm_provision returns as `placement`), in its order.
-pub fn placed_domains(placement: &Map<String, Value>) -> Result<Vec<Domain>, BadOption> {
+pub fn placed_domains(placement: &Map<String, Value>) -> Result<Vec<Domain>, Error> {
     placement
         .iter()
         .map(|(name, uri)| match uri {
@@ -94,7 +73,7 @@ pub fn placed_domains(placement: &Map<String, Value>) -> Result<Vec<Domain>, Bad
 }
 
 /// The backing-file mode works on the image directory of one host.
-pub fn check_one_host(mode: &Mode, domains: &[Domain]) -> Result<(), BadOption> {
+pub fn check_one_host(mode: &Mode, domains: &[Domain]) -> Result<(), Error> {
     match (mode, domains) {
         (Mode::BackingFile { .. }, [first, rest @ ..]) if rest.iter().any(|d| d.uri != first.uri) => {
             Err(bad("placement", "spans several URIs; mode backing_file works on the domains of one URI"))
@@ -104,7 +83,7 @@ pub fn check_one_host(mode: &Mode, domains: &[Domain]) -> Result<(), BadOption> 
 }
 
 /// Reads `mode` and `volume_path` together: the backing-file mode needs the directory.
-pub fn parse_mode(mode: &str, volume_path: Option<&str>) -> Result<Mode, BadOption> {
+pub fn parse_mode(mode: &str, volume_path: Option<&str>) -> Result<Mode, Error> {
     match (mode, volume_path) {
         ("snapshot", _) => Ok(Mode::Snapshot),
         ("backing_file", Some(dir)) => match validate::host_path(dir) {
@@ -118,7 +97,7 @@ pub fn parse_mode(mode: &str, volume_path: Option<&str>) -> Result<Mode, BadOpti
 
 /// Checks the snapshot name against the state and mode: required except for `list` and
 /// the backing-file mode (whose default level has no name), and safe.
-pub fn check_snapshot(state: State, mode: &Mode, snapshot: Option<&str>) -> Result<(), BadOption> {
+pub fn check_snapshot(state: State, mode: &Mode, snapshot: Option<&str>) -> Result<(), Error> {
     let optional = state == State::List || *mode != Mode::Snapshot;
     match snapshot {
         None if !optional => Err(bad("snapshot", "is required unless state is list or mode is backing_file")),
@@ -128,11 +107,6 @@ pub fn check_snapshot(state: State, mode: &Mode, snapshot: Option<&str>) -> Resu
     }
 }
 
-/// Checks a duration in seconds: each of this module's bounds a wait that must happen.
-pub fn seconds(option: &'static str, value: i64) -> Result<Duration, BadOption> {
-    validate::timeout(value, ZeroSeconds::Refused).map_err(|e| bad(option, e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,30 +114,33 @@ mod tests {
     #[test]
     fn every_rejection_names_its_option() {
         let snapshots = Mode::Snapshot;
-        assert_eq!(check_snapshot(State::Present, &snapshots, None).unwrap_err().option, "snapshot");
+        assert_eq!(
+            check_snapshot(State::Present, &snapshots, None).unwrap_err().to_string().split(": ").next(),
+            Some("snapshot")
+        );
         assert!(check_snapshot(State::List, &snapshots, None).is_ok());
         let backing = parse_mode("backing_file", Some("/opt/vm_images/")).unwrap();
         assert_eq!(backing, Mode::BackingFile { volume_path: "/opt/vm_images".into() });
         assert!(check_snapshot(State::Present, &backing, None).is_ok());
-        assert_eq!(parse_mode("backing_file", None).unwrap_err().option, "volume_path");
-        assert_eq!(parse_mode("backing_file", Some("images")).unwrap_err().option, "volume_path");
+        assert_eq!(parse_mode("backing_file", None).unwrap_err().to_string().split(": ").next(), Some("volume_path"));
+        assert_eq!(
+            parse_mode("backing_file", Some("images")).unwrap_err().to_string().split(": ").next(),
+            Some("volume_path")
+        );
         for bad_name in ["a/b", "..", "", "x\u{7}"] {
             let err = check_snapshot(State::Present, &backing, Some(bad_name)).unwrap_err();
             assert!(err.to_string().starts_with("snapshot: "), "{err}");
         }
         let on = |name: &str, uri: &str| Domain { name: name.into(), uri: uri.into() };
-        assert_eq!(check_domains("names", &[]).unwrap_err().option, "names");
+        assert_eq!(check_domains("names", &[]).unwrap_err().to_string().split(": ").next(), Some("names"));
         let twice = [on("a", "qemu:///system"), on("a", "qemu+ssh://h2/system")];
-        assert!(check_domains("placement", &twice).unwrap_err().problem.contains("twice"));
-        assert!(check_domains("placement", &[on("a", " ")]).unwrap_err().problem.contains("no libvirt URI"));
+        assert!(check_domains("placement", &twice).unwrap_err().to_string().contains("twice"));
+        assert!(check_domains("placement", &[on("a", " ")]).unwrap_err().to_string().contains("no libvirt URI"));
         let spread = [on("a", "qemu:///system"), on("b", "qemu+ssh://h2/system")];
         assert!(check_domains("placement", &spread).is_ok());
         assert!(check_one_host(&Mode::Snapshot, &spread).is_ok());
-        assert_eq!(check_one_host(&backing, &spread).unwrap_err().option, "placement");
-        assert_eq!(parse_state("gone").unwrap_err().option, "state");
-        assert_eq!(parse_type("both").unwrap_err().option, "type");
-        assert_eq!(parse_wait("ping").unwrap_err().option, "after_revert.wait");
-        assert_eq!(seconds("shutdown_timeout", 0).unwrap_err().option, "shutdown_timeout");
-        assert_eq!(seconds("shutdown_timeout", 5).unwrap(), Duration::from_secs(5));
+        assert_eq!(check_one_host(&backing, &spread).unwrap_err().to_string().split(": ").next(), Some("placement"));
+        assert_eq!(parse_state("gone").unwrap_err().to_string().split(": ").next(), Some("state"));
+        assert_eq!(parse_type("both").unwrap_err().to_string().split(": ").next(), Some("type"));
     }
 }
