@@ -307,7 +307,7 @@ fn kvm_provision(bed: &Bed) -> ModuleCorpus {
         (
             "vm net mac",
             json!({ "metadata": { "name": "hx-vm", "libvirt_pool_dir": "/hx/" }, "disks": [{ "src": "a.qcow2" }], "net": { "source": "vfnet", "mac": "nope" } }),
-            "networks[0].mac",
+            "vm.net.mac",
         ),
         ("vm a list", json!([1]), "vm"),
         ("vm unknown key", json!({ "metadata": { "name": "hx-vm" }, "colour": "red" }), "vm.colour"),

@@ -19,7 +19,7 @@ use virtfarm_libvirt::provision::{DomainSource, NetworkWant, Request, RootDisk, 
 use virtfarm_libvirt::storage::CloneMode;
 use virtfarm_libvirt::validate::{self, Invalid, ZeroSeconds, WAIT_CHOICES};
 
-use crate::fields::{size, Loose};
+use crate::ansible_farm;
 
 /// The request, with what the module accepted without acting on it.
 pub struct Parsed {
@@ -294,10 +294,10 @@ fn parse_vm(
     if let Some(legacy) = merged.remove("vm") {
         // ansible_farm's form underneath, native keys on top.
         let vm_path = if path.is_empty() { "vm".to_string() } else { format!("{path}.vm") };
-        let vm = errors.check(Loose::new(vm_path, &legacy))?;
-        let mut native = ArgumentErrors::collect(|found| Some(legacy_to_native(vm, warnings, found)))
-            .map_err(|found| errors.extend(found))
-            .ok()?;
+        let mut native =
+            ArgumentErrors::collect(|found| Some(ansible_farm::to_native(&legacy, &vm_path, module, warnings, found)))
+                .map_err(|found| errors.extend(found))
+                .ok()?;
         native.extend(merged);
         merged = native;
     }
@@ -431,6 +431,26 @@ fn parse_firmware(fields: &Params, deprecations: &mut Vec<String>) -> Result<Fir
         bail!("{}: needs firmware: efi (libvirt then picks a Secure Boot firmware)", name("secure_boot"));
     }
     Ok(firmware)
+}
+
+/// A size: an integer in `default_unit`, or a string with a unit ([`validate::size`]); in
+/// bytes. `name` is the parameter's full name, for the error.
+pub fn size(name: &str, value: &Value, default_unit: u64) -> Result<u64> {
+    let parsed = match value {
+        Value::Number(n) => n.as_u64().and_then(|n| n.checked_mul(default_unit)).filter(|n| *n > 0),
+        Value::String(s) => validate::size(s, default_unit).ok(),
+        _ => None,
+    };
+    parsed.ok_or_else(|| anyhow!("{name}: {}", validate::Invalid::Size(brief(value))))
+}
+
+/// `value` for a message: short, on one line.
+fn brief(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
 }
 
 /// `memory` in MiB: 1024 unless given.
@@ -677,171 +697,6 @@ fn parse_kernel(kernel: &Params) -> Result<DirectKernel> {
     })
 }
 
-/// The keys of ansible_farm's `vm` that its kvm_provision role acts on and this module does
-/// not, with why: accepted so that its definitions work unchanged, each named in a warning.
-const NOT_RUN: [(&str, &str); 5] = [
-    ("sources", "nothing is downloaded or converted; put the images in the pool first"),
-    ("callbacks", "the source callbacks are not run"),
-    ("template", "the XML template is not rendered; render it yourself and pass xml"),
-    ("cleanup_tmp", "nothing is downloaded, so nothing is cleaned up"),
-    ("tmp_dir", "nothing is downloaded"),
-];
-
-/// The keys of ansible_farm's `vm` that are native options under another name.
-const DOMAIN_KEYS: [(&str, &str); 8] = [
-    ("virt_domain", "domain_type"),
-    ("arch", "arch"),
-    ("machine", "machine"),
-    ("emulator", "emulator"),
-    ("cpu", "cpu"),
-    ("ram", "memory"),
-    ("vcpus", "vcpus"),
-    // ansible_farm's firmware is a pflash path.
-    ("firmware", "loader"),
-];
-
-/// ansible_farm's `vm` (a target merged with a platform) as native keys: the keys its
-/// kvm_provision template reads, plus `kernel.initrd`. The keys of its role that this module
-/// does not act on add a warning; any other key is refused, naming it. Every problem is added
-/// to `errors`; what could be read is returned.
-fn legacy_to_native(vm: Loose, warnings: &mut Vec<String>, errors: &mut ArgumentErrors) -> Map<String, Value> {
-    let mut top: Vec<&str> = DOMAIN_KEYS.iter().map(|(key, _)| *key).collect();
-    top.extend(["metadata", "kernel", "disks", "net"]);
-    // Some definitions have cleanup_tmp beside metadata rather than in it.
-    let top_not_run: Vec<_> = NOT_RUN.into_iter().filter(|(key, _)| *key == "cleanup_tmp").collect();
-    vm.check_keys(&top, &top_not_run, warnings, errors);
-    let mut native = Map::new();
-    let pool_dir = match errors.check(vm.dict("metadata")) {
-        Some(Some(meta)) => legacy_metadata(&meta, &mut native, warnings, errors),
-        Some(None) => {
-            errors.push(format!("{}: required", vm.name("metadata")));
-            String::new()
-        }
-        None => String::new(),
-    };
-    for (from, to) in DOMAIN_KEYS {
-        if let Some(value) = vm.get(from) {
-            native.insert(to.into(), value.clone());
-        }
-    }
-    if let Some(Some(kernel)) = errors.check(vm.dict("kernel")) {
-        kernel.check_keys(&["src", "params", "initrd"], &[], warnings, errors);
-        let src = errors.check(kernel.required_text("src"));
-        let initrd = errors.check(kernel.text("initrd"));
-        let params = errors.check(kernel.text("params"));
-        if let (Some(src), Some(initrd), Some(params)) = (src, initrd, params) {
-            let mut direct = json!({ "path": format!("{pool_dir}{src}") });
-            if let Some(initrd) = initrd {
-                direct["initrd"] = json!(format!("{pool_dir}{initrd}"));
-            }
-            if let Some(params) = params {
-                direct["cmdline"] = json!(params);
-            }
-            native.insert("kernel".into(), direct);
-        }
-    }
-    let mut disks = Vec::new();
-    for (i, disk) in vm.dicts("disks", errors).into_iter().enumerate() {
-        disk.check_keys(&["type", "devname", "src"], &[], warnings, errors);
-        let default_target = || format!("vd{}", char::from(b'a' + (i % 26) as u8));
-        let src = errors.check(disk.required_text("src"));
-        let format = errors.check(disk.text("type"));
-        let target = errors.check(disk.text("devname"));
-        if let (Some(src), Some(format), Some(target)) = (src, format, target) {
-            disks.push(json!({
-                "path": format!("{pool_dir}{src}"),
-                "format": format.unwrap_or_else(|| "qcow2".into()),
-                "target": target.unwrap_or_else(default_target),
-            }));
-        }
-    }
-    if !disks.is_empty() {
-        native.insert("disks".into(), json!(disks));
-    }
-    if let Some(Some(net)) = errors.check(vm.dict("net")) {
-        if let Some(nic) = legacy_nic(&net, warnings, errors) {
-            native.insert("networks".into(), json!([nic]));
-        }
-    }
-    native
-}
-
-/// ansible_farm's `vm.metadata` into `native` (name, URI, our metadata); its pool directory.
-fn legacy_metadata(
-    meta: &Loose,
-    native: &mut Map<String, Value>,
-    warnings: &mut Vec<String>,
-    errors: &mut ArgumentErrors,
-) -> String {
-    let meta_keys = ["name", "hostname", "platform_name", "target_name", "arch_name", "libvirt_pool_dir", "connection"];
-    meta.check_keys(&[&meta_keys[..], &["auth"]].concat(), &NOT_RUN, warnings, errors);
-    if let Some(name) = errors.check(meta.required_text("name")) {
-        native.insert("name".into(), json!(name));
-    }
-    let mut text = |key: &str| errors.check(meta.text(key)).flatten();
-    // The libvirt URI of the VM, as ansible_farm's roles pass it to libvirt.
-    if let Some(uri) = text("connection") {
-        native.insert("uri".into(), json!(uri));
-    }
-    let pool_dir = text("libvirt_pool_dir").unwrap_or_default();
-    // arch_name is a target definition's name for itself.
-    let (target, arch_name) = (text("target_name"), text("arch_name"));
-    let mut metadata = Map::new();
-    for (key, value) in
-        [("platform", text("platform_name")), ("target", target.or(arch_name)), ("hostname", text("hostname"))]
-    {
-        if let Some(value) = value {
-            metadata.insert(key.into(), json!(value));
-        }
-    }
-    if let Some(Some(auth)) = errors.check(meta.dict("auth")) {
-        auth.check_keys(
-            &["user", "password", "become_user", "become_password", "become_method"],
-            &[],
-            warnings,
-            errors,
-        );
-        // The secrets stay with Ansible (the role passes them to add_host), never in the domain.
-        if let Some(Some(user)) = errors.check(auth.text("user")) {
-            metadata.insert("ansible_user".into(), json!(user));
-        }
-    }
-    native.insert("metadata".into(), Value::Object(metadata));
-    pool_dir
-}
-
-/// ansible_farm's `vm.net` as one item of `networks`; every problem is added to `errors`.
-fn legacy_nic(net: &Loose, warnings: &mut Vec<String>, errors: &mut ArgumentErrors) -> Option<Value> {
-    let kind = errors.check(net.text("type")).map(|kind| kind.unwrap_or_else(|| "network".into()));
-    let user = kind.as_deref() == Some("user");
-    // With `user`, source (hostfwd=...) and ip (127.0.0.1) describe a port forward.
-    let forwards = "libvirt's user network has no port forwarding; reach the guest through its agent";
-    let warned: &[(&str, &str)] = if user { &[("source", forwards), ("ip", forwards)] } else { &[] };
-    // mask is accepted: a reservation takes the network's own netmask.
-    net.check_keys(&["type", "source", "mac", "ip", "mask"], warned, warnings, errors);
-    let mac = errors.check(net.text("mac"));
-    let ip = errors.check(net.text("ip"));
-    let nic = match kind.as_deref() {
-        None => None,
-        Some("user") => Some(json!({ "type": "user" })),
-        Some("bridge") => errors.check(net.required_text("source")).map(|source| json!({ "bridge": source })),
-        Some("network") => errors.check(net.required_text("source")).map(|source| json!({ "network": source })),
-        Some(other) => {
-            errors.push(format!("{}: {other:?} is not supported (network, bridge or user)", net.name("type")));
-            None
-        }
-    };
-    let (mut nic, mac, ip) = (nic?, mac?, ip?);
-    if let Some(mac) = mac {
-        nic["mac"] = json!(mac);
-    }
-    // `dhcp` asks for no fixed address.
-    if let Some(ip) = ip.filter(|ip| !user && ip != "dhcp") {
-        nic["ip"] = json!(ip);
-    }
-    Some(nic)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -863,6 +718,15 @@ mod tests {
             DomainSource::Generated(spec) => spec,
             DomainSource::Given { .. } => panic!("expected a generated domain"),
         }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("memory", &json!(2), 1 << 20).unwrap(), 2 << 20);
+        let err = size("vms[2].memory", &json!([1]), 1).unwrap_err().to_string();
+        assert_eq!(err, "vms[2].memory: [1] is not a size (examples: 512, 512M, 2G, 10GiB)");
+        let err = size("memory", &json!("x".repeat(1000)), 1).unwrap_err().to_string();
+        assert!(err.len() < 120, "{err}");
     }
 
     #[test]
@@ -1018,26 +882,32 @@ mod tests {
                 json!({"name": "a", "image": "b", "metadata": {"a b": 1, "ansible_password": "x", "project": ["p"]}}),
                 vec!["metadata", "metadata.ansible_password", "metadata.project"],
             ),
-            (
-                json!({"vm": {"colour": 1, "metadata": {"owner": "x", "auth": {"token": 1}},
-                              "disks": [{"size": 1}, 7], "net": {"type": "vde", "mac": [1]}, "kernel": {"initramfs": "i"}}}),
-                vec![
-                    "vm.colour",
-                    "vm.metadata.owner",
-                    "vm.metadata.name",
-                    "vm.metadata.auth.token",
-                    "vm.kernel.initramfs",
-                    "vm.kernel.src",
-                    "vm.disks[1]",
-                    "vm.disks[0].size",
-                    "vm.disks[0].src",
-                    "vm.net.mac",
-                    "vm.net.type",
-                ],
-            ),
         ];
         for (args, expected) in cases {
             assert_eq!(named(args.clone()), expected, "{args}");
+        }
+        // ansible_farm's `vm` has an argument spec of its own: its errors are in AnsibleModule's
+        // words, the unknown keys first, each naming its key by its full path.
+        let vm = json!({"vm": {"colour": 1, "metadata": {"owner": "x", "auth": {"token": 1}},
+                               "disks": [{"size": 1}, 7], "net": {"type": "vde", "mac": [1]}, "kernel": {"initramfs": "i"}}});
+        let err = parse(vm).expect_err("refused");
+        let messages = err.downcast_ref::<ArgumentErrors>().expect("argument errors").messages().to_vec();
+        let expected = [
+            ["vm.colour"].as_slice(),
+            &["vm.metadata.owner"],
+            &["vm.metadata.auth.token"],
+            &["vm.kernel.initramfs"],
+            &["vm.disks[0].size"],
+            &["'vm.disks'", "<class 'int'>"],
+            &["vm.metadata.name"],
+            &["vm.kernel.src"],
+            &["vm.disks[0].src"],
+            &["vm.net.type", "vde"],
+            &["vm.net.mac", "[1]"],
+        ];
+        assert_eq!(messages.len(), expected.len(), "{messages:#?}");
+        for (message, names) in messages.iter().zip(expected) {
+            assert!(names.iter().all(|name| message.contains(name)), "{message} names {names:?}");
         }
     }
 

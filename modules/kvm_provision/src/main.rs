@@ -6,8 +6,8 @@
 //! (placement in [`hypervisors`]); `virtfarm_libvirt::provision` does the work; [`report`]
 //! turns its outcomes into the reply.
 
+mod ansible_farm;
 mod definition;
-mod fields;
 mod hypervisors;
 mod report;
 
