@@ -658,12 +658,12 @@ fn guest_provision(bed: &Bed) -> ModuleCorpus {
     special.mistakes(
         "bad port and bad timeout",
         json!({ "state": "reachable", "host": "hx-nowhere.invalid", "port": 70000, "timeout": -1 }),
-        &["port must be", "timeout must be"],
+        &["port: must be", "timeout: must be"],
     );
     special.mistakes(
         "a spec mistake and a rule mistake",
         json!({ "state": "reachable", "host": "hx-nowhere.invalid", "port": 70000, "wait": "forever" }),
-        &["value of wait must be one of", "port must be"],
+        &["value of wait must be one of", "port: must be"],
     );
     special.mistakes(
         "a bad quiesce, a revision of auto, a bad project",
