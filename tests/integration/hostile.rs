@@ -617,6 +617,10 @@ fn guest_provision(bed: &Bed) -> ModuleCorpus {
     special.add("stopped without name", json!({ "state": "stopped" }), "name");
     special.add("phases without lookup_dir", json!({ "state": "phases" }), "lookup_dir");
     special.add("reachable without host", json!({ "state": "reachable" }), "host");
+    for (option, dir) in [("platform_name", ".."), ("target_name", "a/b"), ("platform_name", "/etc")] {
+        let args = json!({ "state": "phases", "lookup_dir": "/tmp", "platform_name": "p", option: dir });
+        special.add("phase directory", args, option);
+    }
     special.add(
         "cache_prepared without project",
         json!({ "state": "cache_prepared", "name": "hx-none" }),

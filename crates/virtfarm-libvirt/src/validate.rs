@@ -50,6 +50,9 @@ pub enum Invalid {
     /// The name of a pool, network, volume or bridge that is not one printable name.
     #[error("{0:?} is not a usable name (one printable name, no '/')")]
     ObjectName(String),
+    /// A name that is not one directory of a path: it would leave the directory it names into.
+    #[error("{0:?} is not a plain directory name (one path component, not '.' or '..')")]
+    DirectoryName(String),
     /// Free text with control characters that XML 1.0 cannot carry.
     #[error("contains control characters")]
     ControlCharacters,
@@ -149,6 +152,12 @@ pub fn host_path(path: &str) -> Result<&str, Invalid> {
     ok.then_some(path).ok_or_else(|| Invalid::HostPath(path.to_string()))
 }
 
+/// One directory below another: a single path component, not `.` or `..`.
+pub fn directory_name(name: &str) -> Result<&str, Invalid> {
+    let ok = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+    ok.then_some(name).ok_or_else(|| Invalid::DirectoryName(name.to_string()))
+}
+
 /// A libvirt URI's shape (`driver[+transport]://[host]/path`); whether it answers is for the
 /// connection to say.
 pub fn uri(uri: &str) -> Result<&str, Invalid> {
@@ -245,6 +254,14 @@ mod tests {
         for bad in ["", "zz:zz:zz", "52:54:00:ab:cd", "52-54-00-ab-cd-ef", "01:00:5e:00:00:01", "52:54:00:ab:cd:ef:00"]
         {
             assert_eq!(mac(bad), Err(Invalid::Mac(bad.to_string())), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_directory_name_never_leaves_its_parent() {
+        assert_eq!(directory_name("debian_12"), Ok("debian_12"));
+        for bad in ["", ".", "..", "a/b", "/etc", "../x"] {
+            assert_eq!(directory_name(bad), Err(Invalid::DirectoryName(bad.into())), "{bad}");
         }
     }
 

@@ -8,11 +8,10 @@ use ansible_module::{ArgSpec, ArgumentErrors, Opt, Params, Type};
 use anyhow::{anyhow, bail, Result};
 use serde_json::json;
 use virtfarm_libvirt::power::StopPolicy;
+use virtfarm_libvirt::snapshot::cache::phases::PhaseQuery;
 use virtfarm_libvirt::snapshot::cache::{CacheNames, CacheSteps};
 use virtfarm_libvirt::validate::{self, ZeroSeconds, WAIT_CHOICES};
 use virtfarm_libvirt::wait::Readiness;
-
-use crate::phases::PhaseQuery;
 
 const STATES: [&str; 6] = ["phases", "started", "reachable", "cache_prepared", "cache_saved", "stopped"];
 
@@ -96,7 +95,7 @@ pub fn to_step(params: &Params) -> Result<Step, ArgumentErrors> {
 /// given up on, so that each bad one is named.
 fn read_step(params: &Params, errors: &mut ArgumentErrors) -> Option<Step> {
     Some(match errors.check(params.str("state"))? {
-        "phases" => Step::Phases(errors.check(phase_query(params))?),
+        "phases" => Step::Phases(phase_query(params, errors)?),
         "reachable" => {
             let port = errors.check(params.int_checked("port", |port| within::<u16>(port, "between 0 and 65535")));
             let host = errors.check(params.str("host"));
@@ -139,20 +138,32 @@ fn read_step(params: &Params, errors: &mut ArgumentErrors) -> Option<Step> {
     })
 }
 
-fn phase_query(params: &Params) -> Result<PhaseQuery> {
-    let lookup_dir = Path::new(params.str("lookup_dir")?);
-    let lookup_dir = match params.opt_str("relative_to")? {
-        Some(base) if lookup_dir.is_relative() => Path::new(base).join(lookup_dir),
-        _ => lookup_dir.to_path_buf(),
+/// The `phases` step's query; `None` once `errors` names every bad value.
+fn phase_query(params: &Params, errors: &mut ArgumentErrors) -> Option<PhaseQuery> {
+    let lookup_dir = errors.check(params.str("lookup_dir")).map(Path::new);
+    let relative_to = errors.check(params.opt_str("relative_to"));
+    let platform_name = errors.check(directory(params, "platform_name"));
+    let target_name = errors.check(directory(params, "target_name"));
+    let allowed = errors.check(allowed_phases(params));
+    let revision = errors.check(params.str("revision"));
+    let lookup_dir = match (lookup_dir?, relative_to?) {
+        (dir, Some(base)) if dir.is_relative() => Path::new(base).join(dir),
+        (dir, _) => dir.to_path_buf(),
     };
-    Ok(PhaseQuery {
+    Some(PhaseQuery {
         lookup_dir,
-        platform_name: params.opt_str("platform_name")?.map(str::to_string),
-        target_name: params.opt_str("target_name")?.map(str::to_string),
-        allowed: allowed_phases(params)?.into_iter().map(str::to_string).collect(),
-        revision: params.str("revision")?.to_string(),
+        platform_name: platform_name?,
+        target_name: target_name?,
+        allowed: allowed?.into_iter().map(str::to_string).collect(),
+        revision: Some(revision?).filter(|r| *r != "auto").map(str::to_string),
         revision_vars: params.get("revision_vars").cloned().unwrap_or(json!({})),
     })
+}
+
+/// A directory below `lookup_dir` (a platform's, a target's); empty is none.
+fn directory(params: &Params, name: &str) -> Result<Option<String>, ansible_module::Error> {
+    let given = params.opt_str(name)?.filter(|dir| !dir.is_empty());
+    given.map(|dir| params.checked(name, dir, validate::directory_name).map(str::to_string)).transpose()
 }
 
 /// `allowed_phases`, each checked against the old role's step names.
@@ -267,6 +278,10 @@ mod tests {
         let msg = failure(json!({"state": "cache_prepared", "name": "vm", "project_id": "p", "revision": "auto",
                                  "allowed_phases": ["main", "restore everything"]}));
         assert!(msg.contains("revision: ") && msg.contains("allowed_phases: "), "{msg}");
+        let msg = failure(json!({"state": "phases", "lookup_dir": "/srv/phases", "platform_name": "..",
+                                 "target_name": "a/b"}));
+        assert!(msg.starts_with("platform_name: \"..\" is not a plain directory name"), "{msg}");
+        assert!(msg.contains("; target_name: \"a/b\" is not"), "{msg}");
     }
 
     #[test]

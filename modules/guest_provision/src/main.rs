@@ -1,12 +1,11 @@
 //! `virtfarm.libvirt.guest_provision`: the steps of the cached VM lifecycle that the
 //! `guest_provision` role runs between the user's phase files, one per `state`.
 //!
-//! `phases` is resolved here, on the controller (`phases`); the other steps' work is the
-//! library's (`provision::lifecycle`, `wait`, `snapshot::cache`). This binary reads the
+//! Each step's work is the library's (`snapshot::cache::phases` on the controller, where the
+//! phase files are; `provision::lifecycle`, `wait`, `snapshot::cache`). This binary reads the
 //! options (`args`) and renders each typed outcome as JSON (`render`).
 
 mod args;
-mod phases;
 mod render;
 
 use ansible_module::{Module, Response};
@@ -30,7 +29,7 @@ fn guest_provision(module: &Module, step: Step) -> Result<Response> {
         Ok((hypervisor, vm, lock))
     };
     Ok(match step {
-        Step::Phases(query) => render::phases(&query, phases::plan(&query)?),
+        Step::Phases(query) => render::phases(&query, cache::phases::plan(&query).context("lookup_dir")?),
         Step::Reachable { host, port, banner, timeout } => {
             render::reachable(wait::until_answers(&host, port, &banner, timeout).context("timeout")?)
         }

@@ -6,11 +6,10 @@ use ansible_module::{Diff, Response};
 use serde_json::{json, Map, Value};
 use virtfarm_libvirt::power::StopOutcome;
 use virtfarm_libvirt::provision::lifecycle::{StartError, Started, Stopped};
+use virtfarm_libvirt::snapshot::cache::phases::{PhasePlan, PhaseQuery};
 use virtfarm_libvirt::snapshot::cache::{CacheAction, CacheNames, CacheStep, Prepared, Saved};
 use virtfarm_libvirt::snapshot::{ClockSync, Created};
 use virtfarm_libvirt::PowerState;
-
-use crate::phases::{PhasePlan, PhaseQuery};
 
 /// The `phases` step: nothing changes, the plan is returned for the role to follow.
 pub fn phases(query: &PhaseQuery, plan: PhasePlan) -> Response {

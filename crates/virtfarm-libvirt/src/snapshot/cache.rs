@@ -3,6 +3,7 @@
 //! the init work, keep it as this revision's init snapshot. [`plan`] decides from the names
 //! alone; this module carries the decision out.
 
+pub mod phases;
 pub mod plan;
 
 use std::time::Instant;

@@ -1,12 +1,15 @@
-//! The `phases` step: which phase file runs for each phase, and the cache revision.
+//! Which of a guest lifecycle's phase files run, and the cache revision they make.
 //!
-//! Runs on the controller, where the playbook's phase files are. Each phase is looked up on
-//! its own, most specific directory first, so a platform can override `dependencies.yaml`
-//! while sharing the generic `main.yaml`.
+//! The files are where the lifecycle runs from (the controller, for the guest_provision role).
+//! Each phase is looked up on its own, most specific directory first, so a platform can
+//! override `dependencies.yaml` while sharing the generic `main.yaml`. The revision names the
+//! init snapshot (see [`super::CacheNames`]): it changes when what the cached phases do does.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
+
+use crate::validate::{self, Invalid};
 
 /// The phases a user may provide, in the order they run.
 pub const PHASES: [&str; 4] = ["dependencies", "init", "main", "terminate"];
@@ -14,20 +17,20 @@ pub const PHASES: [&str; 4] = ["dependencies", "init", "main", "terminate"];
 /// The phases whose work the init snapshot keeps: their content is the cache key.
 const CACHED_PHASES: [&str; 2] = ["dependencies", "init"];
 
-/// What the `phases` step was asked.
+/// Where to look for the phase files, and what makes the revision.
 #[derive(Debug)]
 pub struct PhaseQuery {
-    /// `phases_lookup_dir_path`, already made absolute.
+    /// The directory of the phase files.
     pub lookup_dir: PathBuf,
-    /// The VM's platform, the second most specific level.
+    /// The guest's platform: a directory under `lookup_dir`, the second most specific level.
     pub platform_name: Option<String>,
-    /// The VM's target, the most specific level (only used under a platform).
+    /// The guest's target: a directory under the platform's, the most specific level.
     pub target_name: Option<String>,
-    /// Phases allowed to run, in the old role's names.
+    /// The phases allowed to run.
     pub allowed: Vec<String>,
-    /// `auto`, or the revision the user gives.
-    pub revision: String,
-    /// Extra values whose change must invalidate the cache.
+    /// The revision as given, or `None` to compute it from the cached phases' files.
+    pub revision: Option<String>,
+    /// Extra values whose change must change the revision.
     pub revision_vars: Value,
 }
 
@@ -42,19 +45,19 @@ pub struct PhasePlan {
     pub revision: String,
 }
 
-/// Why a query cannot be answered; each names the parameter at fault.
+/// Why a query cannot be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum PhaseError {
-    /// A name that would leave the lookup directory.
-    #[error("{parameter} must be a plain directory name, got {value:?}")]
+    /// A platform or target name that would leave the lookup directory.
+    #[error("the {level} {source}")]
     NotAPlainName {
-        /// The parameter at fault.
-        parameter: &'static str,
-        /// Its value.
-        value: String,
+        /// `platform` or `target`.
+        level: &'static str,
+        /// The rule's refusal.
+        source: Invalid,
     },
     /// A phase file that exists but cannot be read.
-    #[error("cannot read phase file {path} (found under lookup_dir): {message}")]
+    #[error("cannot read phase file {path}: {message}")]
     Unreadable {
         /// The file.
         path: PathBuf,
@@ -67,8 +70,8 @@ impl PhaseQuery {
     /// Directories to search, most specific first; a target without a platform is ignored,
     /// as the old role's path_join of the three levels was.
     fn search_dirs(&self) -> Result<Vec<PathBuf>, PhaseError> {
-        let platform = plain_name("platform_name", self.platform_name.as_deref())?;
-        let target = plain_name("target_name", self.target_name.as_deref())?;
+        let platform = plain_name("platform", self.platform_name.as_deref())?;
+        let target = plain_name("target", self.target_name.as_deref())?;
         let mut dirs = Vec::with_capacity(3);
         if let Some(platform) = platform {
             let platform_dir = self.lookup_dir.join(platform);
@@ -86,18 +89,10 @@ impl PhaseQuery {
     }
 }
 
-/// Accepts an absent or empty name, or one path component; refuses `..`, `/` and the like.
-fn plain_name<'a>(parameter: &'static str, value: Option<&'a str>) -> Result<Option<&'a str>, PhaseError> {
-    match value.filter(|v| !v.is_empty()) {
-        None => Ok(None),
-        Some(v)
-            if matches!(Path::new(v).components().collect::<Vec<_>>()[..], [Component::Normal(_)])
-                && !v.contains('/') =>
-        {
-            Ok(Some(v))
-        }
-        Some(v) => Err(PhaseError::NotAPlainName { parameter, value: v.to_string() }),
-    }
+/// An absent or empty name, or one directory ([`validate::directory_name`]).
+fn plain_name<'a>(level: &'static str, name: Option<&'a str>) -> Result<Option<&'a str>, PhaseError> {
+    let name = name.filter(|n| !n.is_empty());
+    name.map(validate::directory_name).transpose().map_err(|source| PhaseError::NotAPlainName { level, source })
 }
 
 /// The first `<phase>.yaml` or `<phase>.yml` in `dirs`.
@@ -113,8 +108,10 @@ pub fn plan(query: &PhaseQuery) -> Result<PhasePlan, PhaseError> {
     let found: Vec<_> = PHASES.iter().map(|&phase| (phase, find_phase_file(&searched, phase))).collect();
     // The key covers the files found, allowed or not: a run restricted by allowed_phases must
     // neither miss nor prune the cache that full runs use.
-    let revision =
-        if query.revision == "auto" { auto_revision(&found, &query.revision_vars)? } else { query.revision.clone() };
+    let revision = match &query.revision {
+        Some(given) => given.clone(),
+        None => auto_revision(&found, &query.revision_vars)?,
+    };
     let files = found.into_iter().map(|(phase, file)| (phase, file.filter(|_| query.allows(phase)))).collect();
     Ok(PhasePlan { searched, files, revision })
 }
@@ -149,7 +146,9 @@ fn canonical_json(value: &Value) -> String {
 }
 
 /// 128-bit FNV-1a: stable across Rust releases (unlike `DefaultHasher`), which a key kept in
-/// snapshot names needs. Not cryptographic: it detects edits, it does not resist forgery.
+/// snapshot names needs. Not cryptographic: it detects edits, it does not resist forgery. Not
+/// [`crate::naming::Fingerprint`]: a different key would make every cache of a user's a stale
+/// revision, which `prune` deletes.
 struct Fnv1a(u128);
 
 impl Default for Fnv1a {
@@ -182,6 +181,8 @@ impl Fnv1a {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use serde_json::json;
 
@@ -202,7 +203,7 @@ mod tests {
             platform_name: Some("debian".into()),
             target_name: Some("amd64".into()),
             allowed: allowed.iter().map(|s| s.to_string()).collect(),
-            revision: "auto".into(),
+            revision: None,
             revision_vars: json!({}),
         }
     }
@@ -263,7 +264,7 @@ mod tests {
     fn given_revision_is_kept() {
         let root = tree("given", &[("init.yaml", "x")]);
         let mut q = query(&root, &PHASES);
-        q.revision = "v2".into();
+        q.revision = Some("v2".into());
         assert_eq!(plan(&q).unwrap().revision, "v2");
     }
 
@@ -274,7 +275,7 @@ mod tests {
             let mut q = query(&root, &PHASES);
             q.target_name = Some(bad.into());
             let err = plan(&q).unwrap_err().to_string();
-            assert!(err.contains("target_name"), "{bad}: {err}");
+            assert!(err.starts_with("the target "), "{bad}: {err}");
         }
         let mut q = query(&root, &PHASES);
         q.platform_name = None;
