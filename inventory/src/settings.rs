@@ -75,7 +75,8 @@ struct Args {
     /// machine. Repeat for several.
     #[arg(long = "trusted-uri", value_name = "URI")]
     trusted_uris: Vec<String>,
-    /// Seconds to wait for each URI or LXD server before reporting it as failed [default: 10].
+    /// Seconds to wait for each URI or LXD server before reporting it as failed; guest agents
+    /// answer within what is left of it [default: 10].
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
     /// Keep the inventory in this file and reuse it while it is fresh.
@@ -187,6 +188,7 @@ impl Settings {
                 preferred_networks: networks,
                 ipv6: args.ipv6 || config.ipv6.unwrap_or(false),
                 exclude_inactive: args.exclude_shutoff || config.exclude_shutoff.unwrap_or(false),
+                agent_deadline: None,
             },
             render: RenderOptions {
                 prefix: args.prefix.or(config.prefix).unwrap_or_default(),

@@ -45,6 +45,10 @@ pub struct SourceReport {
 /// soon). Reports come back in the order of `sources`.
 pub fn read_all(sources: &[Source], options: &ScanOptions, timeout: Duration) -> Vec<SourceReport> {
     let started = Instant::now();
+    // The guest agents answer in what is left of the timeout, less a margin for the rest of
+    // the scan: a slow agent costs its guest's address, not every host of its URI.
+    let margin = (timeout / 5).min(Duration::from_secs(1));
+    let options = ScanOptions { agent_deadline: Some(started + timeout.saturating_sub(margin)), ..options.clone() };
     let (sender, receiver) = mpsc::channel();
     for (index, source) in sources.iter().enumerate() {
         let (sender, source, options) = (sender.clone(), source.clone(), options.clone());

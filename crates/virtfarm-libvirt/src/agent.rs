@@ -27,7 +27,7 @@ pub struct GuestAddress {
 }
 
 /// Seconds a single agent command may take before libvirt gives up on it.
-const COMMAND_TIMEOUT_S: i32 = 10;
+pub(crate) const COMMAND_TIMEOUT_S: i32 = 10;
 
 impl<'a> GuestAgent<'a> {
     pub(crate) fn new(domain: &'a Domain, name: &'a str) -> Self {
@@ -105,7 +105,12 @@ impl<'a> GuestAgent<'a> {
 
     /// The guest's addresses, loopback and link-local left out.
     pub fn addresses(&self) -> Result<Vec<GuestAddress>> {
-        let interfaces = self.command("guest-network-get-interfaces", None, COMMAND_TIMEOUT_S)?;
+        self.addresses_within(COMMAND_TIMEOUT_S)
+    }
+
+    /// [`addresses`](Self::addresses), the guest given `seconds` (at least 1) to answer.
+    pub fn addresses_within(&self, seconds: i32) -> Result<Vec<GuestAddress>> {
+        let interfaces = self.command("guest-network-get-interfaces", None, seconds.max(1))?;
         Ok(parse_interfaces(&interfaces))
     }
 }

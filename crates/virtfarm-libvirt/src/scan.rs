@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::os::raw::c_int;
+use std::time::Instant;
 
 use virt::domain::{Domain, DomainStateEnum};
 
@@ -41,6 +42,11 @@ pub struct ScanOptions {
     pub ipv6: bool,
     /// Leave out domains that are not running, paused or suspended.
     pub exclude_inactive: bool,
+    /// When the guest agents must have answered: each is given what is left (at most its
+    /// usual bound), and once less than a second is left the remaining domains' agents are not
+    /// asked, each named in a warning, so that slow agents cost their own addresses and not
+    /// the whole scan. `None`: the usual bound for each.
+    pub agent_deadline: Option<Instant>,
 }
 
 /// Where an address came from, best first.
@@ -282,8 +288,13 @@ impl<'a> Pass<'a> {
     }
 
     fn fill_from_agent(&mut self, vm: &Vm, interfaces: &mut [InterfaceAddress]) {
+        let Some(seconds) = agent_seconds(self.options.agent_deadline, Instant::now()) else {
+            let why = "no time was left before the timeout to ask its guest agent";
+            self.scan.warnings.push(format!("{}: {why}", vm.name()));
+            return;
+        };
         self.scan.calls += 1;
-        match vm.agent().addresses() {
+        match vm.agent().addresses_within(seconds) {
             Ok(found) => {
                 let seen = found.into_iter().filter_map(|a| Some((a.mac?, a.ip, a.ipv6)));
                 fill_by_mac(interfaces, &seen.collect::<Vec<_>>(), IpSource::Agent, self.options.ipv6);
@@ -419,12 +430,31 @@ fn read_in_parallel(vms: &[(Vm, PowerState)]) -> Vec<Result<Definition>> {
     })
 }
 
+/// Seconds the next guest agent may take to answer: its usual bound, cut to what is left
+/// before `deadline`; `None` once less than a second is left.
+fn agent_seconds(deadline: Option<Instant>, now: Instant) -> Option<i32> {
+    let Some(deadline) = deadline else { return Some(crate::agent::COMMAND_TIMEOUT_S) };
+    let left = deadline.checked_duration_since(now)?.as_secs();
+    (left >= 1).then(|| i32::try_from(left).unwrap_or(i32::MAX).min(crate::agent::COMMAND_TIMEOUT_S))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn nic(mac: &str, network: &str, ip: Option<&str>) -> InterfaceAddress {
         InterfaceAddress { mac: mac.into(), network: Some(network.into()), ip: ip.map(Into::into), source: None }
+    }
+
+    #[test]
+    fn a_guest_agent_gets_what_is_left_of_the_timeout() {
+        let now = Instant::now();
+        let in_secs = |s: u64| Some(now + std::time::Duration::from_secs(s));
+        assert_eq!(agent_seconds(None, now), Some(10), "no deadline: the usual bound");
+        assert_eq!(agent_seconds(in_secs(60), now), Some(10), "never more than the usual bound");
+        assert_eq!(agent_seconds(in_secs(3), now), Some(3));
+        assert_eq!(agent_seconds(Some(now + std::time::Duration::from_millis(900)), now), None);
+        assert_eq!(agent_seconds(Some(now), now + std::time::Duration::from_secs(1)), None, "past");
     }
 
     #[test]
