@@ -92,7 +92,8 @@ pub fn to_native(
             warnings.push(format!("{}: accepted but not run: {why}", params.name_of(key)));
         }
     };
-    warn(&vm, &NOT_RUN[3..4]);
+    // cleanup_tmp, which some definitions have beside metadata rather than in it.
+    warn(&vm, &NOT_RUN);
     let pool_dir = match errors.check(vm.dict("metadata")) {
         Some(meta) => {
             warn(&meta, &NOT_RUN);
