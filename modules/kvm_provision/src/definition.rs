@@ -435,7 +435,7 @@ fn parse_firmware(fields: &Params, deprecations: &mut Vec<String>) -> Result<Fir
 
 /// A size: an integer in `default_unit`, or a string with a unit ([`validate::size`]); in
 /// bytes. `name` is the parameter's full name, for the error.
-pub fn size(name: &str, value: &Value, default_unit: u64) -> Result<u64> {
+fn size(name: &str, value: &Value, default_unit: u64) -> Result<u64> {
     let parsed = match value {
         Value::Number(n) => n.as_u64().and_then(|n| n.checked_mul(default_unit)).filter(|n| *n > 0),
         Value::String(s) => validate::size(s, default_unit).ok(),
