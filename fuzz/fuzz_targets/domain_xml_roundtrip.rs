@@ -96,10 +96,11 @@ fuzz_target!(|input: Input| {
     assert_eq!(facts.nics.iter().map(|n| n.mac.clone()).collect::<Vec<_>>(), macs, "{xml}");
     let files: Vec<Option<String>> = spec.disks.iter().map(|d| Some(d.path.clone())).collect();
     assert_eq!(facts.disks.iter().map(|d| d.file.clone()).collect::<Vec<_>>(), files, "{xml}");
-    assert_eq!(InstanceMetadata::from_domain_xml(&xml).expect("our metadata reads back"), spec.metadata, "{xml}");
+    assert_eq!(facts.metadata, spec.metadata, "our metadata reads back: {xml}");
     // The same strings survive the rewrite of a given XML.
     let rewritten = reconcile_identity(&xml, &spec.name, Some("0b6a1d3e-2f6b-4c1e-9d0a-1a2b3c4d5e6f"), &spec.metadata)
         .expect("our own XML can be rewritten");
-    assert_eq!(InstanceMetadata::from_domain_xml(&rewritten).expect("metadata reads back"), spec.metadata, "{rewritten}");
-    assert_eq!(DomainFacts::parse(&rewritten).expect("rewritten XML reads back").name, spec.name, "{rewritten}");
+    let facts = DomainFacts::parse(&rewritten).expect("rewritten XML reads back");
+    assert_eq!(facts.metadata, spec.metadata, "metadata reads back: {rewritten}");
+    assert_eq!(facts.name, spec.name, "{rewritten}");
 });

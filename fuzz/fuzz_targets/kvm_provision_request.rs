@@ -1,25 +1,22 @@
-//! kvm_provision's two parsing stages (its argument spec, then `Request::from_params`,
-//! compiled from the module's own source files, through `ansible_module::execute_parsed`, so
-//! also on what the spec let through of arguments it refused) on any JSON, then the XML of
-//! every VM it accepts.
+//! kvm_provision's two parsing stages (its argument spec, then `definition::request`, compiled
+//! from the module's own source files, through `ansible_module::execute_parsed`, so also on
+//! what the spec let through of arguments it refused) on any JSON, then the XML of every VM it
+//! accepts.
 //!
 //! Invariants: no panic; the reply is one JSON object and a refusal says why; every
 //! generated definition is written and reads back with the same name, NICs and disks.
 #![no_main]
 
-// The module's files but its `main.rs`: the parsing needs the modules it names.
+// The module's files that parse, as its `main.rs` names them.
 #[allow(dead_code)]
-#[path = "../../modules/kvm_provision/src/apply.rs"]
-mod apply;
+#[path = "../../modules/kvm_provision/src/ansible_farm.rs"]
+mod ansible_farm;
 #[allow(dead_code)]
 #[path = "../../modules/kvm_provision/src/definition.rs"]
 mod definition;
 #[allow(dead_code)]
-#[path = "../../modules/kvm_provision/src/fields.rs"]
-mod fields;
-#[allow(dead_code)]
-#[path = "../../modules/kvm_provision/src/placing.rs"]
-mod placing;
+#[path = "../../modules/kvm_provision/src/hypervisors.rs"]
+mod hypervisors;
 
 use ansible_module::Response;
 use libfuzzer_sys::fuzz_target;
@@ -27,15 +24,15 @@ use serde_json::Value;
 use virtfarm_fuzz::Json;
 use virtfarm_libvirt::domain_facts::DomainFacts;
 
-use definition::{DomainSource, Request};
+use virtfarm_libvirt::provision::{DomainSource, Request};
 
 fuzz_target!(|args: Json| {
     let reply = ansible_module::execute_parsed(
         &definition::spec(),
         args.value(),
-        |module| Request::from_params(module.params(), "kvm_provision"),
-        |_, request| {
-            check_definitions(&request);
+        |module| definition::request(module.params(), "kvm_provision"),
+        |_, parsed| {
+            check_definitions(&parsed.request);
             anyhow::Ok(Response::new())
         },
     );

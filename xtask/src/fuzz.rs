@@ -6,6 +6,7 @@
 //! libFuzzer leaves the input in `fuzz/artifacts/<target>/` with the command that replays it.
 
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
@@ -45,4 +46,30 @@ pub fn seconds(arg: Option<&str>) -> Result<u64> {
     arg.map_or(Ok(DEFAULT_SECONDS), |text| {
         text.parse().with_context(|| format!("fuzz: {text:?} is not a number of seconds"))
     })
+}
+
+/// Starts `cargo check` of every fuzz target, at the lowest CPU priority: the crate is outside
+/// the workspace, and its targets compile the modules' own files, so nothing else notices when a
+/// change breaks them. Run beside the tests, it takes only the CPU they leave idle.
+pub fn start_check(root: &Path, cargo: &str) -> Result<Child> {
+    let manifest = root.join("fuzz/Cargo.toml");
+    Command::new("nice")
+        .args(["-n", "19", cargo, "check", "--all-targets", "--manifest-path"])
+        .arg(manifest)
+        // A check links nothing: the path stops libfuzzer-sys from compiling libFuzzer's C++.
+        .env("CUSTOM_LIBFUZZER_PATH", "/nonexistent/libfuzzer.a")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting cargo check of the fuzz targets")
+}
+
+/// Waits for [`start_check`]'s check; its errors when it failed.
+pub fn finish_check(check: Child) -> Result<()> {
+    let output = check.wait_with_output().context("waiting for cargo check of the fuzz targets")?;
+    if !output.status.success() {
+        bail!("the fuzz targets do not compile:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    eprintln!("xtask test: the fuzz targets compile");
+    Ok(())
 }

@@ -94,13 +94,16 @@ fn test(root: &Path, filters: &[&str]) -> Result<()> {
         // playbook and a lease wait ran out of time (the busy share below says how loaded).
         let mut args = vec!["test", "--workspace", "--", "--include-ignored", "--test-threads=2"];
         args.extend_from_slice(filters);
+        let fuzz_check = if filters.is_empty() { Some(fuzz::start_check(root, &cargo)?) } else { None };
         let cpu_before = cpu_times();
         let tested = sh::run(&cargo, &args);
         if let (Some((busy0, all0)), Some((busy1, all1))) = (cpu_before, cpu_times()) {
             let busy = 100.0 * (busy1 - busy0) as f64 / (all1 - all0).max(1) as f64;
             eprintln!("xtask test: the CPUs were {busy:.0}% busy while the tests ran");
         }
+        let fuzz_checked = fuzz_check.map_or(Ok(()), fuzz::finish_check);
         tested?;
+        fuzz_checked?;
         if !filters.is_empty() {
             return Ok(());
         }
