@@ -296,9 +296,17 @@ fn owned(names: &[&str]) -> Vec<String> {
 }
 
 impl ArgSpec {
-    /// A spec with these options and no rules.
+    /// A spec with these options and no rules. As in Python's `argument_spec`, a dict, a name
+    /// declared twice is its last declaration, in the place of the first.
     pub fn new(options: impl IntoIterator<Item = Opt>) -> ArgSpec {
-        ArgSpec { options: options.into_iter().collect(), ..ArgSpec::default() }
+        let mut kept: Vec<Opt> = Vec::new();
+        for option in options {
+            match kept.iter_mut().find(|known| known.name == option.name) {
+                Some(known) => *known = option,
+                None => kept.push(option),
+            }
+        }
+        ArgSpec { options: kept, ..ArgSpec::default() }
     }
 
     /// At most one of `names` may be given (defaults do not count).

@@ -457,6 +457,19 @@ mod tests {
     }
 
     #[test]
+    fn a_name_declared_twice_is_its_last_declaration() {
+        // Found by the module_args fuzz target: the first declaration's defaults used to be
+        // applied beside the second's type.
+        let spec = ArgSpec::new([
+            Opt::dict("name").suboptions(ArgSpec::new([])).apply_defaults(),
+            Opt::str("note"),
+            Opt::bool("name").default(true),
+        ]);
+        assert_eq!(params(&spec, json!({})), json!({"name": true, "note": null}));
+        assert_eq!(spec.option_names().collect::<Vec<_>>(), ["name", "note"]);
+    }
+
+    #[test]
     fn values_are_converted_to_their_type() {
         let spec = ArgSpec::new([Opt::int("count"), Opt::bool("force"), Opt::list("tags").elements(Type::Int)]);
         assert_eq!(
