@@ -77,10 +77,13 @@ pub fn read_all(sources: &[Source], options: &ScanOptions, timeout: Duration) ->
         .iter()
         .zip(outcomes)
         .map(|(source, outcome)| {
-            let (outcome, elapsed) = outcome.unwrap_or_else(|| {
-                (Err(format!("no answer within {:.1} s (timeout)", timeout.as_secs_f64())), timeout)
-            });
+            let (outcome, elapsed) = outcome.unwrap_or_else(|| (Err(no_answer(timeout)), timeout));
             SourceReport { source: source.clone(), outcome, elapsed }
         })
         .collect()
+}
+
+/// What a source that did not answer in time is reported with, whichever bound noticed first.
+pub fn no_answer(timeout: Duration) -> String {
+    format!("no answer within {:.1} s (timeout)", timeout.as_secs_f64())
 }

@@ -28,6 +28,9 @@ pub enum Error {
     /// The server (its socket, or `host:port`) could not be reached or read.
     #[error("cannot reach {0}: {1}")]
     Socket(String, std::io::Error),
+    /// The server did not answer within the timeout.
+    #[error("{}", crate::sources::no_answer(*.0))]
+    NoAnswer(Duration),
     /// The server answered with an error.
     #[error("LXD answered {code}: {message}")]
     Server { code: u16, message: String },
@@ -204,24 +207,34 @@ fn get(server: &Server, path: &str, timeout: Duration) -> Result<serde_json::Val
     let request = format!("GET {path} HTTP/1.0\r\nHost: lxd\r\n\r\n");
     let answer = match &server.endpoint {
         Endpoint::Unix(socket) => {
-            let socket_error = |e| Error::Socket(socket.display().to_string(), e);
-            let stream = UnixStream::connect(socket).map_err(socket_error)?;
-            stream.set_read_timeout(Some(timeout)).map_err(socket_error)?;
-            stream.set_write_timeout(Some(timeout)).map_err(socket_error)?;
+            let socket_error = io_error(socket.display().to_string(), timeout);
+            let stream = UnixStream::connect(socket).map_err(&socket_error)?;
+            stream.set_read_timeout(Some(timeout)).map_err(&socket_error)?;
+            stream.set_write_timeout(Some(timeout)).map_err(&socket_error)?;
             exchange(stream, &request).map_err(socket_error)?
         }
         Endpoint::Https { authority, remote } => {
             let stream = tls::connect(authority, remote, timeout)?;
-            stream.sock.set_read_timeout(Some(timeout)).map_err(|e| Error::Socket(authority.clone(), e))?;
-            stream.sock.set_write_timeout(Some(timeout)).map_err(|e| Error::Socket(authority.clone(), e))?;
+            let socket_error = io_error(authority.clone(), timeout);
+            stream.sock.set_read_timeout(Some(timeout)).map_err(&socket_error)?;
+            stream.sock.set_write_timeout(Some(timeout)).map_err(&socket_error)?;
             exchange(stream, &request).map_err(|e| match e.get_ref() {
                 // A refused handshake surfaces as an I/O error wrapping rustls's.
                 Some(inner) if inner.is::<rustls::Error>() => Error::Tls(inner.to_string()),
-                _ => Error::Socket(authority.clone(), e),
+                _ => socket_error(e),
             })?
         }
     };
     parse_answer(&answer)
+}
+
+/// An I/O error at `place` (a socket, `host:port`): a read or connection that ran out of
+/// `timeout` is [`Error::NoAnswer`], in the words of a source that missed the deadline.
+fn io_error(place: String, timeout: Duration) -> impl Fn(std::io::Error) -> Error {
+    move |e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::NoAnswer(timeout),
+        _ => Error::Socket(place.clone(), e),
+    }
 }
 
 /// Sends `request` and reads the answer to the end of the stream. A TLS peer that closes
@@ -261,6 +274,20 @@ fn parse_answer(answer: &[u8]) -> Result<serde_json::Value, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_that_never_answers_is_reported_as_the_deadline_reports_it() {
+        let dir = std::env::temp_dir().join(format!("vf-lxd-silent-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("silent.socket");
+        let _ = std::fs::remove_file(&socket);
+        // Accepted by the kernel's backlog and never read: the request is sent, no answer comes.
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let server = Server::parse(socket.to_str().unwrap()).unwrap();
+        let error = get(&server, "/1.0", Duration::from_millis(200)).unwrap_err();
+        assert_eq!(error.to_string(), "no answer within 0.2 s (timeout)");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn sources_name_a_socket_and_maybe_a_remote() {

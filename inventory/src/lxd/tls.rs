@@ -61,9 +61,9 @@ fn pem_error(path: &Path, error: rustls::pki_types::pem::Error) -> Error {
 }
 
 fn tcp_connect(authority: &str, timeout: Duration) -> Result<TcpStream, Error> {
-    let io_error = |e| Error::Socket(authority.to_string(), e);
+    let io_error = super::io_error(authority.to_string(), timeout);
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
-    for address in authority.to_socket_addrs().map_err(io_error)? {
+    for address in authority.to_socket_addrs().map_err(&io_error)? {
         match TcpStream::connect_timeout(&address, timeout) {
             Ok(stream) => return Ok(stream),
             Err(e) => last = e,
