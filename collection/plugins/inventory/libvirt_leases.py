@@ -126,7 +126,9 @@ options:
   timeout:
     description:
       - Seconds to wait for each URI or LXD server before reporting it as failed.
-      - The guest agents asked for the addresses of guests without a lease answer within what is left of it, at most 10 seconds each; a guest whose agent there is no time left to ask is listed without C(ansible_host), with a warning, and the rest of its URI is still listed.
+      - The guest agents asked for the addresses of guests without a lease answer within what is left of it,
+        at most 10 seconds each; a guest whose agent there is no time left to ask is listed without
+        C(ansible_host), with a warning, and the rest of its URI is still listed.
     type: float
     default: 10
   executable:
