@@ -143,7 +143,7 @@ impl Params {
         value: T,
         rule: impl FnOnce(T) -> Result<U, E>,
     ) -> Result<U, Error> {
-        rule(value).map_err(|reason| self.invalid(name, reason))
+        rule(value).map_err(|reason| Error::Invalid { name: self.name_of(name), reason: reason.to_string() })
     }
 
     /// A `str` option that may be unset, through the module's own `rule` when set.
@@ -162,11 +162,6 @@ impl Params {
         rule: impl FnOnce(i64) -> Result<U, E>,
     ) -> Result<U, Error> {
         self.checked(name, self.int(name)?, rule)
-    }
-
-    /// [`Error::Invalid`] for option `name`: a module's own rule refused its value.
-    pub fn invalid(&self, name: &str, reason: impl std::fmt::Display) -> Error {
-        Error::Invalid { name: self.name_of(name), reason: reason.to_string() }
     }
 
     /// All parameters as a serde type, for modules that parse in two steps:
