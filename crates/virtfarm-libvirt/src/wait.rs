@@ -9,6 +9,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::connection::Hypervisor;
+use crate::domain_facts::Nic;
 use crate::error::{Error, Result};
 use crate::leases::{lease_newer_than, newest_expiry};
 use crate::scan::{address_of, IpSource};
@@ -150,11 +151,8 @@ pub fn wait_ready(hypervisor: &Hypervisor, vm: &Vm, baseline: &LeaseBaseline, re
             },
         };
         if ready {
-            if let Some((ip, source @ IpSource::Agent)) = &mut address {
-                // The agent can report the address before libvirt records the lease that gave
-                // it: the lease, the NIC's own record, names the source when it says the same.
-                let lease = find_address(hypervisor, vm, network_nic.as_ref(), baseline, Signal::Lease)?;
-                if lease.is_some_and(|(leased, _)| leased == *ip) {
+            if let (Some((ip, source @ (IpSource::Agent | IpSource::Arp))), Some(nic)) = (&mut address, &network_nic) {
+                if lease_gives(hypervisor, vm, nic, baseline, ip, deadline)? {
                     *source = IpSource::Lease;
                 }
             }
@@ -165,6 +163,35 @@ pub fn wait_ready(hypervisor: &Hypervisor, vm: &Vm, baseline: &LeaseBaseline, re
             return Err(Error::Timeout { what: format!("{name}: {missing}"), seconds: readiness.timeout.as_secs() });
         }
         std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+    }
+}
+
+/// How long an address seen by the guest agent or in the ARP table may wait for libvirt to
+/// record the lease that gave it. dnsmasq answers the guest first and has a helper write the
+/// lease to libvirt's file after, so on a loaded host the guest uses the address before the
+/// lease is readable.
+const LEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// True when the lease of `nic`, readable within [`LEASE_GRACE`] (and before `deadline`), gives
+/// `ip`: the lease, the NIC's own record, then names the address's source.
+fn lease_gives(
+    hypervisor: &Hypervisor,
+    vm: &Vm,
+    nic: &Nic,
+    baseline: &LeaseBaseline,
+    ip: &str,
+    deadline: Instant,
+) -> Result<bool> {
+    let grace_ends = deadline.min(Instant::now() + LEASE_GRACE);
+    loop {
+        let lease = find_address(hypervisor, vm, Some(nic), baseline, Signal::Lease)?;
+        if lease.is_some_and(|(leased, _)| leased == ip) {
+            return Ok(true);
+        }
+        if Instant::now() >= grace_ends {
+            return Ok(false);
+        }
+        std::thread::sleep(POLL);
     }
 }
 
@@ -183,7 +210,7 @@ fn describe_missing(signal: Signal, has_network_nic: bool) -> String {
 fn find_address(
     hypervisor: &Hypervisor,
     vm: &Vm,
-    nic: Option<&crate::domain_facts::Nic>,
+    nic: Option<&Nic>,
     baseline: &LeaseBaseline,
     signal: Signal,
 ) -> Result<Option<(String, IpSource)>> {
