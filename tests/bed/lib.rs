@@ -92,6 +92,10 @@ pub const GUEST_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0";
 
 static BED: OnceLock<Bed> = OnceLock::new();
 
+/// When the first test asked for the bed: the end of each test is logged against it, to show
+/// how the two test threads fill the run.
+static RUN_STARTED: OnceLock<Instant> = OnceLock::new();
+
 thread_local! {
     /// Started by a test's first [`Bed::get`]; says how long the test took when its thread
     /// ends, so that every run's log shows what each VM test costs.
@@ -105,7 +109,9 @@ impl Drop for TestClock {
         use std::io::Write;
         let name = std::thread::current().name().unwrap_or("a test").to_string();
         // Straight to stderr: libtest captures print macros, and a passing test's output is dropped.
-        let _ = writeln!(std::io::stderr(), "bed: {name} took {:.1} s", self.0.elapsed().as_secs_f64());
+        let (took, into_run) = (self.0.elapsed(), RUN_STARTED.get().map_or(Duration::ZERO, Instant::elapsed));
+        let (took, into_run) = (took.as_secs_f64(), into_run.as_secs_f64());
+        let _ = writeln!(std::io::stderr(), "bed: {name} took {took:.1} s, ended {into_run:.0} s into the run");
     }
 }
 static BOOTING: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
@@ -115,6 +121,7 @@ impl Bed {
     /// The running bed. Panics with what to do when it is not up: VM tests are `#[ignore]`d
     /// and run only through `cargo xtask test`, which brings it up.
     pub fn get() -> &'static Bed {
+        RUN_STARTED.get_or_init(Instant::now);
         TEST_CLOCK.with(|_| {});
         BED.get_or_init(|| {
             let path = std::env::var("VIRTFARM_BED").unwrap_or_else(|_| "/run/virtfarm-bed/bed.json".into());
