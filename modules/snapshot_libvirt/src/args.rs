@@ -4,11 +4,13 @@
 use std::time::Duration;
 
 use ansible_module::{ArgSpec, ArgumentErrors, Opt, Params, Type};
-use virtfarm_libvirt::snapshot::orchestrate::{AfterRevert, Domain, Request};
+use virtfarm_libvirt::snapshot::orchestrate::{
+    check_domains, check_snapshot, AfterRevert, Domain, Mode, Request, RequestError,
+};
 use virtfarm_libvirt::snapshot::CreateOptions;
 use virtfarm_libvirt::validate::{self, ZeroSeconds, WAIT_CHOICES};
 
-use crate::request::{self, Call};
+use crate::request::{bad, placed_domains, Call};
 
 /// The options, with the rules between them.
 pub fn spec() -> ArgSpec {
@@ -52,7 +54,8 @@ fn read_call(params: &Params, errors: &mut ArgumentErrors) -> Option<Call> {
     let uri = errors.check(params.str("uri"));
     let on_uri = |name: &str| uri.map(|uri| Domain { name: name.to_string(), uri: uri.to_string() });
     let after = errors.check(params.dict("after_revert"));
-    let state = errors.check(params.str("state")).and_then(|state| errors.check(request::parse_state(state)));
+    let state =
+        errors.check(params.str("state")).and_then(|state| errors.check(state.parse().map_err(|e| bad("state", e))));
     let name = errors.check(params.opt_str("name"));
     let placement = errors.check(params.opt_dict("placement"));
     let names = errors.check(params.list_of_str("names"));
@@ -60,26 +63,31 @@ fn read_call(params: &Params, errors: &mut ArgumentErrors) -> Option<Call> {
         (Some(Some(name)), _, _) => (on_uri(name).map(|domain| vec![domain]), "name"),
         (_, Some(Some(placement)), _) => {
             let placement = placement.as_value().as_object().cloned().unwrap_or_default();
-            (errors.check(request::placed_domains(&placement)), "placement")
+            (errors.check(placed_domains(&placement)), "placement")
         }
         (Some(None), Some(None), Some(names)) => (names.into_iter().map(on_uri).collect(), "names"),
         // The spec named what is wrong with them.
         _ => (None, "name"),
     };
-    let domains =
-        domains.and_then(|domains| errors.check(request::check_domains(domains_option, &domains)).map(|()| domains));
+    let domains = domains.and_then(|domains| {
+        errors.check(check_domains(&domains).map_err(|e| bad(domains_option, e))).map(|()| domains)
+    });
     let mode = match (errors.check(params.str("mode")), errors.check(params.opt_str("volume_path"))) {
-        (Some(mode), Some(volume_path)) => errors.check(request::parse_mode(mode, volume_path)),
+        (Some(mode), Some(volume_path)) => errors.check(Mode::new(mode, volume_path).map_err(|e| match e {
+            RequestError::NotAChoice { .. } => bad("mode", e),
+            _ => bad("volume_path", e),
+        })),
         _ => None,
     };
     let snapshot = errors.check(params.opt_str("snapshot")).map(|snapshot| snapshot.map(str::to_string));
     if let (Some(mode), Some(domains)) = (&mode, &domains) {
-        errors.check(request::check_one_host(mode, domains));
+        errors.check(mode.check_hosts(domains).map_err(|e| bad(domains_option, e)));
     }
     if let (Some(state), Some(mode), Some(snapshot)) = (state, &mode, &snapshot) {
-        errors.check(request::check_snapshot(state, mode, snapshot.as_deref()));
+        errors.check(check_snapshot(state, mode, snapshot.as_deref()).map_err(|e| bad("snapshot", e)));
     }
-    let requested = errors.check(params.str("type")).and_then(|kind| errors.check(request::parse_type(kind)));
+    let requested =
+        errors.check(params.str("type")).and_then(|kind| errors.check(kind.parse().map_err(|e| bad("type", e))));
     let shutdown_first = match errors.check(params.bool("shutdown_first")) {
         Some(true) => errors.check(params.int_checked("shutdown_timeout", seconds)).map(Some),
         Some(false) => Some(None),
@@ -127,6 +135,13 @@ mod tests {
             (json!({"name": "web1"}), "snapshot: is required"),
             (json!({"name": "web1", "mode": "backing_file"}), "volume_path: "),
             (json!({"names": ["a", "a"], "snapshot": "s"}), "names: "),
+            (json!({"names": [], "snapshot": "s"}), "names: names no domain"),
+            (json!({"name": "web1", "snapshot": " "}), "snapshot: must not be blank"),
+            (json!({"placement": {"a": "qemu:///system", "b": 1}, "snapshot": "s"}), "placement: "),
+            (
+                json!({"placement": {"a": "qemu:///system", "b": "qemu+ssh://h/system"}, "mode": "backing_file", "volume_path": "/i"}),
+                "placement: spans several URIs",
+            ),
             (
                 json!({"name": "web1", "snapshot": "s", "shutdown_first": true, "shutdown_timeout": -1}),
                 "shutdown_timeout: ",

@@ -29,7 +29,7 @@ mod snapshot_rounds;
 mod targets;
 
 pub use outcome::{Action, Failure, LevelAction, NamesPerDomain, Outcome, Repairs, RunError, VmOutcome};
-pub use request::{AfterRevert, Domain, Mode, Request, State};
+pub use request::{check_domains, check_snapshot, AfterRevert, Domain, Mode, Request, RequestError, State};
 
 use crate::connection::Connections;
 use crate::vm::Vm;
