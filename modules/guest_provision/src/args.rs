@@ -5,29 +5,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use ansible_module::{ArgSpec, ArgumentErrors, Opt, Params, Type};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use serde_json::json;
 use virtfarm_libvirt::power::StopPolicy;
-use virtfarm_libvirt::snapshot::cache::phases::PhaseQuery;
+use virtfarm_libvirt::snapshot::cache::phases::{self, PhaseQuery};
 use virtfarm_libvirt::snapshot::cache::{CacheNames, CacheSteps};
 use virtfarm_libvirt::validate::{self, ZeroSeconds, WAIT_CHOICES};
 use virtfarm_libvirt::wait::Readiness;
 
 const STATES: [&str; 6] = ["phases", "started", "reachable", "cache_prepared", "cache_saved", "stopped"];
-
-/// The lifecycle steps a user may allow, in the old role's names.
-pub const ALLOWED_PHASES: [&str; 10] = [
-    "startup",
-    "restore init",
-    "create init",
-    "restore clean",
-    "create clean",
-    "dependencies",
-    "init",
-    "main",
-    "terminate",
-    "shutdown",
-];
 
 /// The options, with the rules between them.
 pub fn spec() -> ArgSpec {
@@ -39,7 +25,7 @@ pub fn spec() -> ArgSpec {
         Opt::path("relative_to"),
         Opt::str("platform_name"),
         Opt::str("target_name"),
-        Opt::list("allowed_phases").elements(Type::Str).default(json!(ALLOWED_PHASES)),
+        Opt::list("allowed_phases").elements(Type::Str).default(json!(phases::STEPS)),
         Opt::str("project_id"),
         Opt::str("revision").default("auto").aliases(&["project_revision", "revision_id"]),
         Opt::raw("revision_vars").default(json!({})),
@@ -115,7 +101,7 @@ fn read_step(params: &Params, errors: &mut ArgumentErrors) -> Option<Step> {
             let names = cache_names(params, errors);
             let allowed = errors.check(allowed_phases(params));
             let prune = errors.check(params.bool("prune"));
-            Step::CachePrepared { names: names?, allowed: cache_steps(&allowed?), prune: prune? }
+            Step::CachePrepared { names: names?, allowed: CacheSteps::allowed_by(&allowed?), prune: prune? }
         }
         "cache_saved" => {
             let names = cache_names(params, errors);
@@ -166,24 +152,11 @@ fn directory(params: &Params, name: &str) -> Result<Option<String>, ansible_modu
     given.map(|dir| params.checked(name, dir, validate::directory_name).map(str::to_string)).transpose()
 }
 
-/// `allowed_phases`, each checked against the old role's step names.
+/// `allowed_phases`, each one of the old role's step names.
 fn allowed_phases(params: &Params) -> Result<Vec<&str>> {
     let allowed = params.list_of_str("allowed_phases")?;
-    if let Some(unknown) = allowed.iter().find(|a| !ALLOWED_PHASES.contains(a)) {
-        bail!("allowed_phases: unknown step {unknown:?}; known steps: {}", ALLOWED_PHASES.join(", "));
-    }
+    phases::check_steps(&allowed).map_err(|e| anyhow!("allowed_phases: {e}"))?;
     Ok(allowed)
-}
-
-/// The snapshot steps among the allowed phases.
-fn cache_steps(allowed: &[&str]) -> CacheSteps {
-    let allows = |step: &str| allowed.contains(&step);
-    CacheSteps {
-        restore_init: allows("restore init"),
-        create_init: allows("create init"),
-        restore_clean: allows("restore clean"),
-        create_clean: allows("create clean"),
-    }
 }
 
 /// The project's snapshot names, each a valid snapshot name; `None` once `errors` names
@@ -302,17 +275,6 @@ mod tests {
         let named: Vec<&str> = errors.iter().filter_map(|e| e.as_str()?.split([':', ' ']).next()).collect();
         assert_eq!(named, ["argument", "revision", "project_id"], "{reply}");
         assert!(errors[0].as_str().unwrap_or_default().starts_with("argument 'quiesce'"), "{reply}");
-    }
-
-    #[test]
-    fn each_snapshot_step_is_allowed_by_its_old_name() {
-        assert_eq!(cache_steps(&ALLOWED_PHASES), CacheSteps::ALL);
-        let none = CacheSteps { restore_init: false, create_init: false, restore_clean: false, create_clean: false };
-        assert_eq!(cache_steps(&["startup", "dependencies", "init", "main", "terminate", "shutdown"]), none);
-        assert_eq!(cache_steps(&["restore init"]), CacheSteps { restore_init: true, ..none });
-        assert_eq!(cache_steps(&["create init"]), CacheSteps { create_init: true, ..none });
-        assert_eq!(cache_steps(&["restore clean"]), CacheSteps { restore_clean: true, ..none });
-        assert_eq!(cache_steps(&["create clean"]), CacheSteps { create_clean: true, ..none });
     }
 
     #[test]

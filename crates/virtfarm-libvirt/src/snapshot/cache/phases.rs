@@ -14,6 +14,34 @@ use crate::validate::{self, Invalid};
 /// The phases a user may provide, in the order they run.
 pub const PHASES: [&str; 4] = ["dependencies", "init", "main", "terminate"];
 
+/// The lifecycle's steps a caller may allow, by the names ansible_farm's role gave them: the
+/// phases, with the start, the cache's snapshot operations and the shutdown around them.
+pub const STEPS: [&str; 10] = [
+    "startup",
+    "restore init",
+    "create init",
+    "restore clean",
+    "create clean",
+    "dependencies",
+    "init",
+    "main",
+    "terminate",
+    "shutdown",
+];
+
+/// A step name that is none of [`STEPS`].
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown step {0:?}; known steps: {steps}", steps = STEPS.join(", "))]
+pub struct UnknownStep(pub String);
+
+/// Checks that each of `allowed` is one of [`STEPS`].
+pub fn check_steps(allowed: &[&str]) -> Result<(), UnknownStep> {
+    match allowed.iter().find(|step| !STEPS.contains(step)) {
+        Some(unknown) => Err(UnknownStep(unknown.to_string())),
+        None => Ok(()),
+    }
+}
+
 /// The phases whose work the init snapshot keeps: their content is the cache key.
 const CACHED_PHASES: [&str; 2] = ["dependencies", "init"];
 
@@ -184,6 +212,14 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn allowed_steps_are_the_old_roles_names() {
+        assert_eq!(check_steps(&["startup", "restore clean", "main"]), Ok(()));
+        let unknown = check_steps(&["main", "mian"]).unwrap_err();
+        assert_eq!(unknown, UnknownStep("mian".into()));
+        assert!(unknown.to_string().starts_with("unknown step \"mian\"; known steps: startup, restore init,"));
+    }
     use serde_json::json;
 
     fn tree(name: &str, files: &[(&str, &str)]) -> PathBuf {

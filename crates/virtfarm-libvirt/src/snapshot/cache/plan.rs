@@ -53,6 +53,17 @@ impl CacheSteps {
     /// Every operation allowed.
     pub const ALL: CacheSteps =
         CacheSteps { restore_init: true, create_init: true, restore_clean: true, create_clean: true };
+
+    /// The operations among the lifecycle steps `allowed` (see [`super::phases::STEPS`]).
+    pub fn allowed_by(allowed: &[&str]) -> CacheSteps {
+        let allows = |step: &str| allowed.contains(&step);
+        CacheSteps {
+            restore_init: allows("restore init"),
+            create_init: allows("create init"),
+            restore_clean: allows("restore clean"),
+            create_clean: allows("create clean"),
+        }
+    }
 }
 
 /// What to do with the snapshots before the phases run.
@@ -134,6 +145,17 @@ pub fn decide(existing: &[String], names: &CacheNames, allowed: CacheSteps, prun
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_snapshot_step_is_allowed_by_its_old_name() {
+        assert_eq!(CacheSteps::allowed_by(&super::super::phases::STEPS), CacheSteps::ALL);
+        let none = CacheSteps { restore_init: false, create_init: false, restore_clean: false, create_clean: false };
+        assert_eq!(CacheSteps::allowed_by(&["startup", "dependencies", "init", "main", "terminate", "shutdown"]), none);
+        assert_eq!(CacheSteps::allowed_by(&["restore init"]), CacheSteps { restore_init: true, ..none });
+        assert_eq!(CacheSteps::allowed_by(&["create init"]), CacheSteps { create_init: true, ..none });
+        assert_eq!(CacheSteps::allowed_by(&["restore clean"]), CacheSteps { restore_clean: true, ..none });
+        assert_eq!(CacheSteps::allowed_by(&["create clean"]), CacheSteps { create_clean: true, ..none });
+    }
 
     const NONE: CacheSteps =
         CacheSteps { restore_init: false, create_init: false, restore_clean: false, create_clean: false };
