@@ -75,6 +75,47 @@ pub enum Firmware {
     Loader(String),
 }
 
+/// Why a firmware name, a loader and Secure Boot do not make one [`Firmware`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FirmwareError {
+    /// A name that is neither `bios`, `efi` nor a path.
+    #[error("must be bios or efi (a loader path is given as the loader), not {0:?}")]
+    Unknown(String),
+    /// A loader path that cannot be one.
+    #[error(transparent)]
+    Path(crate::validate::Invalid),
+    /// A pflash loader with `bios`.
+    #[error("a pflash loader is UEFI firmware, not bios")]
+    LoaderWithBios,
+    /// Secure Boot without UEFI chosen by libvirt.
+    #[error("needs efi firmware (libvirt then picks one with Secure Boot)")]
+    SecureBootWithoutEfi,
+}
+
+impl Firmware {
+    /// The firmware `name`d (`bios`, `efi`, or the loader path it once held, which makes the
+    /// bool true), with an explicit pflash `loader` and Secure Boot.
+    pub fn choose(
+        name: Option<&str>,
+        loader: Option<&str>,
+        secure_boot: bool,
+    ) -> Result<(Firmware, bool), FirmwareError> {
+        let path = |path| crate::validate::host_path(path).map(str::to_string).map_err(FirmwareError::Path);
+        let (firmware, old_form) = match (name, loader) {
+            (None | Some("bios"), None) => (Firmware::Bios, false),
+            (Some("efi"), None) => (Firmware::Efi { secure_boot }, false),
+            (None | Some("efi"), Some(loader)) => (Firmware::Loader(path(loader)?), false),
+            (Some(loader), None) if loader.starts_with('/') => (Firmware::Loader(path(loader)?), true),
+            (Some("bios"), Some(_)) => return Err(FirmwareError::LoaderWithBios),
+            (Some(other), _) => return Err(FirmwareError::Unknown(other.to_string())),
+        };
+        if secure_boot && !matches!(firmware, Firmware::Efi { .. }) {
+            return Err(FirmwareError::SecureBootWithoutEfi);
+        }
+        Ok((firmware, old_form))
+    }
+}
+
 /// An emulated TPM 2.0 backed by swtpm; libvirt keeps its state per domain UUID, across
 /// redefinitions, until the domain is undefined.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -410,6 +451,24 @@ pub(crate) fn optional_text_element(w: &mut XmlWriter, name: &str, value: Option
 }
 
 impl InstanceMetadata {
+    /// Sets `key` as callers name it: `platform`, `target`, `project` and `ansible_user` to the
+    /// last of `values`, `groups` to all of them, any other key as a var. Refuses a key that
+    /// cannot be an attribute value, or that names a secret (the XML is readable by anyone who
+    /// may list domains).
+    pub fn set(&mut self, key: &str, mut values: Vec<String>) -> std::result::Result<(), crate::validate::Invalid> {
+        crate::validate::metadata_key(key)?;
+        let single = values.pop();
+        match key {
+            "platform" => self.platform = single,
+            "target" => self.target = single,
+            "project" => self.project = single,
+            "ansible_user" => self.user = single,
+            "groups" => self.groups = values.into_iter().chain(single).collect(),
+            _ => self.vars.push((key.to_string(), single.unwrap_or_default())),
+        }
+        Ok(())
+    }
+
     fn write(&self, w: &mut XmlWriter) -> std::io::Result<()> {
         let ns = format!("xmlns:{METADATA_PREFIX}");
         w.create_element(qualified("instance")).with_attribute((ns.as_str(), METADATA_NS)).write_inner_content(
@@ -631,6 +690,39 @@ impl Hypervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::Invalid;
+
+    #[test]
+    fn metadata_keys_as_callers_name_them() {
+        let mut metadata = InstanceMetadata::default();
+        let one = |value: &str| vec![value.to_string()];
+        metadata.set("platform", one("debian")).unwrap();
+        metadata.set("ansible_user", one("tester")).unwrap();
+        metadata.set("groups", vec!["web".into(), "eu".into()]).unwrap();
+        metadata.set("rack", one("r7")).unwrap();
+        assert_eq!((metadata.platform.as_deref(), metadata.user.as_deref()), (Some("debian"), Some("tester")));
+        assert_eq!(
+            (metadata.groups, metadata.vars),
+            (vec!["web".to_string(), "eu".into()], vec![("rack".into(), "r7".into())])
+        );
+        let mut refused = InstanceMetadata::default();
+        assert_eq!(refused.set("db_password", one("x")), Err(Invalid::SecretMetadataKey("db_password".into())));
+        assert_eq!(refused.set("a-b", one("x")), Err(Invalid::MetadataKey("a-b".into())));
+        assert_eq!(refused, InstanceMetadata::default());
+    }
+
+    #[test]
+    fn firmware_is_bios_efi_or_a_loader() {
+        let code = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+        assert_eq!(Firmware::choose(None, None, false), Ok((Firmware::Bios, false)));
+        assert_eq!(Firmware::choose(Some("efi"), None, true), Ok((Firmware::Efi { secure_boot: true }, false)));
+        assert_eq!(Firmware::choose(None, Some(code), false), Ok((Firmware::Loader(code.into()), false)));
+        assert_eq!(Firmware::choose(Some(code), None, false), Ok((Firmware::Loader(code.into()), true)));
+        assert_eq!(Firmware::choose(Some("bios"), Some(code), false), Err(FirmwareError::LoaderWithBios));
+        assert_eq!(Firmware::choose(Some("uefi"), None, false), Err(FirmwareError::Unknown("uefi".into())));
+        assert_eq!(Firmware::choose(None, Some(code), true), Err(FirmwareError::SecureBootWithoutEfi));
+        assert!(matches!(Firmware::choose(None, Some("OVMF.fd"), false), Err(FirmwareError::Path(_))));
+    }
 
     #[test]
     fn secret_keys_are_told_from_ordinary_ones() {

@@ -65,6 +65,9 @@ pub enum Invalid {
     /// Not a unicast MAC address.
     #[error("{0:?} is not a MAC address of a NIC (aa:bb:cc:dd:ee:ff, unicast)")]
     Mac(String),
+    /// A number of virtual CPUs that QEMU's machines do not offer.
+    #[error("{0} is not a number of CPUs (1 to {MAX_VCPUS})")]
+    Vcpus(i64),
     /// A metadata key that cannot be an XML attribute value in every reader's hands.
     #[error("{0:?} is not a usable key (letters, digits, '_')")]
     MetadataKey(String),
@@ -189,6 +192,14 @@ pub fn size(text: &str, default_unit: u64) -> Result<u64, Invalid> {
     number.checked_mul(multiplier).filter(|bytes| *bytes > 0).ok_or_else(invalid)
 }
 
+/// The most virtual CPUs a domain may be given (QEMU's q35 machines top out at 4096).
+const MAX_VCPUS: u32 = 4096;
+
+/// A number of virtual CPUs: 1 to [`MAX_VCPUS`].
+pub fn vcpus(count: i64) -> Result<u32, Invalid> {
+    u32::try_from(count).ok().filter(|n| (1..=MAX_VCPUS).contains(n)).ok_or(Invalid::Vcpus(count))
+}
+
 /// A NIC's MAC address: `aa:bb:cc:dd:ee:ff`, unicast; lower case.
 pub fn mac(mac: &str) -> Result<String, Invalid> {
     let octets: Vec<&str> = mac.split(':').collect();
@@ -234,6 +245,15 @@ pub fn snapshot_name(name: &str) -> Result<&str, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vcpus_are_one_to_the_most_qemu_offers() {
+        assert_eq!((vcpus(1), vcpus(4096)), (Ok(1), Ok(4096)));
+        for bad in [0, -1, 4097, i64::MAX] {
+            assert_eq!(vcpus(bad), Err(Invalid::Vcpus(bad)), "{bad}");
+        }
+        assert_eq!(Invalid::Vcpus(0).to_string(), "0 is not a number of CPUs (1 to 4096)");
+    }
 
     #[test]
     fn sizes_are_whole_binary_units_or_a_bare_number_of_the_default_unit() {

@@ -11,11 +11,12 @@ use serde_json::{json, Map, Value};
 use virtfarm_libvirt::cloud_init::CloudInit;
 use virtfarm_libvirt::domain_facts::DomainFacts;
 use virtfarm_libvirt::domain_xml::{
-    is_secret_key, DirectKernel, DiskDevice, DomainSpec, Firmware, InstanceMetadata, NicDevice, NicSource, Share, Tpm,
+    is_secret_key, DirectKernel, DiskDevice, DomainSpec, Firmware, FirmwareError, InstanceMetadata, NicDevice,
+    NicSource, Share, Tpm,
 };
 use virtfarm_libvirt::naming::{derived_mac, pool_node};
 use virtfarm_libvirt::network::{NewNetwork, Reservation, Subnet};
-use virtfarm_libvirt::provision::{DomainSource, NetworkWant, Request, RootDisk, State, VmDefinition};
+use virtfarm_libvirt::provision::{clashes, Clash, DomainSource, NetworkWant, Request, RootDisk, State, VmDefinition};
 use virtfarm_libvirt::storage::CloneMode;
 use virtfarm_libvirt::validate::{self, Invalid, ZeroSeconds, WAIT_CHOICES};
 
@@ -201,21 +202,9 @@ fn read(params: &Params, module: &str, errors: &mut ArgumentErrors) -> Option<Pa
         let vm = parse_vm(&path, merged, state, module, (&mut warnings, &mut deprecations), errors);
         vms.extend(vm.map(|vm| VmDefinition { own_uri, ..vm }));
     }
-    let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
-    names.sort_unstable();
-    for pair in names.windows(2).filter(|w| w[0] == w[1]) {
-        errors.push(format!("vms: the name {} is given twice", pair[0]));
-    }
-    let mut macs: Vec<(String, &str)> = Vec::new();
-    for vm in &vms {
-        for mac in vm.macs().into_iter().filter(|m| !m.is_empty()) {
-            match macs.iter().find(|(seen, _)| *seen == mac) {
-                Some((_, first)) => {
-                    errors.push(format!("networks: MAC {mac} is given to both {first} and {}", vm.name))
-                }
-                None => macs.push((mac, &vm.name)),
-            }
-        }
+    for clash in clashes(&vms) {
+        let option = if matches!(clash, Clash::Name(_)) { "vms" } else { "networks" };
+        errors.push(format!("{option}: {clash}"));
     }
     let request = Request {
         state: state?,
@@ -410,25 +399,20 @@ fn parse_vm(
 
 /// `firmware`, `loader` and `secure_boot` as one firmware; a path in `firmware` is the `loader`
 /// it used to be, with a deprecation.
-fn parse_firmware(fields: &Params, deprecations: &mut Vec<String>) -> Result<Firmware> {
-    let name = |option| fields.name_of(option);
-    let loader = fields.opt_str_checked("loader", validate::host_path)?;
-    let firmware = match (fields.opt_str("firmware")?, loader) {
-        (None | Some("bios"), None) => Firmware::Bios,
-        (Some("efi"), None) => Firmware::Efi { secure_boot: fields.opt_bool("secure_boot")?.unwrap_or(false) },
-        (None | Some("efi"), Some(path)) => Firmware::Loader(path.to_string()),
-        (Some(path), None) if path.starts_with('/') => {
-            fields.checked("firmware", path, validate::host_path)?;
-            deprecations.push(format!("{}: a loader path here is deprecated; give it as loader", name("firmware")));
-            Firmware::Loader(path.to_string())
-        }
-        (Some("bios"), Some(_)) => bail!("{}: a pflash loader is UEFI firmware, not bios", name("loader")),
-        (Some(other), _) => {
-            bail!("{}: must be bios or efi (a loader path goes in loader), not {other:?}", name("firmware"))
-        }
-    };
-    if fields.opt_bool("secure_boot")? == Some(true) && !matches!(firmware, Firmware::Efi { .. }) {
-        bail!("{}: needs firmware: efi (libvirt then picks a Secure Boot firmware)", name("secure_boot"));
+fn parse_firmware(fields: &Params, deprecations: &mut Vec<String>) -> Result<Firmware, ansible_module::Error> {
+    let loader = fields.opt_str("loader")?;
+    let secure_boot = fields.opt_bool("secure_boot")?.unwrap_or(false);
+    let (firmware, old_form) = Firmware::choose(fields.opt_str("firmware")?, loader, secure_boot).map_err(|e| {
+        let option = match e {
+            FirmwareError::Path(_) | FirmwareError::LoaderWithBios if loader.is_some() => "loader",
+            FirmwareError::SecureBootWithoutEfi => "secure_boot",
+            _ => "firmware",
+        };
+        ansible_module::Error::Invalid { name: fields.name_of(option), reason: e.to_string() }
+    })?;
+    if old_form {
+        deprecations
+            .push(format!("{}: a loader path here is deprecated; give it as loader", fields.name_of("firmware")));
     }
     Ok(firmware)
 }
@@ -466,14 +450,8 @@ fn parse_memory(fields: &Params) -> Result<u64> {
 }
 
 /// `vcpus`: 1 unless given.
-fn parse_vcpus(fields: &Params) -> Result<u32> {
-    match fields.opt_int("vcpus")? {
-        None => Ok(1),
-        Some(n) => match u32::try_from(n) {
-            Ok(n) if (1..=4096).contains(&n) => Ok(n),
-            _ => bail!("{}: {n} is not a number of CPUs (1 to 4096)", fields.name_of("vcpus")),
-        },
-    }
+fn parse_vcpus(fields: &Params) -> Result<u32, ansible_module::Error> {
+    Ok(fields.opt_int("vcpus")?.map(|n| fields.checked("vcpus", n, validate::vcpus)).transpose()?.unwrap_or(1))
 }
 
 /// `metadata`; every bad key is added to `errors`.
@@ -490,29 +468,19 @@ fn parse_metadata(fields: &Params, errors: &mut ArgumentErrors) -> Option<Instan
 
 /// One key of `metadata` (found at `name`) into `metadata`.
 fn metadata_entry(metadata: &mut InstanceMetadata, name: &str, key: &str, value: &Value) -> Result<()> {
-    let text = |key: &str, value: &Value| -> Result<String> {
-        match value {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(_) | Value::Bool(_) => Ok(value.to_string()),
-            _ => bail!("{name}.{key}: expected a string"),
-        }
+    let text = |value: &Value| match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Ok(value.to_string()),
+        _ => Err(anyhow!("{name}.{key}: expected a string")),
     };
-    validate::metadata_key(key).map_err(|e| match e {
+    let values = match (key, value) {
+        ("groups", Value::Array(items)) => items.iter().map(text).collect::<Result<_>>()?,
+        _ => vec![text(value)?],
+    };
+    metadata.set(key, values).map_err(|e| match e {
         Invalid::SecretMetadataKey(_) => anyhow!("{name}.{key}: {e}"),
         _ => anyhow!("{name}: {e}"),
-    })?;
-    match key {
-        "platform" => metadata.platform = Some(text(key, value)?),
-        "target" => metadata.target = Some(text(key, value)?),
-        "project" => metadata.project = Some(text(key, value)?),
-        "ansible_user" => metadata.user = Some(text(key, value)?),
-        "groups" => {
-            let groups = value.as_array().map(|items| items.iter().map(|group| text("groups", group)).collect());
-            metadata.groups = groups.unwrap_or_else(|| Ok(vec![text(key, value)?]))?;
-        }
-        _ => metadata.vars.push((key.to_string(), text(key, value)?)),
-    }
-    Ok(())
+    })
 }
 
 fn parse_root_disk(fields: &Params) -> Result<Option<RootDisk>> {

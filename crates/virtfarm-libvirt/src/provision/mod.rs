@@ -22,7 +22,7 @@ use crate::{Connections, Error};
 
 pub use apply::power_on;
 pub use outcome::{Action, EndState, Failure, Outcome, Part, Warning};
-pub use request::{DomainSource, NetworkWant, Placement, Request, RootDisk, State, VmDefinition};
+pub use request::{clashes, Clash, DomainSource, NetworkWant, Placement, Request, RootDisk, State, VmDefinition};
 
 /// Brings every VM of `request` to its state (in check mode, reports what would change),
 /// opening the hypervisors it needs in `connections`. One outcome per VM, in request order.

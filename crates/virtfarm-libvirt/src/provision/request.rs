@@ -74,6 +74,42 @@ pub struct VmDefinition {
     pub networks: Vec<NetworkWant>,
 }
 
+/// Two things of one request that cannot both be: a domain defined twice, a MAC on two NICs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Clash {
+    /// Two VMs of one name.
+    #[error("the name {0} is given twice")]
+    Name(String),
+    /// One MAC given to two NICs: of two VMs, or of one.
+    #[error("MAC {mac} is given to both {first} and {second}")]
+    Mac {
+        /// The MAC.
+        mac: String,
+        /// The VM that has it first.
+        first: String,
+        /// The VM given it again.
+        second: String,
+    },
+}
+
+/// Every clash between `vms`, names first.
+pub fn clashes(vms: &[VmDefinition]) -> Vec<Clash> {
+    let mut names: Vec<&str> = vms.iter().map(|v| v.name.as_str()).collect();
+    names.sort_unstable();
+    let mut found: Vec<Clash> =
+        names.windows(2).filter(|pair| pair[0] == pair[1]).map(|pair| Clash::Name(pair[0].to_string())).collect();
+    let mut macs: Vec<(String, &str)> = Vec::new();
+    for vm in vms {
+        for mac in vm.macs().into_iter().filter(|mac| !mac.is_empty()) {
+            match macs.iter().find(|(seen, _)| *seen == mac) {
+                Some((_, first)) => found.push(Clash::Mac { mac, first: first.to_string(), second: vm.name.clone() }),
+                None => macs.push((mac, &vm.name)),
+            }
+        }
+    }
+    found
+}
+
 impl VmDefinition {
     /// The MACs the VM's NICs will have (empty where libvirt picks one).
     pub fn macs(&self) -> Vec<String> {
@@ -145,4 +181,45 @@ pub struct NetworkWant {
     pub create: Option<NewNetwork>,
     /// A fixed address for the NIC.
     pub reservation: Option<Reservation>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VM given as XML with a NIC per MAC.
+    fn vm(name: &str, macs: &[&str]) -> VmDefinition {
+        let nics: String =
+            macs.iter().map(|mac| format!("<interface type='network'><mac address='{mac}'/></interface>")).collect();
+        let xml = format!("<domain type='qemu'><name>{name}</name><devices>{nics}</devices></domain>");
+        let facts = DomainFacts::parse(&xml).expect("the test XML parses");
+        VmDefinition {
+            name: name.to_string(),
+            uri: "qemu:///system".to_string(),
+            own_uri: None,
+            domain: DomainSource::Given { xml, facts: Box::new(facts), metadata: Box::default() },
+            domain_type: None,
+            root_disk: None,
+            pool: "default".to_string(),
+            cloud_init: None,
+            networks: vec![],
+        }
+    }
+
+    #[test]
+    fn names_given_twice_and_macs_on_two_nics_clash() {
+        let (a, b) = ("52:54:00:00:00:0a", "52:54:00:00:00:0b");
+        assert_eq!(clashes(&[vm("web1", &[a]), vm("web2", &[b])]), []);
+        let twice = clashes(&[vm("web1", &[a]), vm("db1", &[b, b]), vm("web1", &[a])]);
+        assert_eq!(
+            twice,
+            [
+                Clash::Name("web1".into()),
+                Clash::Mac { mac: b.into(), first: "db1".into(), second: "db1".into() },
+                Clash::Mac { mac: a.into(), first: "web1".into(), second: "web1".into() },
+            ]
+        );
+        assert_eq!(twice[2].to_string(), format!("MAC {a} is given to both web1 and web1"));
+        assert_eq!(twice[0].to_string(), "the name web1 is given twice");
+    }
 }
