@@ -240,7 +240,8 @@ fn the_kvm_provision_role_on_a_hypervisor_host_then_guest_provision() {
     let (run, seconds) = farm.run("two_vms.yml", extra);
     let doc = assert_ok(&run, "two VMs");
     let started = |name: &str| result(&doc, name, "Start the VM")["ip_source"].clone();
-    assert_eq!((started(&names[0]), started(&names[1])), (json!("lease"), Value::Null));
+    let leases = Hypervisor::open(&bed.uri).and_then(|hv| hv.network_leases(&bed.network));
+    assert_eq!((started(&names[0]), started(&names[1])), (json!("lease"), Value::Null), "leases now: {leases:?}");
     for name in &names {
         assert_eq!(result(&doc, name, CACHE)["action"], "create clean", "{}", outline(&doc, name));
         assert_eq!(farm.guest_log(name, 1), log(1, 1), "{name}");

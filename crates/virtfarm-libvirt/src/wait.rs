@@ -167,10 +167,11 @@ pub fn wait_ready(hypervisor: &Hypervisor, vm: &Vm, baseline: &LeaseBaseline, re
 }
 
 /// How long an address seen by the guest agent or in the ARP table may wait for libvirt to
-/// record the lease that gave it. dnsmasq answers the guest first and has a helper write the
-/// lease to libvirt's file after, so on a loaded host the guest uses the address before the
-/// lease is readable.
-const LEASE_GRACE: Duration = Duration::from_secs(2);
+/// record the lease that gave it. dnsmasq answers the guest first and has a helper rewrite
+/// libvirt's lease file after, so on a loaded host the guest uses the address before the
+/// lease is readable: more than 2 s later on a test bed whose guests were busy writing their
+/// disks. The wait is paid in full only by a guest with a static address on a libvirt network.
+const LEASE_GRACE: Duration = Duration::from_secs(10);
 
 /// True when the lease of `nic`, readable within [`LEASE_GRACE`] (and before `deadline`), gives
 /// `ip`: the lease, the NIC's own record, then names the address's source.
